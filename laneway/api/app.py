@@ -1,0 +1,66 @@
+"""The ASGI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
+from laneway.api.openai_routes import OpenAIRoutes
+from laneway.errors import LanewayError
+from laneway.gateway import Gateway
+
+
+def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
+    """The gateway's app. With ``manage_gateway`` its lifespan starts and stops ``gateway``;
+    ``laneway serve`` starts it itself first, so a start-up error is one clear line."""
+    api = OpenAIRoutes(gateway)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(request: Request) -> Response:
+        discovery = gateway.discovery
+        backends = {
+            name: {"lanes": st.lanes, "last_refresh": st.last_refresh, "error": st.last_error}
+            for name, st in (discovery.state.items() if discovery else ())
+        }
+        body = {"ready": gateway.ready, "lanes": len(gateway.inventory), "backends": backends}
+        return Response(
+            orjson.dumps(body), status_code=200 if gateway.ready else 503, media_type="application/json"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not manage_gateway:
+            yield
+            return
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", api.chat, methods=["POST"]),
+            Route("/v1/completions", api.completions, methods=["POST"]),
+            Route("/v1/embeddings", api.embeddings, methods=["POST"]),
+            Route("/v1/models", api.models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={
+            LanewayError: laneway_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,52 @@
+"""Every error leaves the API in the OpenAI error shape, with the right status; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from laneway.errors import LanewayError, http_status
+
+log = logging.getLogger("laneway.api")
+
+
+def error_response(err: LanewayError, request_id: str | None = None) -> Response:
+    headers = err.headers()
+    if request_id:
+        headers["x-request-id"] = request_id
+    return Response(
+        orjson.dumps(err.to_openai()),
+        status_code=http_status(err),
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def openai_error(status: int, message: str, error_type: str, code: str | None = None) -> Response:
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+async def laneway_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LanewayError)
+    return error_response(exc, request.scope.get("state", {}).get("request_id"))
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = (
+        f"Unknown path {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+    )
+    return openai_error(exc.status_code, message, kind)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return openai_error(
+        500, "The gateway hit an internal error; it has been logged.", "server_error", "internal_error"
+    )

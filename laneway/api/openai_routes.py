@@ -1,0 +1,115 @@
+"""The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from laneway.api.streaming import ReplyStreamResponse
+from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, parse_body, validate
+from laneway.errors import NoLaneAvailable, PayloadTooLarge
+from laneway.gateway import Gateway
+from laneway.routing.dispatch import Operation, Served
+
+
+def request_id(request: Request) -> str:
+    rid = request.headers.get("x-request-id") or os.urandom(12).hex()
+    request.scope.setdefault("state", {})["request_id"] = rid
+    return rid
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"The request body is {length} bytes; this gateway accepts at most {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is over {limit} bytes, the most this gateway accepts")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def served_headers(served: Served[Any], rid: str) -> dict[str, str]:
+    lane = served.lane
+    return {
+        "x-laneway-backend": lane.backend,
+        "x-laneway-model": lane.model,
+        "x-laneway-lane": lane.id,
+        "x-laneway-attempts": str(served.attempts),
+        "x-request-id": rid,
+    }
+
+
+class OpenAIRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.limit = gateway.settings.server.max_body_bytes
+
+    async def _handle(self, request: Request, op: Operation, shape: type[BaseModel]) -> Response:
+        rid = request_id(request)
+        gw = self.gateway
+        gw.keys.caller_for(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        raw = await read_body(request, self.limit)
+        body = parse_body(raw)
+        validate(shape, body)
+        router = gw.router
+        if router is None:
+            raise NoLaneAvailable("The gateway is still starting; try again in a moment")
+        if body.get("stream") and op is not Operation.EMBEDDING:
+            streamed = await router.stream(op, body, raw)
+            return ReplyStreamResponse(streamed.result, served_headers(streamed, rid))  # type: ignore[return-value]
+        served = await router.send(op, body, raw)
+        return Response(
+            served.result.body, media_type="application/json", headers=served_headers(served, rid)
+        )
+
+    async def chat(self, request: Request) -> Response:
+        return await self._handle(request, Operation.CHAT, ChatRequest)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._handle(request, Operation.COMPLETION, CompletionRequest)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._handle(request, Operation.EMBEDDING, EmbeddingRequest)
+
+    async def models(self, request: Request) -> Response:
+        """Every servable model once, then every route; ``laneway`` says which lanes serve each."""
+        gw = self.gateway
+        gw.keys.caller_for(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        data: list[dict[str, Any]] = []
+        for model in gw.inventory.models():
+            lanes = gw.inventory.by_model(model)
+            data.append(
+                {
+                    "id": model,
+                    "object": "model",
+                    "created": int(min(ln.observed_at for ln in lanes)),
+                    "owned_by": ",".join(sorted({ln.backend for ln in lanes})),
+                    "laneway": {
+                        "kind": "model",
+                        "types": sorted({ln.type for ln in lanes}),
+                        "backends": sorted({ln.backend for ln in lanes}),
+                        "context_length": max((ln.context_length or 0 for ln in lanes), default=0) or None,
+                    },
+                }
+            )
+        if gw.router is not None:
+            for name, selectors in gw.router.resolver.routes.items():
+                data.append(
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "laneway-route",
+                        "laneway": {"kind": "route", "selectors": [str(s) for s in selectors]},
+                    }
+                )
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -1,0 +1,68 @@
+"""An SSE response that stops the upstream the moment the client leaves.
+
+The body is pumped from a ``ReplyStream`` while a watcher waits for ``http.disconnect``; if the
+client goes first, the pump is cancelled and the upstream stream is closed, so the backend stops
+generating for nobody. An upstream failure after bytes were sent cannot be failed over: the
+client gets an OpenAI-style error event and the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from laneway.errors import LanewayError
+from laneway.providers.base import ReplyStream
+
+log = logging.getLogger("laneway.api")
+
+
+class ReplyStreamResponse:
+    def __init__(self, stream: ReplyStream, headers: Mapping[str, str]) -> None:
+        self.stream = stream
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = asyncio.current_task()
+        assert pump is not None
+        state = {"done": False, "disconnected": False}
+
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if not state["done"]:
+                        state["disconnected"] = True
+                        pump.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            try:
+                async for frame in self.stream:
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+            except LanewayError as exc:
+                log.warning("stream failed after it started: %s", exc.message)
+                frame = b"data: " + orjson.dumps(exc.to_openai()) + b"\n\n"
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            state["done"] = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not state["disconnected"]:
+                raise
+            pump.uncancel()  # the client left: that is the end of this response, not an error
+        except OSError:
+            pass  # the client's socket went away under a send
+        finally:
+            watcher.cancel()
+            await self.stream.aclose()

@@ -1,0 +1,149 @@
+"""``laneway demo``: simulated Ollama, OpenAI and Anthropic upstreams with the gateway in front."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from laneway.cli.common import friendly_errors, run_async
+
+DEMO_KEY = "lw-demo-key"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port"
+        ) from None
+    return sock
+
+
+def demo_config(ports: dict[str, int], data_dir: str, host: str, port: int) -> dict[str, Any]:
+    return {
+        "server": {"host": host, "port": port},
+        "storage": {"data_dir": data_dir},
+        "auth": {"keys": [{"name": "demo", "key": DEMO_KEY}]},
+        "backends": {
+            "local-ollama": {"provider": "ollama", "base_url": f"http://127.0.0.1:{ports['ollama']}"},
+            "cloud-openai": {
+                "provider": "openai",
+                "base_url": f"http://127.0.0.1:{ports['openai']}/v1",
+                "api_key": "sim-openai-key",
+            },
+            "frontier-anthropic": {
+                "provider": "anthropic",
+                "base_url": f"http://127.0.0.1:{ports['anthropic']}",
+                "api_key": "sim-anthropic-key",
+            },
+        },
+        "routes": {
+            "smart": ["frontier-anthropic/claude-sonnet-*", "cloud-openai/gpt-4o-mini"],
+            "fast": ["local-ollama/llama3.2:*", "cloud-openai/gpt-4o-mini"],
+            "embed": ["*embed*"],
+        },
+    }
+
+
+def instructions(url: str, config_path: Path) -> str:
+    return f"""
+laneway demo is running at {url}  (config: {config_path})
+
+  export OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY={DEMO_KEY}
+
+  curl -s {url}/v1/models -H 'authorization: Bearer {DEMO_KEY}'
+  curl -s {url}/v1/chat/completions -H 'authorization: Bearer {DEMO_KEY}' \\
+       -H 'content-type: application/json' \\
+       -d '{{"model": "smart", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(); \\
+print(c.chat.completions.create(model="llama3.2:3b", messages=[{{"role": "user", "content": "hi"}}]))'
+
+Models: llama3.2:3b and nomic-embed-text:latest (simulated Ollama), gpt-4o-mini and
+text-embedding-3-small (simulated OpenAI), claude-sonnet-4-6 and claude-haiku-4-5 (simulated
+Anthropic); also by backend (local-ollama/llama3.2:3b) and by route (smart, fast, embed).
+Press Ctrl-C to stop.
+"""
+
+
+async def _run(host: str, port: int, data_dir: str) -> None:
+    import uvicorn
+
+    from laneway import logs
+    from laneway.api.app import build_app
+    from laneway.config import settings_from_data
+    from laneway.gateway import Gateway
+    from laneway.sim.app import build_sim_app
+    from laneway.sim.options import SimOptions
+
+    logs.configure("warning", json=False)
+    sims = {
+        "ollama": SimOptions(family="ollama", latency=0.05, tokens_per_second=50),
+        "openai": SimOptions(family="openai", api_key="sim-openai-key", latency=0.05, tokens_per_second=50),
+        "anthropic": SimOptions(
+            family="anthropic", api_key="sim-anthropic-key", latency=0.05, tokens_per_second=50
+        ),
+    }
+    servers: list[tuple[uvicorn.Server, socket.socket]] = []
+    ports: dict[str, int] = {}
+    for family, options in sims.items():
+        sock = _bind("127.0.0.1", 0)
+        ports[family] = sock.getsockname()[1]
+        config = uvicorn.Config(
+            build_sim_app(options), http="httptools", log_level="warning", access_log=False
+        )
+        servers.append((uvicorn.Server(config), sock))
+
+    data = demo_config(ports, data_dir, host, port)
+    config_path = Path(data_dir) / "demo.yaml"
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    settings = settings_from_data(data, source=str(config_path))
+    gateway = Gateway(settings)
+    gw_sock = _bind(host, port)
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
+    try:
+        while not all(server.started for server, _ in servers):  # noqa: ASYNC110 - uvicorn has no started event
+            await asyncio.sleep(0.01)
+        await gateway.start()
+        gw_config = uvicorn.Config(
+            build_app(gateway, manage_gateway=False),
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+        )
+        gw_server = uvicorn.Server(gw_config)
+        click.echo(instructions(f"http://{host}:{gw_sock.getsockname()[1]}", config_path))
+        await gw_server.serve(sockets=[gw_sock])
+    finally:
+        for server, _ in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await gateway.aclose()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the gateway listens on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port the gateway listens on.")
+@click.option(
+    "--data-dir", default=None, help="Where the demo keeps its database (default: a new temporary folder)."
+)
+@friendly_errors
+def demo(host: str, port: int, data_dir: str | None) -> None:
+    """Start simulated Ollama, OpenAI and Anthropic upstreams and the gateway in front of them."""
+    folder = data_dir or tempfile.mkdtemp(prefix="laneway-demo-")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        run_async(_run(host, port, folder))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,111 @@
+"""``laneway keys``: create, list and revoke client API keys.
+
+A key's secret is shown once, when it is created; the database keeps only its hash. A running
+gateway picks up new and revoked keys within a few seconds (it reloads the hashes periodically).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from laneway.cli.backends import database_url_option, print_table, with_database
+from laneway.cli.common import config_option, friendly_errors, settings_or_exit
+
+if TYPE_CHECKING:
+    from laneway.storage import Database, StoredKey
+
+
+@click.group()
+def keys() -> None:
+    """Client API keys stored in the database."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--caller", metavar="C", help="Who requests with this key are for (fair share); default NAME.")
+@config_option
+@database_url_option
+@friendly_errors
+def create_key(name: str, caller: str | None, config_path: str | None, database_url: str | None) -> None:
+    """Create a key called NAME and print its secret (once)."""
+    settings = settings_or_exit(config_path)
+
+    async def create(db: Database) -> tuple[StoredKey, str]:
+        return await db.keys.create(name, caller=caller)
+
+    key, secret = with_database(settings, database_url, create)
+    # The secret alone on stdout, so `KEY=$(laneway keys create ci)` works; the words go to stderr.
+    click.echo(f"created key {key.id} (name {key.name}, caller {key.caller})", err=True)
+    click.echo(secret)
+    click.echo("This secret cannot be shown again: store it now.", err=True)
+
+
+@keys.command("list")
+@click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+@database_url_option
+@friendly_errors
+def list_keys(
+    include_revoked: bool, as_json: bool, config_path: str | None, database_url: str | None
+) -> None:
+    """List keys (active ones, unless --all).
+
+    Secrets are never shown, only their first characters."""
+    settings = settings_or_exit(config_path)
+
+    async def fetch(db: Database) -> list[StoredKey]:
+        return await db.keys.list(include_revoked=include_revoked)
+
+    stored = with_database(settings, database_url, fetch)
+    if as_json:
+        click.echo(json.dumps([_as_json(k) for k in stored], indent=2))
+        return
+    if not stored:
+        click.echo("no keys (create one with `laneway keys create NAME`)")
+        return
+    print_table(
+        ["ID", "NAME", "CALLER", "PREFIX", "CREATED", "REVOKED"],
+        [
+            [k.id, k.name, k.caller, k.prefix + "...", _when(k.created_at), _when(k.revoked_at)]
+            for k in stored
+        ],
+    )
+
+
+@keys.command("revoke")
+@click.argument("id_or_name")
+@config_option
+@database_url_option
+@friendly_errors
+def revoke_key(id_or_name: str, config_path: str | None, database_url: str | None) -> None:
+    """Revoke a key by id (or, failing that, by name)."""
+    settings = settings_or_exit(config_path)
+
+    async def revoke(db: Database) -> tuple[bool, str]:
+        return await db.keys.revoke(id_or_name), db.url
+
+    revoked, url = with_database(settings, database_url, revoke)
+    if not revoked:
+        raise click.ClickException(f"no active key with id or name '{id_or_name}' in the database at {url}")
+    click.echo(f"revoked key '{id_or_name}'")
+
+
+def _when(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else "-"
+
+
+def _as_json(k: StoredKey) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "name": k.name,
+        "caller": k.caller,
+        "prefix": k.prefix,
+        "created_at": k.created_at.isoformat(),
+        "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        "last_used_at": k.last_used_at.isoformat() if k.last_used_at else None,
+    }

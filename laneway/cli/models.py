@@ -1,0 +1,65 @@
+"""``laneway models``: what the configured backends can serve right now."""
+
+from __future__ import annotations
+
+import click
+import orjson
+
+from laneway.cli.common import config_option, friendly_errors, run_async, settings_or_exit
+from laneway.config.schema import Settings
+from laneway.inventory.lanes import Lane
+
+
+async def discover(settings: Settings) -> tuple[list[Lane], dict[str, str]]:
+    """One discovery pass over the config's backends, without a server or a database."""
+    from laneway.clock import SystemClock
+    from laneway.inventory.discovery import Discovery
+    from laneway.inventory.store import Inventory
+    from laneway.providers.registry import build_provider
+
+    providers = {name: build_provider(name, cfg) for name, cfg in settings.backends.items()}
+    inventory = Inventory()
+    discovery = Discovery(
+        inventory, {n: (settings.backends[n], p) for n, p in providers.items()}, SystemClock(), deadline=10
+    )
+    try:
+        await discovery.refresh_all()
+    finally:
+        for p in providers.values():
+            await p.aclose()
+    errors = {name: st.last_error for name, st in discovery.state.items() if st.last_error}
+    return inventory.lanes(), errors
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@friendly_errors
+def models(config_path: str | None, as_json: bool) -> None:
+    """Ask every backend in the config which models it serves (a one-off discovery)."""
+    settings = settings_or_exit(config_path)
+    if not settings.backends:
+        raise click.ClickException("no backends are declared; pass --config FILE (or set LANEWAY_CONFIG)")
+    lanes, errors = run_async(discover(settings))
+    if as_json:
+        rows = [
+            {
+                "model": ln.model,
+                "backend": ln.backend,
+                "type": ln.type,
+                "context_length": ln.context_length,
+                "lane": ln.id,
+            }
+            for ln in lanes
+        ]
+        click.echo(orjson.dumps({"lanes": rows, "errors": errors}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        width = max([len(ln.model) for ln in lanes] + [5])
+        click.echo(f"{'MODEL':<{width}}  {'BACKEND':<20} {'TYPE':<10} {'CONTEXT':>8}  LANE")
+        for ln in sorted(lanes, key=lambda x: (x.model, x.backend, x.type)):
+            ctx = str(ln.context_length or "-")
+            click.echo(f"{ln.model:<{width}}  {ln.backend:<20} {ln.type:<10} {ctx:>8}  {ln.id}")
+        for name, err in errors.items():
+            click.echo(f"! {name}: {err}", err=True)
+    if errors:
+        raise SystemExit(1)

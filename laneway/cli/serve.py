@@ -1,0 +1,58 @@
+"""``laneway serve``: run the gateway."""
+
+from __future__ import annotations
+
+import click
+
+from laneway.cli.common import config_option, friendly_errors, run_async, settings_or_exit
+from laneway.config.schema import Settings
+
+
+async def serve_gateway(settings: Settings, host: str, port: int) -> None:
+    """Start the gateway (a start-up error surfaces here, before anything listens), then serve."""
+    import uvicorn
+
+    from laneway.api.app import build_app
+    from laneway.gateway import Gateway
+
+    gateway = Gateway(settings)
+    try:
+        await gateway.start()
+        config = uvicorn.Config(
+            build_app(gateway, manage_gateway=False),
+            host=host,
+            port=port,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
+        server = uvicorn.Server(config)
+        await server.serve()
+        if not server.started:
+            raise click.ClickException(f"could not listen on {host}:{port} (is the port in use?)")
+    finally:
+        await gateway.aclose()
+
+
+@click.command()
+@config_option
+@click.option("--host", default=None, help="Address to listen on (default: server.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port, 8080).")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
+@friendly_errors
+def serve(config_path: str | None, host: str | None, port: int | None, log_format: str) -> None:
+    """Run the gateway in front of the backends declared in the config and the database."""
+    from laneway import logs
+
+    settings = settings_or_exit(config_path)
+    logs.configure(settings.server.log_level, json=log_format == "json")
+    try:
+        run_async(
+            serve_gateway(
+                settings, host or settings.server.host, settings.server.port if port is None else port
+            )
+        )
+    except KeyboardInterrupt:
+        pass

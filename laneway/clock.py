@@ -1,0 +1,67 @@
+"""Time, injected.
+
+Everything with a TTL, a window, a heartbeat or a cooldown takes a ``Clock`` so tests can move
+time by hand instead of sleeping. ``now()`` is wall time (for expiries that are persisted or
+shown to people); ``monotonic()`` is for measuring durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the Unix epoch."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait for ``seconds`` of this clock's time."""
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class ManualClock:
+    """A clock that moves only when told to. ``sleep`` returns once ``advance`` has passed it."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._mono = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self._mono + seconds, fut))
+        try:
+            await fut
+        finally:
+            self._sleepers = [(t, f) for (t, f) in self._sleepers if f is not fut]
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        self._mono += seconds
+        for wake_at, fut in self._sleepers:
+            if wake_at <= self._mono and not fut.done():
+                fut.set_result(None)

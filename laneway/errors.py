@@ -1,0 +1,224 @@
+"""laneway's one error tree.
+
+    LanewayError
+     ├── ConfigError                 a config file or value is wrong (names the key, the file, the line)
+     ├── ClientError                 the request is at fault; never retried on another lane
+     │    ├── InvalidRequest         400
+     │    ├── AuthenticationFailed   401
+     │    ├── PermissionDenied       403
+     │    ├── ModelNotFound          404
+     │    ├── PayloadTooLarge        413
+     │    └── UnsupportedParameter   422  (valid OpenAI, but the chosen family cannot honour it)
+     ├── NoLaneAvailable             503  (lanes exist but none could be tried)
+     └── UpstreamError               something between us and a backend went wrong
+          ├── TransportError         no usable HTTP answer: connect refused, reset, timed out
+          │    ├── UpstreamConnectError
+          │    ├── UpstreamTimeout   504
+          │    └── StreamBroken      the connection dropped in the middle of a body
+          ├── UpstreamStatusError    the backend answered with an error status
+          └── UpstreamProtocolError  the backend answered with something we cannot read (502)
+
+Foreign exceptions (aiohttp, asyncio timeouts, JSON decode errors) are translated into this tree
+at the provider boundary (``laneway.providers.http``) and never travel further. Whether an
+error may be retried on another lane is decided in exactly one place: ``UpstreamError.retryable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+
+class LanewayError(Exception):
+    """Base class of every error laneway raises on purpose."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class ConfigError(LanewayError):
+    def __init__(
+        self, message: str, *, key: str | None = None, file: str | None = None, line: int | None = None
+    ):
+        where = []
+        if file:
+            where.append(file + (f":{line}" if line else ""))
+        if key:
+            where.append(f"key '{key}'")
+        prefix = f"config error in {', '.join(where)}: " if where else "config error: "
+        super().__init__(prefix + message)
+        self.key = key
+        self.file = file
+        self.line = line
+
+
+# --- the client's fault -------------------------------------------------------------------------
+
+
+class ClientError(LanewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    status = 400
+    code = "invalid_request"
+
+
+class AuthenticationFailed(ClientError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ClientError):
+    status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedParameter(ClientError):
+    status = 422
+    code = "unsupported_parameter"
+
+
+class NoLaneAvailable(LanewayError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_lane_available"
+
+
+# --- upstream -----------------------------------------------------------------------------------
+
+
+class UpstreamError(LanewayError):
+    """A backend could not serve the call. ``backend`` names it; ``retryable`` says whether another
+    lane may be tried (DESIGN.md: connect errors, timeouts, 408, 409, 429, 5xx, 529)."""
+
+    status = 502
+    error_type = "upstream_error"
+    code = "bad_gateway"
+
+    def __init__(self, message: str, *, backend: str = "") -> None:
+        super().__init__(message)
+        self.backend = backend
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class TransportError(UpstreamError):
+    pass
+
+
+class UpstreamConnectError(TransportError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(TransportError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class StreamBroken(TransportError):
+    code = "upstream_stream_broken"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The backend answered, but not in its family's wire format (garbage, truncated JSON...)."""
+
+    code = "upstream_bad_response"
+
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 529})
+
+
+class UpstreamStatusError(UpstreamError):
+    """The backend answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str = "",
+        upstream_status: int,
+        upstream_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, backend=backend)
+        self.upstream_status = upstream_status
+        self.upstream_headers = dict(upstream_headers or {})
+
+    @property
+    def retryable(self) -> bool:
+        s = self.upstream_status
+        return s >= 500 or s in RETRYABLE_STATUSES
+
+    @property
+    def is_auth_failure(self) -> bool:
+        return self.upstream_status in (401, 403)
+
+    def client_status(self) -> int:
+        """What the client sees. A backend's 429 stays 429 (with its Retry-After); a backend's
+        credentials being refused is our fault, not the client's (502); other 4xx are about the
+        request itself and keep their status; 5xx become 502."""
+        s = self.upstream_status
+        if s == 429:
+            return 429
+        if s in (401, 403) or s >= 500:
+            return 502
+        if 400 <= s < 500:
+            return s
+        return 502
+
+    def headers(self) -> dict[str, str]:
+        ra = self.upstream_headers.get("retry-after")
+        return {"retry-after": ra} if ra and self.upstream_status == 429 else {}
+
+    def to_openai(self) -> dict[str, Any]:
+        body = super().to_openai()
+        s = self.upstream_status
+        if s == 429:
+            body["error"]["type"] = "rate_limit_error"
+            body["error"]["code"] = "rate_limit_exceeded"
+        elif 400 <= s < 500 and s not in (401, 403):
+            body["error"]["type"] = "invalid_request_error"
+            body["error"]["code"] = f"upstream_{s}"
+        return body
+
+
+def http_status(err: LanewayError) -> int:
+    """The HTTP status a client receives for ``err``."""
+    if isinstance(err, UpstreamStatusError):
+        return err.client_status()
+    return err.status

@@ -1,0 +1,83 @@
+"""The seam between laneway and an upstream: one small async Protocol per provider family.
+
+Everything crosses this seam in the OpenAI format. An adapter takes an OpenAI-shaped request body
+(``Call.body``), speaks its family's wire format to the backend, and hands back OpenAI-shaped bytes.
+Errors come back as ``laneway.errors.UpstreamError`` subclasses, never as aiohttp or JSON errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    """A model as a backend reports it. ``types`` are lane types (chat, completion, embedding)."""
+
+    id: str
+    types: frozenset[str]
+    capabilities: frozenset[str] = frozenset()
+    context_length: int | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    """One request for one backend.
+
+    ``body`` is the OpenAI-format request, with ``model`` already set to the backend's own model
+    name. ``raw`` is the client's original bytes when they are still exactly ``body`` (same model
+    name), so an OpenAI-compatible upstream gets them without a re-serialisation.
+    """
+
+    model: str
+    body: dict[str, Any]
+    raw: bytes | None = None
+    effort: str | None = None  # reasoning effort from a route selector (low|medium|high)
+    timeout: float | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete OpenAI-format response body, and the upstream's response headers."""
+
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class ReplyStream(Protocol):
+    """An established upstream stream, already translated to OpenAI SSE bytes.
+
+    It is only handed out after the upstream answered with a success status, so a caller may
+    still fail over on any error raised before it has one. Iterating yields ready-to-send
+    ``data: ...\\n\\n`` frames, ending with ``data: [DONE]\\n\\n``. ``aclose`` releases the
+    upstream connection and is safe to call more than once.
+    """
+
+    headers: Mapping[str, str]
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    """One backend instance of one provider family."""
+
+    family: str
+    name: str
+
+    async def list_models(self) -> list[ModelInfo]: ...
+
+    async def chat(self, call: Call) -> Reply: ...
+
+    async def stream_chat(self, call: Call) -> ReplyStream: ...
+
+    async def complete(self, call: Call) -> Reply: ...
+
+    async def stream_complete(self, call: Call) -> ReplyStream: ...
+
+    async def embed(self, call: Call) -> Reply: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,130 @@
+"""The ``openai`` family: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, LM Studio,
+OpenRouter, Mistral, Groq...). Requests pass through: the client's bytes are forwarded as they
+came whenever the model name did not change, and answers are checked, not re-serialised."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from laneway.config.schema import BackendConfig
+from laneway.errors import StreamBroken, UpstreamProtocolError
+from laneway.providers.base import Call, ModelInfo, Reply
+from laneway.providers.capabilities import capabilities_from_name
+from laneway.providers.http import StreamingBody, Upstream, loads_object
+from laneway.providers.streams import TranslatedStream
+
+_DONE_MARK = b"[DONE]"
+
+
+def api_root(base_url: str) -> str:
+    """``http://host:8000`` → ``http://host:8000/v1``; a URL with a path is kept as given
+    (``https://openrouter.ai/api/v1``, Gemini's ``/v1beta/openai``)."""
+    base = base_url.rstrip("/")
+    return base + "/v1" if urlsplit(base).path in ("", "/") else base
+
+
+def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
+    """One entry of ``/v1/models``, with what vLLM (``max_model_len``) and OpenRouter
+    (``context_length``, ``architecture``, ``supported_parameters``) add."""
+    model_id = entry.get("id")
+    if not isinstance(model_id, str) or not model_id:
+        return None
+    types, caps = capabilities_from_name(model_id)
+    ctx = entry.get("max_model_len") or entry.get("context_length") or entry.get("context_window")
+    arch = entry.get("architecture")
+    if isinstance(arch, Mapping):
+        inputs = arch.get("input_modalities") or []
+        if "image" in inputs:
+            caps |= {"vision"}
+        if "text" in (arch.get("output_modalities") or []):
+            types = types | {"chat"}
+    params = entry.get("supported_parameters")
+    if isinstance(params, list):
+        if "tools" in params:
+            caps |= {"tools"}
+        if "reasoning" in params or "include_reasoning" in params:
+            caps |= {"reasoning"}
+    return ModelInfo(
+        id=model_id,
+        types=frozenset(types),
+        capabilities=frozenset(caps),
+        context_length=int(ctx) if isinstance(ctx, int | float) and ctx > 0 else None,
+    )
+
+
+class OpenAIProvider:
+    family = "openai"
+
+    def __init__(self, name: str, config: BackendConfig) -> None:
+        self.name = name
+        key = config.resolve_api_key()
+        self.upstream = Upstream(
+            name=name,
+            base_url=api_root(config.base_url),
+            headers={"authorization": f"Bearer {key}"} if key else {},
+            timeout=config.timeout,
+            connect_timeout=config.connect_timeout,
+            max_connections=config.max_connections,
+        )
+
+    async def list_models(self) -> list[ModelInfo]:
+        data = await self.upstream.get_json("/models")
+        entries = data.get("data")
+        if not isinstance(entries, list):
+            raise UpstreamProtocolError(
+                f"backend '{self.name}': /models has no 'data' list", backend=self.name
+            )
+        return [info for e in entries if isinstance(e, Mapping) and (info := model_info(e)) is not None]
+
+    @staticmethod
+    def _payload(call: Call) -> bytes:
+        if call.effort and "reasoning_effort" not in call.body:
+            return orjson.dumps({**call.body, "reasoning_effort": call.effort})
+        return call.raw if call.raw is not None else orjson.dumps(call.body)
+
+    async def _send(self, path: str, call: Call, required: str) -> Reply:
+        _, headers, body = await self.upstream.request(
+            "POST", path, body=self._payload(call), timeout=call.timeout
+        )
+        # Checked, not rebuilt: an answer that is not the family's JSON is the backend's fault (502).
+        if required not in loads_object(body, self.name):
+            raise UpstreamProtocolError(
+                f"backend '{self.name}' answered without '{required}'", backend=self.name
+            )
+        return Reply(body=body, headers=headers)
+
+    async def _stream(self, path: str, call: Call) -> TranslatedStream:
+        body = await self.upstream.open_stream(path, self._payload(call), timeout=call.timeout)
+        return TranslatedStream(body, _passthrough(body, self.name))
+
+    async def chat(self, call: Call) -> Reply:
+        return await self._send("/chat/completions", call, "choices")
+
+    async def stream_chat(self, call: Call) -> TranslatedStream:
+        return await self._stream("/chat/completions", call)
+
+    async def complete(self, call: Call) -> Reply:
+        return await self._send("/completions", call, "choices")
+
+    async def stream_complete(self, call: Call) -> TranslatedStream:
+        return await self._stream("/completions", call)
+
+    async def embed(self, call: Call) -> Reply:
+        return await self._send("/embeddings", call, "data")
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+async def _passthrough(body: StreamingBody, backend: str) -> AsyncIterator[bytes]:
+    """Forward SSE bytes as they arrive. A stream that ends without ``data: [DONE]`` was cut off."""
+    tail = b""
+    async for chunk in body.chunks():
+        tail = (tail + chunk)[-32:]
+        yield chunk
+    if _DONE_MARK not in tail:
+        raise StreamBroken(f"backend '{backend}' ended its stream without [DONE]", backend=backend)

@@ -1,0 +1,1 @@
+"""``laneway publish``: the publisher's side of the virtual-lane control channel."""

@@ -1,0 +1,290 @@
+"""The Anthropic Messages API: /v1/messages (plain and streamed), count_tokens and /v1/models.
+
+Streams are named SSE events (``event: NAME`` + ``data: {"type": NAME, ...}``) in the order the
+API sends them: message_start, then per content block start / ping / deltas / stop, then
+message_delta (stop reason and output tokens) and message_stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from laneway.sim.text import Answer, Prompt, ToolSpec, count_words
+from laneway.sim.wire import (
+    SLOT,
+    Call,
+    Generate,
+    Meta,
+    StreamPlan,
+    WireError,
+    as_dict,
+    optional_int,
+    require_model,
+    rfc3339,
+    slot_template,
+    string_list,
+)
+
+SSE = b"text/event-stream; charset=utf-8"
+STOP_REASON = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "stop_sequence": "stop_sequence",
+    "tool_calls": "tool_use",
+}
+_SIGNATURE = "c2ltLXNpZ25hdHVyZQ=="
+_MODEL_CREATED = 1_740_000_000.0
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str, *, request_id: str | None = None) -> bytes:
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return orjson.dumps(body)
+
+
+def models_body(models: list[str], context_length: int) -> bytes:
+    data = [
+        {
+            "type": "model",
+            "id": name,
+            "display_name": name.replace("-", " ").title(),
+            "created_at": rfc3339(_MODEL_CREATED),
+            "lifecycle": "active",
+            "max_input_tokens": context_length,
+            "max_tokens": min(context_length, 64_000),
+        }
+        for name in models
+    ]
+    first = data[0]["id"] if data else None
+    last = data[-1]["id"] if data else None
+    return orjson.dumps({"data": data, "has_more": False, "first_id": first, "last_id": last})
+
+
+# -- parsing -----------------------------------------------------------------------------------
+
+
+def _blocks_text(content: Any, prompt: Prompt) -> str:
+    """Text of a content value (string or blocks); counts images, including inside tool results."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            raise WireError(400, "messages: content blocks must be objects")
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "image":
+            source = block.get("source")
+            if not isinstance(source, dict) or source.get("type") not in ("base64", "url", "file"):
+                raise WireError(400, "messages: image blocks need a source")
+            prompt.images += 1
+        elif kind == "tool_result":
+            texts.append(_blocks_text(block.get("content"), prompt))
+    return " ".join(texts)
+
+
+def _tool_result(content: Any, prompt: Prompt) -> str | None:
+    if not isinstance(content, list):
+        return None
+    results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    if not results:
+        return None
+    scratch = Prompt()  # images were counted already
+    return " ".join(_blocks_text(b.get("content"), scratch) for b in results)
+
+
+def _tools(body: dict[str, Any]) -> list[ToolSpec]:
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise WireError(400, "tools: expected an array")
+    specs: list[ToolSpec] = []
+    for tool in tools:
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise WireError(400, "tools: each tool needs a name")
+        schema = tool.get("input_schema")
+        if isinstance(schema, dict):  # server tools (web search...) carry no schema: not ours to call
+            specs.append(ToolSpec(tool["name"], schema))
+    return specs
+
+
+def _tool_choice(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("type")
+    if kind == "none":
+        return "none"
+    if kind == "tool" and isinstance(value.get("name"), str):
+        return str(value["name"])
+    return None
+
+
+def _prompt(body: dict[str, Any]) -> Prompt:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise WireError(400, "messages: Field required")
+    prompt = Prompt()
+    system = body.get("system")
+    prompt.words += count_words(_blocks_text(system, prompt))
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise WireError(400, "messages: each message needs role 'user' or 'assistant'")
+        text = _blocks_text(message.get("content"), prompt)
+        prompt.words += count_words(text)
+        if message["role"] == "user":
+            prompt.last_user_text = text
+    last = messages[-1]
+    if last["role"] == "user":
+        prompt.tool_result = _tool_result(last.get("content"), prompt)
+    prompt.tools = _tools(body)
+    prompt.tool_choice = _tool_choice(body.get("tool_choice"))
+    prompt.stops = string_list(body.get("stop_sequences"), "stop_sequences")
+    thinking = body.get("thinking")
+    prompt.thinking = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    return prompt
+
+
+def parse_messages(raw: Any) -> Call:
+    body = as_dict(raw)
+    model = require_model(body)
+    if body.get("max_tokens") is None:
+        raise WireError(400, "max_tokens: Field required")
+    prompt = _prompt(body)
+    prompt.max_tokens = optional_int(body, "max_tokens")
+    return Call(model, "chat", body.get("stream") is True, prompt)
+
+
+def parse_count_tokens(raw: Any) -> Call:
+    body = as_dict(raw)
+    return Call(require_model(body), "chat", False, _prompt(body))
+
+
+def count_tokens_body(call: Call) -> bytes:
+    return orjson.dumps({"input_tokens": call.prompt.prompt_tokens})
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _tool_id(meta: Meta) -> str:
+    return f"toolu_sim{meta.seq:015x}"
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "service_tier": "standard",
+    }
+
+
+def _message(call: Call, answer: Answer, meta: Meta, content: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": f"msg_sim{meta.seq:017x}",
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": content,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": _usage(answer.prompt_tokens, answer.completion_tokens),
+    }
+
+
+def render_messages(call: Call, answer: Answer, meta: Meta) -> bytes:
+    content: list[dict[str, Any]] = []
+    if answer.thinking:
+        content.append({"type": "thinking", "thinking": answer.thinking_text, "signature": _SIGNATURE})
+    if answer.tool_call is not None:
+        tool = answer.tool_call
+        content.append({"type": "tool_use", "id": _tool_id(meta), "name": tool.name, "input": tool.arguments})
+    else:
+        content.append({"type": "text", "text": answer.text})
+    message = _message(call, answer, meta, content)
+    message["stop_reason"] = STOP_REASON[answer.finish]
+    message["stop_sequence"] = answer.stop_sequence
+    return orjson.dumps(message)
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+
+def _delta_frames(index: int, kind: str, field: str, pieces: list[str]) -> list[bytes]:
+    before, after = slot_template(
+        {"type": "content_block_delta", "index": index, "delta": {"type": kind, field: SLOT}}
+    )
+    prefix = b"event: content_block_delta\ndata: " + before
+    return [prefix + orjson.dumps(piece) + after + b"\n\n" for piece in pieces]
+
+
+def render_messages_stream(call: Call, answer: Answer, meta: Meta) -> StreamPlan:
+    """Blocks: [thinking], then text or tool_use. ``head`` opens the first block, ``tail``
+    closes the last; frames in between (deltas, block boundaries) are paced as content."""
+    start = _message(call, answer, meta, [])
+    start["usage"] = _usage(answer.prompt_tokens, 1)
+    blocks: list[tuple[dict[str, Any], list[bytes]]] = []
+    if answer.thinking:
+        thinking = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = _delta_frames(0, "thinking_delta", "thinking", answer.thinking)
+        deltas.append(
+            _event(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "signature_delta", "signature": _SIGNATURE}},
+            )
+        )
+        blocks.append((thinking, deltas))
+    index = len(blocks)
+    if answer.tool_call is not None:
+        tool = {"type": "tool_use", "id": _tool_id(meta), "name": answer.tool_call.name, "input": {}}
+        blocks.append(
+            (
+                tool,
+                _delta_frames(index, "input_json_delta", "partial_json", answer.tool_call.argument_pieces()),
+            )
+        )
+    else:
+        blocks.append(
+            ({"type": "text", "text": ""}, _delta_frames(index, "text_delta", "text", answer.tokens))
+        )
+
+    head = _event("message_start", {"message": start})
+    body: list[bytes] = []
+    for i, (block, deltas) in enumerate(blocks):
+        opening = _event("content_block_start", {"index": i, "content_block": block})
+        if i == 0:
+            head += opening + _event("ping", {})
+        else:
+            body[-1] += _event("content_block_stop", {"index": i - 1}) + opening
+        body.extend(deltas)
+    tail = _event("content_block_stop", {"index": len(blocks) - 1})
+    delta = {"stop_reason": STOP_REASON[answer.finish], "stop_sequence": answer.stop_sequence}
+    tail += _event("message_delta", {"delta": delta, "usage": {"output_tokens": answer.completion_tokens}})
+    tail += _event("message_stop", {})
+    return StreamPlan(SSE, head, body, tail)
+
+
+MESSAGES = Generate(parse_messages, render_messages, render_messages_stream)

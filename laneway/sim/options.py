@@ -1,0 +1,123 @@
+"""What the simulated upstream does: its personality, its models and the trouble it makes.
+
+``SimOptions`` is deliberately a plain mutable dataclass: a test may flip ``fail_status`` or
+``models`` on a running sim (directly, or through ``POST /_sim/options``) and the next request
+sees the change. The app reads the options on every request and caches nothing derived from them.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+FAMILIES = ("openai", "ollama", "anthropic")
+RATELIMIT_FORMATS = ("openai", "anthropic", "openrouter")
+
+_DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
+    "openai": ("gpt-4o-mini", "text-embedding-3-small"),
+    "ollama": ("llama3.2:3b", "nomic-embed-text:latest"),
+    "anthropic": ("claude-sonnet-4-6", "claude-haiku-4-5"),
+}
+
+
+def default_models(family: str) -> list[str]:
+    """The models a sim of ``family`` serves when none are given."""
+    return list(_DEFAULT_MODELS.get(family, _DEFAULT_MODELS["openai"]))
+
+
+def is_embedding_model(name: str) -> bool:
+    return "embed" in name
+
+
+@dataclass
+class SimOptions:
+    """Behaviour of one sim. Every field may be changed while the sim runs.
+
+    ``models`` left empty at construction means the family's defaults; set it to ``[]`` on a
+    built instance (or patch it) to simulate a server with no models at all.
+
+    Failures (inference endpoints only): the first ``fail_first`` inference requests since start,
+    reset or the last patch of ``fail_first`` fail; after that a ``fail_rate`` fraction fails
+    (drawn from ``random.Random(seed)``); ``fail_status`` alone, with neither of those, fails
+    every inference request. The status is ``fail_status``, or 500 when it is not set.
+    """
+
+    family: str = "openai"
+    models: list[str] = field(default_factory=list)
+    latency: float = 0.0
+    tokens_per_second: float = 0.0
+    reply: str | None = None
+    api_key: str | None = None
+    forbidden_keys: list[str] = field(default_factory=list)
+    fail_status: int | None = None
+    fail_rate: float = 0.0
+    fail_first: int = 0
+    seed: int = 0
+    drop_after_chunks: int | None = None
+    garbage: bool = False
+    ratelimit: str | None = None
+    rpm: int = 0
+    tpm: int = 0
+    embedding_dim: int = 16
+    context_length: int = 8192
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            self.models = default_models(self.family)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose value makes no sense."""
+        problems = _problems(self)
+        if problems:
+            raise ValueError(problems[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.copy(getattr(self, f.name)) for f in fields(self)}
+
+
+def _problems(o: SimOptions) -> list[str]:
+    checks: list[tuple[bool, str]] = [
+        (o.family in FAMILIES, f"family must be one of {', '.join(FAMILIES)}, not {o.family!r}"),
+        (all(isinstance(m, str) and m for m in o.models), "models must be non-empty names"),
+        (o.latency >= 0, "latency must be >= 0"),
+        (o.tokens_per_second >= 0, "tokens_per_second must be >= 0"),
+        (o.fail_status is None or 400 <= o.fail_status <= 599, "fail_status must be within 400..599"),
+        (0.0 <= o.fail_rate <= 1.0, "fail_rate must be within 0..1"),
+        (o.fail_first >= 0, "fail_first must be >= 0"),
+        (o.drop_after_chunks is None or o.drop_after_chunks >= 0, "drop_after_chunks must be >= 0"),
+        (
+            o.ratelimit is None or o.ratelimit in RATELIMIT_FORMATS,
+            f"ratelimit must be one of {', '.join(RATELIMIT_FORMATS)}, not {o.ratelimit!r}",
+        ),
+        (o.rpm >= 0 and o.tpm >= 0, "rpm and tpm must be >= 0"),
+        (1 <= o.embedding_dim <= 65536, "embedding_dim must be within 1..65536"),
+        (o.context_length >= 1, "context_length must be >= 1"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def apply_patch(options: SimOptions, patch: Mapping[str, Any]) -> list[str]:
+    """Validate ``patch`` (field name -> new value) and apply it to ``options`` in place.
+
+    All or nothing: on any bad name, type or value ``ValueError`` is raised and ``options`` is
+    unchanged. Returns the names that were set.
+    """
+    from pydantic import TypeAdapter, ValidationError  # only the control endpoint pays for this
+
+    hints = typing.get_type_hints(SimOptions)
+    unknown = sorted(set(patch) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(unknown)}")
+    candidate = copy.copy(options)  # copy.copy skips __post_init__: [] models stays []
+    for name, value in patch.items():
+        try:
+            setattr(candidate, name, TypeAdapter(hints[name]).validate_python(value))
+        except ValidationError as exc:
+            raise ValueError(f"{name}: {exc.errors()[0]['msg']}") from None
+    candidate.validate()
+    for name in patch:
+        setattr(options, name, getattr(candidate, name))
+    return list(patch)

@@ -1,0 +1,92 @@
+"""The declared-state tables. ``migrations/versions`` must produce exactly this schema; a test
+compares the two with Alembic's autogenerate so they cannot drift apart.
+
+ORM rows never leave ``laneway.storage``: the repositories hand out frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, Index, MetaData, String, Text, TypeDecorator, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints, so a later migration can drop or alter them by name on every dialect.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime on every dialect. SQLite keeps no zone, so what it returns is naive;
+    we store UTC and put the zone back when reading."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+
+
+class BackendRow(Base):
+    """A backend declared through the CLI or admin API (the config file's backends live in the file).
+    Secrets are never stored: only the name of the environment variable that holds one."""
+
+    __tablename__ = "backends"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    base_url: Mapped[str] = mapped_column(Text)
+    api_key_env: Mapped[str | None] = mapped_column(String(255))
+    tier: Mapped[str | None] = mapped_column(String(32))
+    models: Mapped[list[str]] = mapped_column()
+    # Every other BackendConfig field that differs from its default (timeout, weight, allow, ...).
+    options: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
+
+
+class ApiKeyRow(Base):
+    """A client API key. Only ``sha256:<hex>`` of the secret is kept, plus its first characters
+    so people can tell keys apart."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        # A name picks one key while it is active (``keys revoke NAME``); revoked keys keep theirs.
+        Index(
+            "uq_api_keys_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    caller: Mapped[str] = mapped_column(String(63))
+    key_hash: Mapped[str] = mapped_column(String(71), unique=True)  # "sha256:" + 64 hex digits
+    prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()

@@ -1,0 +1,61 @@
+"""Helpers for tests, ours and our users': run an ASGI app on a loopback port in a thread.
+
+A thread with its own event loop lets synchronous clients (the ``openai`` SDK's ``OpenAI``)
+and asynchronous tests share one server without blocking each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+
+class ServerThread:
+    """``with ServerThread(app) as url: ...`` serves ``app`` at ``url`` until the block ends."""
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(
+            app, loop="asyncio", http="httptools", lifespan="on", log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.server.serve(sockets=[self._sock]))
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+
+    def start(self) -> str:
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"server on {self.url} failed to start") from self._error
+            self._thread.join(0.01)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

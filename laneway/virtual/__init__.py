@@ -1,0 +1,1 @@
+"""Virtual lanes, gateway side: publisher sessions, task relay, wake, garbage collection."""

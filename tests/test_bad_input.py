@@ -1,0 +1,233 @@
+"""Bad input gets an OpenAI-shaped error with the right status, and nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from laneway.config import load_settings
+from laneway.errors import ConfigError
+from tests.conftest import CLIENT_KEY, RunningGateway, Sim, three_family_config
+
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+async def post(
+    gw: RunningGateway, path: str, data: bytes, *, key: str | None = CLIENT_KEY
+) -> tuple[int, Any]:
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gw.url + path, data=data, headers=headers) as r,
+    ):
+        return r.status, await r.json(content_type=None)
+
+
+def assert_openai_error(body: Any, *, param: str | None = None) -> None:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("payload", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b"", 400, None),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+        (b'{"model": "llama3.2:3b"}', 400, "messages"),
+        (b'{"model": "llama3.2:3b", "messages": []}', 400, "messages"),
+        (
+            b'{"model": "llama3.2:3b", "messages": [{"role": "robot", "content": "x"}]}',
+            400,
+            "messages.0.role",
+        ),
+        (
+            b'{"model": "llama3.2:3b", "messages": [{"role": "user", "content": "x"}], "temperature": 7}',
+            400,
+            "temperature",
+        ),
+        (b'{"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
+        (b'{"model": "gpu-1/no-such-model", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
+        (
+            b'{"model": "nomic-embed-text:latest", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "model",
+        ),
+    ],
+)
+async def test_malformed_requests(gw: RunningGateway, payload: bytes, status: int, param: str | None) -> None:
+    got, body = await post(gw, "/v1/chat/completions", payload)
+    assert got == status
+    assert_openai_error(body, param=param)
+
+
+def test_sdk_sees_not_found_and_bad_request(gw: RunningGateway) -> None:
+    c = openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as nf:
+        c.chat.completions.create(model="nope", messages=CHAT)  # type: ignore[arg-type]
+    assert nf.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError):
+        c.embeddings.create(model="llama3.2:3b", input="chat models do not embed")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("key", [None, "lw-wrong", ""])
+async def test_missing_or_wrong_key_is_401(gw: RunningGateway, key: str | None) -> None:
+    got, body = await post(gw, "/v1/chat/completions", b'{"model": "llama3.2:3b", "messages": []}', key=key)
+    assert got == 401
+    assert_openai_error(body)
+    assert body["error"]["type"] == "authentication_error"
+
+
+def test_sdk_authentication_error(gw: RunningGateway) -> None:
+    c = openai.OpenAI(base_url=gw.v1, api_key="lw-not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        c.models.list()
+
+
+@pytest.mark.anyio
+async def test_oversized_body_is_413(
+    gateway_factory: Any, three_sims: dict[str, Sim], tmp_path: Path
+) -> None:
+    config = three_family_config(three_sims, tmp_path / "gw", server={"max_body_bytes": 1024})
+    gw = gateway_factory(config, three_sims)
+    big = b'{"model": "llama3.2:3b", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}'
+    got, body = await post(gw, "/v1/chat/completions", big)
+    assert got == 413
+    assert_openai_error(body)
+    # and nothing reached the upstream
+    assert three_sims["ollama"].stats.inference_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "param"),
+    [
+        ("claude-sonnet-4-6", {"n": 2}, "n"),
+        ("claude-sonnet-4-6", {"logprobs": True}, "logprobs"),
+        ("llama3.2:3b", {"n": 3}, "n"),
+    ],
+)
+def test_unsupported_parameter_for_family_is_422(
+    gw: RunningGateway, model: str, extra: Any, param: str
+) -> None:
+    c = openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError) as exc:
+        c.chat.completions.create(model=model, messages=CHAT, extra_body=extra)  # type: ignore[arg-type]
+    assert exc.value.body is not None
+    assert exc.value.param == param  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", ["openai", "ollama", "anthropic"])
+def test_upstream_garbage_is_502(gw: RunningGateway, family: str) -> None:
+    gw.sims[family].options.garbage = True
+    model = {"openai": "gpt-4o-mini", "ollama": "llama3.2:3b", "anthropic": "claude-sonnet-4-6"}[family]
+    c = openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        c.chat.completions.create(model=model, messages=CHAT)  # type: ignore[arg-type]
+    assert exc.value.status_code == 502
+    assert exc.value.code == "upstream_bad_response"  # type: ignore[attr-defined]
+
+
+def test_upstream_timeout_is_504(gateway_factory: Any, sim_factory: Any, tmp_path: Path) -> None:
+    slow = sim_factory(family="openai", latency=5.0)
+    config = {
+        "auth": {"keys": [{"name": "t", "key": CLIENT_KEY}]},
+        "backends": {"slow": {"provider": "openai", "base_url": slow.url, "timeout": 0.3}},
+    }
+    gw = gateway_factory(config)
+    c = openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        c.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+    assert exc.value.status_code == 504
+
+
+def test_upstream_unreachable_is_502(gateway_factory: Any, sim_factory: Any) -> None:
+    sim = sim_factory(family="openai")
+    gw = gateway_factory(
+        {
+            "auth": {"keys": [{"name": "t", "key": CLIENT_KEY}]},
+            "backends": {"b": {"provider": "openai", "base_url": sim.url}},
+        }
+    )
+    sim.thread.stop()  # the backend goes away after it was discovered
+    c = openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        c.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+    assert exc.value.status_code == 502
+    assert exc.value.code == "upstream_unreachable"  # type: ignore[attr-defined]
+
+
+def test_upstream_rate_limit_passes_429_with_retry_after(gateway_factory: Any, sim_factory: Any) -> None:
+    sim = sim_factory(family="openai", ratelimit="openai", rpm=1)
+    gw = gateway_factory(
+        {
+            "auth": {"keys": [{"name": "t", "key": CLIENT_KEY}]},
+            "backends": {"b": {"provider": "openai", "base_url": sim.url}},
+        }
+    )
+    c = openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0)
+    c.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError) as exc:
+        c.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+    assert exc.value.response.headers.get("retry-after")
+
+
+@pytest.mark.anyio
+async def test_unknown_path_is_openai_shaped_404(gw: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/v1/nope") as r:
+        assert r.status == 404
+        assert_openai_error(await r.json())
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "laneway.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (
+            "backends:\n  gpu-1:\n    provider: olama\n    base_url: http://x\n",
+            ["backends.gpu-1.provider", ":3"],
+        ),
+        (
+            "backends:\n  gpu-1:\n    provider: ollama\n    base_url: ftp://x\n",
+            ["backends.gpu-1.base_url", ":4"],
+        ),
+        (
+            "backends:\n  gpu-1:\n    provider: ollama\n    base_url: http://x\n    colour: red\n",
+            ["backends.gpu-1.colour", "unknown key", ":5"],
+        ),
+        ("server:\n  port: [\n", ["not valid YAML"]),
+        ("routes:\n  a: [b]\n  b: [llama3]\n", ["routes.a[0]", "may not name other routes", ":2"]),
+        ("routes:\n  a: [llama3@extreme]\n", ["routes.a[0]", "@extreme"]),
+        ("auth:\n  keys:\n    - name: k\n", ["auth.keys.0", "exactly one of"]),
+        ("- just\n- a list\n", ["top level must be a mapping"]),
+    ],
+)
+def test_config_errors_name_the_key_file_and_line(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    message = exc.value.message
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "absent.yaml")
