@@ -97,10 +97,13 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
     """Run the gateway on a free port in front of the given config."""
     threads: list[ServerThread] = []
 
-    def start(config: dict[str, Any], sims: dict[str, Sim] | None = None) -> RunningGateway:
+    def start(
+        config: dict[str, Any], sims: dict[str, Sim] | None = None, options: GatewayOptions | None = None
+    ) -> RunningGateway:
         config.setdefault("storage", {"data_dir": str(tmp_path / f"gw-{len(threads)}")})
         settings = settings_from_data(config, source="test-config.yaml")
-        gateway = Gateway(settings, options=GatewayOptions(discovery_interval=3600, key_reload_interval=3600))
+        options = options or GatewayOptions(discovery_interval=3600, key_reload_interval=3600)
+        gateway = Gateway(settings, options=options)
         thread = ServerThread(build_app(gateway))
         threads.append(thread)
         return RunningGateway(thread.start(), CLIENT_KEY, gateway, sims or {})
@@ -142,6 +145,7 @@ def pg_url() -> Iterator[str]:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

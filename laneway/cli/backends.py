@@ -7,53 +7,25 @@ Backends come from two places: the config file (edited by hand, read-only here) 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 import click
 from pydantic import ValidationError
 
-from laneway.cli.common import config_option, friendly_errors, run_async, settings_or_exit
+from laneway.cli.common import (
+    config_option,
+    database_url_option,
+    friendly_errors,
+    print_table,
+    settings_or_exit,
+    with_database,
+)
 from laneway.config.schema import NAME_RE, BackendConfig, Family, Settings, TierName
 
 if TYPE_CHECKING:  # the storage stack is imported only by the commands that use it
     from laneway.storage import Database, StoredBackend
 
 T = TypeVar("T")
-
-# Shared with ``laneway keys``. (A candidate for laneway.cli.common.)
-database_url_option = click.option(
-    "--database-url",
-    "database_url",
-    envvar="LANEWAY_DATABASE_URL",
-    default=None,
-    metavar="URL",
-    help="Database to use instead of the config's storage.database_url (sqlite:///... or postgresql://...).",
-)
-
-
-def with_database(
-    settings: Settings, database_url: str | None, work: Callable[[Database], Awaitable[T]]
-) -> T:
-    """Open the declared-state database (migrating it if needed), run ``work(db)``, close it."""
-    from laneway.storage import Database
-
-    url = database_url or settings.storage.resolved_database_url()
-
-    async def run() -> T:
-        db = await Database.open(url)
-        try:
-            return await work(db)
-        finally:
-            await db.aclose()
-
-    return run_async(run())
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for line in [headers, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _origin(settings: Settings) -> str:

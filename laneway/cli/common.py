@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from laneway.config import Settings, load_settings
 from laneway.errors import LanewayError
+
+if TYPE_CHECKING:  # the storage stack is imported only by the commands that use it
+    from laneway.storage import Database
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -53,3 +56,37 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
         return asyncio.run(coro)
+
+
+database_url_option = click.option(
+    "--database-url",
+    "database_url",
+    envvar="LANEWAY_DATABASE_URL",
+    default=None,
+    metavar="URL",
+    help="Database to use instead of the config's storage.database_url (sqlite:///... or postgresql://...).",
+)
+
+
+def with_database(
+    settings: Settings, database_url: str | None, work: Callable[[Database], Awaitable[T]]
+) -> T:
+    """Open the declared-state database (migrating it if needed), run ``work(db)``, close it."""
+    from laneway.storage import Database
+
+    url = database_url or settings.storage.resolved_database_url()
+
+    async def run() -> T:
+        db = await Database.open(url)
+        try:
+            return await work(db)
+        finally:
+            await db.aclose()
+
+    return run_async(run())
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from laneway.cli.backends import database_url_option, print_table, with_database
-from laneway.cli.common import config_option, friendly_errors, settings_or_exit
+from laneway.cli.common import (
+    config_option,
+    database_url_option,
+    friendly_errors,
+    print_table,
+    settings_or_exit,
+    with_database,
+)
 
 if TYPE_CHECKING:
     from laneway.storage import Database, StoredKey
