@@ -66,7 +66,7 @@ laneway demo is running at {url}  (config: {config_path})
        -H 'content-type: application/json' \\
        -d '{{"model": "smart", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
-  python -c 'from openai import OpenAI; c = OpenAI(); \\
+  .venv/bin/python -c 'from openai import OpenAI; c = OpenAI(); \\
 print(c.chat.completions.create(model="llama3.2:3b", messages=[{{"role": "user", "content": "hi"}}]))'
 
 Models: llama3.2:3b and nomic-embed-text:latest (simulated Ollama), gpt-4o-mini and
