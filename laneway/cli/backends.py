@@ -7,7 +7,7 @@ Backends come from two places: the config file (edited by hand, read-only here) 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 from pydantic import ValidationError
@@ -24,8 +24,6 @@ from laneway.config.schema import NAME_RE, BackendConfig, Family, Settings, Tier
 
 if TYPE_CHECKING:  # the storage stack is imported only by the commands that use it
     from laneway.storage import Database, StoredBackend
-
-T = TypeVar("T")
 
 
 def _origin(settings: Settings) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import orjson
 
-from laneway.cli.common import config_option, friendly_errors, run_async, settings_or_exit
+from laneway.cli.common import config_option, friendly_errors, print_table, run_async, settings_or_exit
 from laneway.config.schema import Settings
 from laneway.inventory.lanes import Lane
 
@@ -54,11 +54,11 @@ def models(config_path: str | None, as_json: bool) -> None:
         ]
         click.echo(orjson.dumps({"lanes": rows, "errors": errors}, option=orjson.OPT_INDENT_2).decode())
     else:
-        width = max([len(ln.model) for ln in lanes] + [5])
-        click.echo(f"{'MODEL':<{width}}  {'BACKEND':<20} {'TYPE':<10} {'CONTEXT':>8}  LANE")
-        for ln in sorted(lanes, key=lambda x: (x.model, x.backend, x.type)):
-            ctx = str(ln.context_length or "-")
-            click.echo(f"{ln.model:<{width}}  {ln.backend:<20} {ln.type:<10} {ctx:>8}  {ln.id}")
+        table = [
+            [ln.model, ln.backend, ln.type, str(ln.context_length or "-"), ln.id]
+            for ln in sorted(lanes, key=lambda x: (x.model, x.backend, x.type))
+        ]
+        print_table(["MODEL", "BACKEND", "TYPE", "CONTEXT", "LANE"], table)
         for name, err in errors.items():
             click.echo(f"! {name}: {err}", err=True)
     if errors:
