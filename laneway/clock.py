@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -65,3 +68,25 @@ class ManualClock:
         for wake_at, fut in self._sleepers:
             if wake_at <= self._mono and not fut.done():
                 fut.set_result(None)
+
+
+async def within(clock: Clock, seconds: float, work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` for at most ``seconds`` of ``clock``'s time, else cancel it and raise
+    ``TimeoutError``. Deadlines measured on the injected clock let a test with a ``ManualClock``
+    show that many deadlines run side by side: one ``advance`` expires all of them."""
+    task = asyncio.ensure_future(work)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait((task, timer), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # we were cancelled: take both down with us
+        task.cancel()
+        timer.cancel()
+        await asyncio.wait((task, timer))
+        raise
+    timer.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))  # raises only if *we* are cancelled meanwhile
+    if task.cancelled():
+        raise TimeoutError(f"gave up after {seconds:g}s")
+    return task.result()

@@ -9,10 +9,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings
-from laneway.inventory.discovery import Discovery
+from laneway.inventory.cooldown import AuthCooldowns
+from laneway.inventory.modelcache import ModelListCache
+from laneway.inventory.reconcile import Reconciler
+from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
 from laneway.keys import KeyRing, config_key_hashes
 from laneway.providers.base import Provider
@@ -20,16 +24,17 @@ from laneway.providers.registry import build_provider
 from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
 from laneway.routing.selectors import parse_routes, validate_routes
-from laneway.storage import Database
+from laneway.storage import Database, KeyValueStore
 
 log = logging.getLogger("laneway")
 
 
 @dataclass
 class GatewayOptions:
-    discovery_interval: float = 30.0
-    discovery_deadline: float = 10.0
     key_reload_interval: float = 5.0
+    # Run the reconciliation schedule in the background. Tests that drive cycles by hand turn it
+    # off; on-demand refreshes (a request for an unknown model, POST /admin/refresh) still run.
+    schedule: bool = True
 
 
 @dataclass
@@ -41,49 +46,88 @@ class Gateway:
     def __post_init__(self) -> None:
         self.inventory = Inventory()
         self.keys = KeyRing(open_access=self.settings.auth.open)
-        self._config_keys = config_key_hashes(self.settings.auth.keys, self.settings.source)
-        self.backends: dict[str, BackendConfig] = {}
-        self.providers: dict[str, Provider] = {}
+        self._config_keys, self._admin_keys = config_key_hashes(self.settings.auth.keys, self.settings.source)
         self.db: Database | None = None
-        self.discovery: Discovery | None = None
+        self.runtime: KeyValueStore | None = None
+        self.reconciler: Reconciler | None = None
         self.router: Router | None = None
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._shadowed: set[str] = set()  # backends in both config and database, warned about once
+
+    @property
+    def backends(self) -> dict[str, BackendConfig]:
+        return self.reconciler.configs if self.reconciler else {}
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return self.reconciler.providers if self.reconciler else {}
 
     async def start(self) -> None:
-        self.db = await Database.open(self.settings.storage.resolved_database_url())
-        self.backends = dict(self.settings.backends)
-        for stored in await self.db.backends.list():
-            if stored.name in self.backends:
-                log.warning(
-                    "backend '%s' is declared in the config and the database; the config wins", stored.name
-                )
-                continue
-            self.backends[stored.name] = stored.config
-        names = frozenset(self.backends)
-        validate_routes(self.settings, extra_backends=names)
-        self.providers = {name: build_provider(name, cfg) for name, cfg in self.backends.items()}
-        self.discovery = Discovery(
-            self.inventory,
-            {name: (cfg, self.providers[name]) for name, cfg in self.backends.items()},
-            self.clock,
-            deadline=self.options.discovery_deadline,
+        settings = self.settings
+        self.db = await Database.open(settings.storage.resolved_database_url())
+        self.runtime, cache_store = open_stores(settings, self.clock)
+        inv = settings.inventory
+        ctx = RefreshContext(
+            inventory=self.inventory,
+            cooldowns=AuthCooldowns(self.runtime, self.clock, ttl=inv.auth_cooldown),
+            cache=ModelListCache(cache_store, ttl=inv.model_cache_ttl),
+            clock=self.clock,
+            settings=inv,
         )
-        resolver = Resolver(self.inventory, parse_routes(self.settings, names), names)
-        self.router = Router(resolver, self.providers)
+        self.reconciler = Reconciler(
+            ctx,
+            declared=self.declared_backends,
+            build_provider=build_provider,
+            on_change=self._rebuild_routes,
+        )
+        await self.reconciler.sync_declared()
+        validate_routes(settings, extra_backends=frozenset(self.reconciler.refreshers))
+        self._rebuild_routes(frozenset(self.reconciler.refreshers))
         await self.reload_keys()
-        await self.discovery.refresh_all()
-        self._tasks = [
-            asyncio.create_task(self.discovery.run(self.options.discovery_interval), name="discovery"),
-            asyncio.create_task(self._reload_keys_forever(), name="key-reload"),
-        ]
+        await self.reconciler.cycle()
+        self._tasks = [asyncio.create_task(self._reload_keys_forever(), name="key-reload")]
+        if self.options.schedule:
+            self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
         self.ready = True
         log.info("laneway ready: %d backends, %d lanes", len(self.backends), len(self.inventory))
+
+    async def declared_backends(self) -> dict[str, BackendConfig]:
+        """The declared state: the config file's backends, plus those declared in the database
+        (the config file wins a name both declare)."""
+        assert self.db is not None
+        declared = dict(self.settings.backends)
+        for stored in await self.db.backends.list():
+            if stored.name in declared:
+                if stored.name not in self._shadowed:
+                    self._shadowed.add(stored.name)
+                    log.warning(
+                        "backend '%s' is declared in the config and the database; the config wins",
+                        stored.name,
+                    )
+                continue
+            declared[stored.name] = stored.config
+        return declared
+
+    def _rebuild_routes(self, names: frozenset[str]) -> None:
+        """Selectors read ``backend/model`` against the declared backend names: re-parse them when
+        the set of backends changes."""
+        assert self.reconciler is not None
+        resolver = Resolver(self.inventory, parse_routes(self.settings, names), names)
+        if self.router is None:
+            self.router = Router(
+                resolver,
+                self.reconciler.providers,
+                allows=self.reconciler.allows,
+                on_miss=self.reconciler.refresh_local,
+            )
+        else:
+            self.router.resolver = resolver
 
     async def reload_keys(self) -> None:
         assert self.db is not None
         stored = await self.db.keys.active_hashes()
-        self.keys.replace({**stored, **self._config_keys})
+        self.keys.replace({**stored, **self._config_keys}, admins=self._admin_keys)
 
     async def _reload_keys_forever(self) -> None:
         # Keys created or revoked with the CLI reach a running server within one interval.
@@ -101,6 +145,20 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(p.aclose() for p in self.providers.values()), return_exceptions=True)
+        if self.reconciler is not None:
+            await self.reconciler.aclose()
+        if self.runtime is not None:
+            await self.runtime.aclose()
         if self.db is not None:
             await self.db.aclose()
+
+
+def open_stores(settings: Settings, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:
+    """(runtime store, cache store). Embedded default: runtime state in memory, caches that should
+    survive a restart (model lists) in the local cache directory. Cluster mode: both in Redis."""
+    from laneway.storage import FileStore, open_runtime_store
+
+    runtime = open_runtime_store(settings.storage.runtime_url, clock)
+    if settings.storage.runtime_url == "memory://":
+        return runtime, FileStore(Path(settings.storage.data_dir) / "cache", clock)
+    return runtime, runtime

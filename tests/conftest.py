@@ -102,7 +102,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
     ) -> RunningGateway:
         config.setdefault("storage", {"data_dir": str(tmp_path / f"gw-{len(threads)}")})
         settings = settings_from_data(config, source="test-config.yaml")
-        options = options or GatewayOptions(discovery_interval=3600, key_reload_interval=3600)
+        options = options or GatewayOptions(schedule=False, key_reload_interval=3600)
         gateway = Gateway(settings, options=options)
         thread = ServerThread(build_app(gateway))
         threads.append(thread)

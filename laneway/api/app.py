@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from laneway.api.admin_routes import AdminRoutes
 from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.openai_routes import OpenAIRoutes
 from laneway.errors import LanewayError
@@ -22,15 +23,16 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
     """The gateway's app. With ``manage_gateway`` its lifespan starts and stops ``gateway``;
     ``laneway serve`` starts it itself first, so a start-up error is one clear line."""
     api = OpenAIRoutes(gateway)
+    admin = AdminRoutes(gateway)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        discovery = gateway.discovery
+        reconciler = gateway.reconciler
         backends = {
-            name: {"lanes": st.lanes, "last_refresh": st.last_refresh, "error": st.last_error}
-            for name, st in (discovery.state.items() if discovery else ())
+            st.name: {"lanes": st.lanes, "last_refresh": st.last_refresh, "error": st.last_error}
+            for st in (reconciler.statuses() if reconciler else ())
         }
         body = {"ready": gateway.ready, "lanes": len(gateway.inventory), "backends": backends}
         return Response(
@@ -56,6 +58,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
             Route("/v1/models", api.models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *admin.routes(),
         ],
         exception_handlers={
             LanewayError: laneway_error_handler,

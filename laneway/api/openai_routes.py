@@ -81,12 +81,15 @@ class OpenAIRoutes:
         return await self._handle(request, Operation.EMBEDDING, EmbeddingRequest)
 
     async def models(self, request: Request) -> Response:
-        """Every servable model once, then every route; ``laneway`` says which lanes serve each."""
+        """Every model a lane can serve now, once, then every route; ``laneway`` says which lanes
+        serve each. Lanes out of rotation (auth cooldown, open breaker) are not listed."""
         gw = self.gateway
         gw.keys.caller_for(request.headers.get("authorization"), request.headers.get("x-api-key"))
         data: list[dict[str, Any]] = []
         for model in gw.inventory.models():
-            lanes = gw.inventory.by_model(model)
+            lanes = [ln for ln in gw.inventory.by_model(model) if ln.routable]
+            if not lanes:
+                continue
             data.append(
                 {
                     "id": model,
@@ -98,6 +101,7 @@ class OpenAIRoutes:
                         "types": sorted({ln.type for ln in lanes}),
                         "backends": sorted({ln.backend for ln in lanes}),
                         "context_length": max((ln.context_length or 0 for ln in lanes), default=0) or None,
+                        "capabilities": sorted(set().union(*(ln.capabilities for ln in lanes))),
                     },
                 }
             )

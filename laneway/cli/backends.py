@@ -75,7 +75,7 @@ def _row(name: str, cfg: BackendConfig, source: str) -> dict[str, Any]:
         "provider": cfg.provider,
         "base_url": cfg.base_url,
         "tier": cfg.effective_tier,
-        "models": list(cfg.models),
+        "models": cfg.model_dump(mode="json", include={"models"})["models"],
         "api_key_env": cfg.api_key_env,
         "source": source,
     }

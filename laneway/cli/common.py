@@ -87,6 +87,50 @@ def with_database(
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for line in [headers, *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+class DefaultCommandGroup(click.Group):
+    """A group that runs ``default_command`` when it is given no sub-command, or only options:
+    ``laneway backends --json`` means ``laneway backends status --json``. ``--help`` on the group
+    still shows the group's help, with its sub-commands."""
+
+    def __init__(self, *args: Any, default_command: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0].startswith("-") and args[0] not in ctx.help_option_names):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+# --- times, as an operator reads them -----------------------------------------------------------
+# The admin API gives wall-clock seconds; these take ``now`` as an argument so they stay pure.
+
+
+def format_duration(seconds: float) -> str:
+    """``44s``, ``3m12s``, ``2h05m``, ``3d04h``: two units at most, never negative."""
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_age(at: float | None, now: float, *, never: str = "never") -> str:
+    """How long ago ``at`` was: ``12s ago``. A time slightly ahead of ours (clock skew between
+    the gateway and this machine) reads ``0s ago``."""
+    return never if at is None else f"{format_duration(now - at)} ago"
+
+
+def format_remaining(until: float | None, now: float, *, past: str = "-") -> str:
+    """How long until ``until``: ``44s``; ``-`` when there is no deadline, ``past`` once it passed."""
+    if until is None:
+        return "-"
+    return format_duration(until - now) if until > now else past

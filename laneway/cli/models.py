@@ -6,29 +6,43 @@ import click
 import orjson
 
 from laneway.cli.common import config_option, friendly_errors, print_table, run_async, settings_or_exit
-from laneway.config.schema import Settings
+from laneway.config.schema import BackendConfig, Settings
 from laneway.inventory.lanes import Lane
 
 
 async def discover(settings: Settings) -> tuple[list[Lane], dict[str, str]]:
-    """One discovery pass over the config's backends, without a server or a database."""
+    """One reconciliation cycle over the config's backends, without a server or a database
+    (nothing cached, nothing kept)."""
     from laneway.clock import SystemClock
-    from laneway.inventory.discovery import Discovery
+    from laneway.inventory.cooldown import AuthCooldowns
+    from laneway.inventory.modelcache import ModelListCache
+    from laneway.inventory.reconcile import Reconciler
+    from laneway.inventory.refresher import RefreshContext
     from laneway.inventory.store import Inventory
     from laneway.providers.registry import build_provider
+    from laneway.storage import MemoryStore
 
-    providers = {name: build_provider(name, cfg) for name, cfg in settings.backends.items()}
-    inventory = Inventory()
-    discovery = Discovery(
-        inventory, {n: (settings.backends[n], p) for n, p in providers.items()}, SystemClock(), deadline=10
+    clock = SystemClock()
+    store = MemoryStore(clock)
+    ctx = RefreshContext(
+        inventory=Inventory(),
+        cooldowns=AuthCooldowns(store, clock),
+        cache=ModelListCache(store),
+        clock=clock,
+        settings=settings.inventory,
     )
+
+    async def declared() -> dict[str, BackendConfig]:
+        return dict(settings.backends)
+
+    reconciler = Reconciler(ctx, declared=declared, build_provider=build_provider)
     try:
-        await discovery.refresh_all()
+        await reconciler.sync_declared()
+        statuses = await reconciler.cycle()
     finally:
-        for p in providers.values():
-            await p.aclose()
-    errors = {name: st.last_error for name, st in discovery.state.items() if st.last_error}
-    return inventory.lanes(), errors
+        await reconciler.aclose()
+    errors = {st.name: st.last_error for st in statuses if st.last_error}
+    return ctx.inventory.lanes(), errors
 
 
 @click.command()

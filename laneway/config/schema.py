@@ -2,16 +2,22 @@
 
 server:    {host, port, max_body_bytes, log_level}
 storage:   {database_url, runtime_url, data_dir}
-auth:      {open, keys: [{name, key | key_env | key_hash, caller}]}
+auth:      {open, keys: [{name, key | key_env | key_hash, caller, admin}]}
 backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto_discover,
-                   allow, deny, timeout, connect_timeout, max_connections, weight}}
+                   allow, deny, timeout, connect_timeout, max_connections, weight, model_weights,
+                   refresh_interval}}
+           models: [name | {name, context_length, capabilities, weight}]
+inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, auth_cooldown,
+            model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
+defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
 """
 
 from __future__ import annotations
 
 import os
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Family = Literal["openai", "ollama", "anthropic"]
 TierName = Literal["local", "fleet", "cloud", "frontier", "direct"]
 Effort = Literal["low", "medium", "high"]
+Capability = Literal["chat", "completion", "embedding", "tools", "vision", "reasoning"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DEFAULT_TIER: dict[str, TierName] = {"openai": "cloud", "anthropic": "frontier", "ollama": "local"}
@@ -55,9 +62,9 @@ class StorageConfig(_Strict):
 
     @field_validator("runtime_url")
     @classmethod
-    def _memory_only(cls, v: str) -> str:
-        if v != "memory://":
-            raise ValueError("only memory:// is supported so far (redis:// comes with cluster mode)")
+    def _runtime_scheme(cls, v: str) -> str:
+        if v != "memory://" and not re.match(r"^rediss?://[^/\s]+", v):
+            raise ValueError("must be memory:// (one process) or redis://host:port/db (shared by replicas)")
         return v
 
     def resolved_database_url(self) -> str:
@@ -73,6 +80,7 @@ class KeyConfig(_Strict):
     key_env: str | None = None
     key_hash: str | None = None
     caller: str | None = None
+    admin: bool = False  # may call /admin/... (inventory, refresh, caches)
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> KeyConfig:
@@ -89,21 +97,56 @@ class AuthConfig(_Strict):
     keys: list[KeyConfig] = []
 
 
+class DeclaredModel(_Strict):
+    """A model declared on a backend. What is given here wins over what the backend reports."""
+
+    name: str = Field(min_length=1)
+    context_length: int | None = Field(default=None, gt=0)
+    capabilities: list[Capability] | None = None
+    weight: float | None = Field(default=None, ge=0)
+
+
+ModelSpec = Annotated[str | DeclaredModel, Field(union_mode="left_to_right")]
+
+
 class BackendConfig(_Strict):
     provider: Family
     base_url: str
     api_key: str | None = Field(default=None, repr=False)
     api_key_env: str | None = None
     tier: TierName | None = None
-    models: list[str] = []
+    models: list[ModelSpec] = []
     auto_discover: bool | None = None  # default: true when no models are declared
     allow: list[str] = []
     deny: list[str] = []
     timeout: float = Field(600.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     max_connections: int = Field(256, ge=1)
-    weight: float = Field(100.0, ge=0)
+    weight: float = Field(100.0, ge=0)  # the instance weight
+    model_weights: dict[str, float] = {}  # model glob -> weight (default 100)
+    refresh_interval: float | None = Field(default=None, gt=0)  # default: inventory.intervals[provider]
     anthropic_version: str = "2023-06-01"
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[str | DeclaredModel]) -> list[str | DeclaredModel]:
+        seen: set[str] = set()
+        for spec in v:
+            name = spec if isinstance(spec, str) else spec.name
+            if not name:
+                raise ValueError("a model name may not be empty")
+            if name in seen:
+                raise ValueError(f"model '{name}' is declared twice")
+            seen.add(name)
+        return v
+
+    @field_validator("model_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for glob, w in v.items():
+            if w < 0:
+                raise ValueError(f"weight of '{glob}' must be >= 0")
+        return v
 
     @field_validator("base_url")
     @classmethod
@@ -126,6 +169,30 @@ class BackendConfig(_Strict):
     def discovers(self) -> bool:
         return self.auto_discover if self.auto_discover is not None else not self.models
 
+    @property
+    def declared(self) -> dict[str, DeclaredModel]:
+        """Declared models by name, each as a ``DeclaredModel`` (a bare name declares nothing else)."""
+        return {
+            spec.name if isinstance(spec, DeclaredModel) else spec: (
+                spec if isinstance(spec, DeclaredModel) else DeclaredModel(name=spec)
+            )
+            for spec in self.models
+        }
+
+    @property
+    def model_names(self) -> list[str]:
+        return [spec if isinstance(spec, str) else spec.name for spec in self.models]
+
+    def model_weight(self, model: str) -> float:
+        """A declared model's weight, else the first matching ``model_weights`` glob, else 100."""
+        spec = self.declared.get(model)
+        if spec is not None and spec.weight is not None:
+            return spec.weight
+        for glob, weight in self.model_weights.items():
+            if fnmatchcase(model, glob):
+                return weight
+        return 100.0
+
     def resolve_api_key(self) -> str | None:
         if self.api_key_env:
             return os.environ.get(self.api_key_env)
@@ -144,14 +211,99 @@ class SelectorConfig(_Strict):
 
 SelectorSpec = Annotated[str | SelectorConfig, Field(union_mode="left_to_right")]
 
+DEFAULT_INTERVALS: dict[str, float] = {"ollama": 15.0, "openai": 60.0, "anthropic": 300.0}
+
+
+class WeightsConfig(_Strict):
+    """Tier and provider-family weights (default 100 each); a lane's weight is the product of its
+    tier, provider, instance (backend ``weight``) and model weights, times a health factor."""
+
+    tiers: dict[TierName, float] = {}
+    providers: dict[Family, float] = {}
+
+    @field_validator("tiers", "providers")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, w in v.items():
+            if w < 0:
+                raise ValueError(f"weight of '{name}' must be >= 0")
+        return v
+
+
+class InventoryConfig(_Strict):
+    """How the live lane inventory is kept true (discovery, expiry, cooldowns, caches)."""
+
+    intervals: dict[Family, float] = {}  # refresh interval per family; defaults: DEFAULT_INTERVALS
+    lane_ttl_intervals: float = Field(3.0, ge=1)  # a lane not re-observed for this many intervals expires
+    refresh_deadline: float = Field(10.0, gt=0)  # one backend's refresh, per cycle
+    auth_cooldown: float = Field(300.0, gt=0)  # refreshes skipped after a credential is refused
+    model_cache_ttl: float = Field(3600.0, gt=0)  # cloud model lists
+    miss_refresh_debounce: float = Field(5.0, ge=0)  # unknown model -> local refresh at most this often
+    declared_reload: float = Field(10.0, gt=0)  # how often backends declared in the database are re-read
+    weights: WeightsConfig = WeightsConfig()
+
+    @field_validator("intervals")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        for family, seconds in v.items():
+            if not seconds > 0:
+                raise ValueError(f"interval of '{family}' must be > 0")
+        return v
+
+    def interval(self, backend: BackendConfig) -> float:
+        if backend.refresh_interval is not None:
+            return backend.refresh_interval
+        return self.intervals.get(backend.provider, DEFAULT_INTERVALS[backend.provider])
+
+    def base_weight(self, backend: BackendConfig, model: str) -> float:
+        w = self.weights
+        return (
+            w.tiers.get(backend.effective_tier, 100.0)
+            * w.providers.get(backend.provider, 100.0)
+            * backend.weight
+            * backend.model_weight(model)
+        )
+
+
+ROLES = ("chat", "task", "embed")
+
+
+class DefaultsConfig(_Strict):
+    """Role routes: ``chat``, ``task`` and ``embed`` become routes a client can ask for by name."""
+
+    chat: SelectorSpec | list[SelectorSpec] | None = None
+    task: SelectorSpec | list[SelectorSpec] | None = None
+    embed: SelectorSpec | list[SelectorSpec] | None = None
+
+    def routes(self) -> dict[str, list[str | SelectorConfig]]:
+        out: dict[str, list[str | SelectorConfig]] = {}
+        for role in ROLES:
+            value = getattr(self, role)
+            if value is not None:
+                out[role] = list(value) if isinstance(value, list) else [value]
+        return out
+
 
 class Settings(_Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = Field(default_factory=StorageConfig)
     auth: AuthConfig = AuthConfig()
     backends: dict[str, BackendConfig] = {}
+    inventory: InventoryConfig = InventoryConfig()
     routes: dict[str, list[SelectorSpec]] = {}
+    defaults: DefaultsConfig = DefaultsConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
+
+    @model_validator(mode="after")
+    def _role_routes(self) -> Settings:
+        """``defaults`` become routes; naming a role in both places is a mistake, not an override."""
+        roles = self.defaults.routes()
+        clash = sorted(set(roles) & set(self.routes))
+        if clash:
+            raise ValueError(f"route '{clash[0]}' is given both under routes and under defaults; keep one")
+        if roles:
+            object.__setattr__(self, "routes", {**self.routes, **roles})
+        return self
 
     @field_validator("backends", "routes")
     @classmethod

@@ -1,44 +1,76 @@
-"""Discovery: a backend's lanes, computed from what its upstream reports.
+"""Discovery, the pure part: a backend's lanes computed from what its upstream reports.
 
-Declared models constrain a backend unless it auto-discovers; allow/deny lists filter both;
-a model that is declared but missing upstream is reported, not silently dropped. The full
-scheduled reconciliation (intervals, auth cooldown, expiry, model-list cache) builds on this.
+Declared models constrain a backend unless it auto-discovers; declared context length and
+capabilities win over observed ones; allow/deny lists filter (and are checked again at
+dispatch); a model that is declared but missing upstream is reported, not silently dropped.
+No I/O here: the refresher fetches, this decides.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from laneway.clock import Clock
-from laneway.config.schema import BackendConfig
-from laneway.errors import UpstreamError
+from laneway.config.schema import BackendConfig, DeclaredModel, InventoryConfig
 from laneway.inventory.lanes import Lane
-from laneway.inventory.store import Inventory
-from laneway.providers.base import ModelInfo, Provider
+from laneway.providers.base import ModelInfo
 
-log = logging.getLogger("laneway.inventory")
+# Capabilities that are also lane types: a declared capability list says which lanes exist.
+_TYPED = ("chat", "completion", "embedding")
 
 
 def model_allowed(config: BackendConfig, model: str) -> bool:
+    """The backend's model policy: deny wins, then an allow list (if any) must match."""
     if config.deny and any(fnmatchcase(model, pat) for pat in config.deny):
         return False
     return not config.allow or any(fnmatchcase(model, pat) for pat in config.allow)
 
 
+def _apply_declared(info: ModelInfo, spec: DeclaredModel) -> ModelInfo:
+    """What the operator declared wins over what the backend (or the name) suggests."""
+    types, caps = set(info.types), set(info.capabilities)
+    if spec.capabilities is not None:
+        caps = set(spec.capabilities)
+        types = {t for t in _TYPED if t in caps} or types
+    return ModelInfo(
+        id=info.id,
+        types=frozenset(types),
+        capabilities=frozenset(caps),
+        context_length=spec.context_length or info.context_length,
+        loaded=info.loaded,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    lanes: list[Lane]
+    missing: list[str]  # declared models the backend does not have
+    denied: list[str]  # models the backend has that its policy excludes
+
+
 def lanes_for(
-    name: str, config: BackendConfig, models: list[ModelInfo], now: float
-) -> tuple[list[Lane], list[str]]:
-    """(lanes, missing declared models) for one backend."""
+    name: str,
+    config: BackendConfig,
+    models: list[ModelInfo],
+    *,
+    inventory: InventoryConfig,
+    now: float,
+) -> Discovered:
+    """One backend's lanes from its model list. Lanes carry no health (the inventory keeps the
+    current one) and expire ``lane_ttl_intervals`` refresh intervals from ``now``."""
     observed = {m.id: m for m in models}
-    if config.discovers:
-        chosen = [m for m in models if model_allowed(config, m.id)]
-        missing = [m for m in config.models if m not in observed]
-    else:
-        chosen = [observed[m] for m in config.models if m in observed and model_allowed(config, m)]
-        missing = [m for m in config.models if m not in observed]
+    declared = config.declared
+    missing = [m for m in declared if m not in observed]
+    candidates = list(observed) if config.discovers else [m for m in declared if m in observed]
+    chosen: list[ModelInfo] = []
+    denied: list[str] = []
+    for model in candidates:
+        if not model_allowed(config, model):
+            denied.append(model)
+            continue
+        spec = declared.get(model)
+        chosen.append(_apply_declared(observed[model], spec) if spec else observed[model])
+    expires = now + inventory.lane_ttl_intervals * inventory.interval(config)
     lanes = [
         Lane(
             tier=config.effective_tier,
@@ -48,68 +80,12 @@ def lanes_for(
             model=info.id,
             capabilities=info.capabilities,
             context_length=info.context_length,
-            weight=config.weight,
+            base_weight=inventory.base_weight(config, info.id),
+            loaded=info.loaded,
             observed_at=now,
+            expires_at=expires,
         )
         for info in chosen
         for lane_type in sorted(info.types)
     ]
-    return lanes, missing
-
-
-@dataclass
-class BackendState:
-    """What the last discovery of one backend found, for /readyz and the CLI."""
-
-    last_refresh: float | None = None
-    last_error: str | None = None
-    missing_models: list[str] = field(default_factory=list)
-    lanes: int = 0
-
-
-class Discovery:
-    """Runs discovery for every backend concurrently, each bounded by ``deadline`` seconds, so
-    one dead backend never delays the others."""
-
-    def __init__(
-        self,
-        inventory: Inventory,
-        backends: dict[str, tuple[BackendConfig, Provider]],
-        clock: Clock,
-        *,
-        deadline: float = 10.0,
-    ) -> None:
-        self.inventory = inventory
-        self.backends = backends
-        self.clock = clock
-        self.deadline = deadline
-        self.state: dict[str, BackendState] = {name: BackendState() for name in backends}
-
-    async def refresh_backend(self, name: str) -> None:
-        config, provider = self.backends[name]
-        state = self.state.setdefault(name, BackendState())
-        try:
-            async with asyncio.timeout(self.deadline):
-                models = await provider.list_models()
-        except (UpstreamError, TimeoutError) as exc:
-            state.last_error = str(exc) or f"discovery timed out after {self.deadline:g}s"
-            log.warning("discovery failed", extra={"backend": name, "error": state.last_error})
-            return  # a failed refresh deletes nothing
-        lanes, missing = lanes_for(name, config, models, self.clock.now())
-        state.last_refresh = self.clock.now()
-        state.missing_models = missing
-        if config.models and not config.discovers and len(missing) == len(config.models):
-            state.last_error = f"none of the declared models exists upstream: {', '.join(missing)}"
-        else:
-            state.last_error = None
-        if lanes:  # an empty answer deletes nothing either
-            self.inventory.replace_backend(name, lanes)
-        state.lanes = len(self.inventory.by_backend(name))
-
-    async def refresh_all(self) -> None:
-        await asyncio.gather(*(self.refresh_backend(name) for name in self.backends))
-
-    async def run(self, interval: float) -> None:
-        while True:
-            await self.clock.sleep(interval)
-            await self.refresh_all()
+    return Discovered(lanes, missing, denied)

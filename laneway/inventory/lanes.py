@@ -29,6 +29,25 @@ class LaneType(StrEnum):
     EMBEDDING = "embedding"
 
 
+class Health(StrEnum):
+    """A lane's health. Discovery never sets it (writing a lane without health keeps the current
+    one); the auth cooldown sets ``denied`` and lifts it, breakers set ``open`` and ``half-open``."""
+
+    HEALTHY = "healthy"
+    HALF_OPEN = "half-open"
+    OPEN = "open"
+    DENIED = "denied"
+
+
+# What a lane's health does to its weight: 0 takes it out of rotation.
+HEALTH_FACTOR: dict[str, float] = {
+    Health.HEALTHY: 1.0,
+    Health.HALF_OPEN: 0.5,
+    Health.OPEN: 0.0,
+    Health.DENIED: 0.0,
+}
+
+
 class InvalidLaneId(LanewayError):
     status = 400
     error_type = "invalid_request_error"
@@ -74,7 +93,12 @@ def is_lane_id(value: str) -> bool:
 
 @dataclass(slots=True)
 class Lane:
-    """One routable unit in the inventory."""
+    """One routable unit in the inventory.
+
+    ``base_weight`` is tier x provider x instance x model weight (from config); ``weight`` applies
+    the health factor. ``health`` None means "keep whatever the inventory has" when written.
+    ``observed_at`` and ``expires_at`` are wall-clock seconds.
+    """
 
     tier: str
     family: str
@@ -83,8 +107,9 @@ class Lane:
     model: str
     capabilities: frozenset[str] = frozenset()
     context_length: int | None = None
-    weight: float = 100.0
-    health: str = "healthy"
+    base_weight: float = 100.0
+    health: str | None = None
+    loaded: bool | None = None  # the model is in memory on its backend (Ollama /api/ps); None: unknown
     observed_at: float = 0.0
     expires_at: float | None = None
     id: str = field(default="")
@@ -101,6 +126,34 @@ class Lane:
             raise InvalidLaneId(f"lane id '{self.id}' does not match its fields (expected '{composed}')")
         self.id = composed
 
+    @property
+    def weight(self) -> float:
+        return self.base_weight * HEALTH_FACTOR.get(self.health or Health.HEALTHY, 0.0)
+
+    @property
+    def routable(self) -> bool:
+        return self.weight > 0
+
     def replace(self, **changes: object) -> Lane:
         changes.setdefault("id", "")
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, object]:
+        """The lane as the admin API and the CLI show it."""
+        return {
+            "id": self.id,
+            "tier": self.tier,
+            "family": self.family,
+            "backend": self.backend,
+            "type": self.type,
+            "model": self.model,
+            "capabilities": sorted(self.capabilities),
+            "context_length": self.context_length,
+            "health": self.health or Health.HEALTHY,
+            "base_weight": self.base_weight,
+            "weight": self.weight,
+            "routable": self.routable,
+            "loaded": self.loaded,
+            "observed_at": self.observed_at,
+            "expires_at": self.expires_at,
+        }

@@ -4,14 +4,32 @@ Reads are on every request, writes happen on refresh; so writes rebuild small re
 (by model, by backend) and reads are dict lookups. ``replace_backend`` writes a backend's new
 lanes first and deletes the orphans of its previous snapshot after, so a reader never sees the
 backend with zero lanes in between.
+
+Every change is logged as one structured event (``lane added``, ``lane changed``, ``lane
+removed``) with the lane id and what changed; a refresh that finds the same lanes logs nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 
 from laneway.errors import LanewayError
-from laneway.inventory.lanes import InvalidLaneId, Lane, compose_lane_id
+from laneway.inventory.lanes import Health, InvalidLaneId, Lane, compose_lane_id
+
+log = logging.getLogger("laneway.inventory")
+
+# Fields that say what a lane is; a refresh that changes only its timestamps is not a change.
+_COMPARED = ("capabilities", "context_length", "base_weight", "health", "loaded")
+
+
+def _changes(old: Lane, new: Lane) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in _COMPARED:
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            out[name] = sorted(after) if isinstance(after, frozenset) else after
+    return out
 
 
 class Inventory:
@@ -44,27 +62,65 @@ class Inventory:
             raise InvalidLaneId(f"refusing lane with malformed id '{lane.id}' (expected '{expected}')")
 
     def write_lanes(self, lanes: Iterable[Lane]) -> None:
-        for lane in lanes:
+        """Add or update lanes. A lane written without health keeps the health it has (new: healthy)."""
+        lanes = list(lanes)
+        for lane in lanes:  # all checked before any is written: one bad lane writes nothing
             self._check(lane)
+        for lane in lanes:
+            old = self._lanes.get(lane.id)
+            if lane.health is None:
+                lane = lane.replace(health=old.health if old is not None else Health.HEALTHY)
             self._lanes[lane.id] = lane
-        self._reindex()
+            if old is None:
+                log.info(
+                    "lane added",
+                    extra={"lane": lane.id, "backend": lane.backend, "model": lane.model, "type": lane.type},
+                )
+            elif diff := _changes(old, lane):
+                log.info("lane changed", extra={"lane": lane.id, "backend": lane.backend, "changes": diff})
+        if lanes:  # even an unchanged lane is a new object (new expiry): the indexes must hold it
+            self._reindex()
 
-    def delete_lanes(self, ids: Iterable[str]) -> int:
-        n = sum(1 for i in ids if self._lanes.pop(i, None) is not None)
+    def delete_lanes(self, ids: Iterable[str], *, reason: str = "") -> int:
+        n = 0
+        for lane_id in ids:
+            lane = self._lanes.pop(lane_id, None)
+            if lane is not None:
+                n += 1
+                log.info("lane removed", extra={"lane": lane_id, "backend": lane.backend, "reason": reason})
         if n:
             self._reindex()
         return n
 
-    def replace_backend(self, backend: str, lanes: list[Lane]) -> None:
-        """Write ``lanes`` for ``backend``, then delete its lanes that are not among them."""
+    def replace_backend(self, backend: str, lanes: list[Lane]) -> int:
+        """Write ``lanes`` for ``backend``, then delete its lanes that are not among them (the orphans
+        of its previous snapshot). Returns how many orphans went."""
         if any(lane.backend != backend for lane in lanes):
             raise LanewayError(f"replace_backend('{backend}') given a lane of another backend")
         previous = {lane.id for lane in self._by_backend.get(backend, ())}
         self.write_lanes(lanes)
-        self.delete_lanes(previous - {lane.id for lane in lanes})
+        return self.delete_lanes(previous - {lane.id for lane in lanes}, reason="no longer reported")
 
-    def remove_backend(self, backend: str) -> int:
-        return self.delete_lanes([lane.id for lane in self._by_backend.get(backend, ())])
+    def remove_backend(self, backend: str, *, reason: str = "backend removed") -> int:
+        return self.delete_lanes([lane.id for lane in self._by_backend.get(backend, ())], reason=reason)
+
+    def set_health(self, ids: Iterable[str], health: str) -> int:
+        """Set the health of the given lanes; returns how many changed."""
+        updated = [
+            lane.replace(health=health)
+            for lane_id in ids
+            if (lane := self._lanes.get(lane_id)) is not None and lane.health != health
+        ]
+        if updated:
+            self.write_lanes(updated)
+        return len(updated)
+
+    def sweep(self, now: float) -> int:
+        """Delete lanes whose expiry has passed (their backend has not confirmed them for too long)."""
+        expired = [
+            i for i, lane in self._lanes.items() if lane.expires_at is not None and lane.expires_at <= now
+        ]
+        return self.delete_lanes(expired, reason="expired") if expired else 0
 
     def get(self, lane_id: str) -> Lane | None:
         return self._lanes.get(lane_id)
@@ -78,11 +134,32 @@ class Inventory:
     def lanes(self) -> list[Lane]:
         return [lane for group in self._by_backend.values() for lane in group]
 
+    def query(self, filters: Mapping[str, str]) -> list[Lane]:
+        """Lanes whose ``as_dict()`` fields equal the given values (compared as text; lists
+        such as ``capabilities`` match when they contain the value)."""
+        out = []
+        for lane in self.lanes():
+            shown = lane.as_dict()
+            if all(_field_matches(shown.get(k), v) for k, v in filters.items()):
+                out.append(lane)
+        return out
+
     def models(self) -> list[str]:
         return sorted(self._by_model)
+
+    def backends(self) -> list[str]:
+        return sorted(self._by_backend)
 
     def __len__(self) -> int:
         return len(self._lanes)
 
     def __repr__(self) -> str:
         return f"<Inventory: {len(self._lanes)} lanes, {len(self._by_backend)} backends>"
+
+
+def _field_matches(value: object, wanted: str) -> bool:
+    if isinstance(value, list):
+        return wanted in value
+    if isinstance(value, bool):
+        return wanted.lower() == str(value).lower()
+    return value is not None and str(value) == wanted

@@ -20,6 +20,7 @@ class ModelInfo:
     types: frozenset[str]
     capabilities: frozenset[str] = frozenset()
     context_length: int | None = None
+    loaded: bool | None = None  # in memory on the backend right now (Ollama /api/ps); None: not known
 
 
 @dataclass(slots=True)

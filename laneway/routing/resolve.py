@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from laneway.errors import InvalidRequest, ModelNotFound
+from laneway.errors import InvalidRequest, ModelNotFound, NoLaneAvailable
 from laneway.inventory.lanes import Lane, is_lane_id
 from laneway.inventory.store import Inventory
 from laneway.routing.selectors import Selector
@@ -60,11 +60,17 @@ class Resolver:
             raise ModelNotFound(
                 f"The model '{name}' does not exist or is not available right now", param="model"
             )
-        typed = tuple(c for c in lanes if c.lane.type == lane_type)
+        typed = [c for c in lanes if c.lane.type == lane_type]
         if not typed:
             served = ", ".join(sorted({c.lane.type for c in lanes}))
             raise InvalidRequest(f"'{name}' serves {served}, not {lane_type}", param="model")
-        return typed
+        routable = tuple(c for c in typed if c.lane.routable)
+        if not routable:
+            why = ", ".join(sorted({f"{c.lane.backend} ({c.lane.health})" for c in typed}))
+            raise NoLaneAvailable(
+                f"'{name}' has {len(typed)} lane(s) but none can take requests right now: {why}"
+            )
+        return routable
 
     def _route_candidates(self, route: tuple[Selector, ...]) -> list[Candidate]:
         seen: set[str] = set()

@@ -58,7 +58,7 @@ class StoredBackend:
     base_url: str
     api_key_env: str | None
     tier: str | None
-    models: tuple[str, ...]
+    models: tuple[str | dict[str, Any], ...]  # a name, or a declared model's fields
     options: Mapping[str, Any]
     created_at: datetime
     updated_at: datetime
@@ -250,7 +250,7 @@ class BackendRepo(_Repo):
             base_url=config.base_url,
             api_key_env=config.api_key_env,
             tier=config.tier,
-            models=list(config.models),
+            models=config.model_dump(mode="json", include={"models"})["models"],
             # Only what differs from the defaults, so a backend stored today follows tomorrow's
             # defaults exactly like one declared in the config file does.
             options=config.model_dump(

@@ -6,6 +6,11 @@ entry disappear on its own.
 The semantics follow Redis so both implementations behave alike: a TTL must be positive, ``set``
 without a TTL keeps the entry until it is deleted or overwritten, and an expired entry is gone
 for every operation at once (``get``, ``scan`` and ``delete`` all agree).
+
+Implementations: ``MemoryStore`` here, ``FileStore`` (a local directory that survives restarts and
+that the CLI can read) and ``RedisStore`` (cluster mode); ``open_runtime_store`` picks one by URL.
+Their failures to reach or use what is behind them are ``StoreUnavailable``; foreign exceptions
+(``OSError``, redis-py's) never travel past a store.
 """
 
 from __future__ import annotations
@@ -16,6 +21,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from laneway.clock import Clock
+from laneway.storage.errors import StorageError
+
+
+class StoreUnavailable(StorageError):
+    """The runtime store cannot be reached or used: Redis is down, the directory cannot be created
+    or written. The message names the place (never a password) and what to check."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "runtime_store_unavailable"
 
 
 class KeyValueStore(Protocol):

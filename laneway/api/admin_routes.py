@@ -1,0 +1,128 @@
+"""The admin API (JSON): the lane inventory, backends and their refreshes, the model-list cache.
+
+Every endpoint needs an admin key (``admin: true`` under ``auth.keys``; any key with open access).
+
+    GET    /admin/lanes                 ?FIELD=VALUE... (any lane field: backend, model, tier, health...)
+    GET    /admin/backends              each backend's last refresh, error, cooldown
+    POST   /admin/refresh               ?backend=NAME (default: all)  &cache=false (skip the model-list cache)
+    GET    /admin/model-cache           cached model lists
+    DELETE /admin/model-cache           clear all
+    DELETE /admin/model-cache/{backend} invalidate one backend
+    DELETE /admin/cooldowns/{backend}   lift a backend's auth cooldown (the key was fixed)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from laneway.errors import InvalidRequest, ModelNotFound, NoLaneAvailable
+from laneway.gateway import Gateway
+from laneway.inventory.lanes import Lane
+from laneway.inventory.reconcile import Reconciler
+
+LANE_FIELDS = frozenset(Lane("local", "f", "b", "chat", "m").as_dict())
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+class NotFound(ModelNotFound):
+    code = "not_found"
+
+
+class AdminRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/lanes", self.lanes, methods=["GET"]),
+            Route("/admin/backends", self.backends, methods=["GET"]),
+            Route("/admin/refresh", self.refresh, methods=["POST"]),
+            Route("/admin/model-cache", self.cache, methods=["GET"]),
+            Route("/admin/model-cache", self.clear_cache, methods=["DELETE"]),
+            Route("/admin/model-cache/{backend}", self.invalidate_cache, methods=["DELETE"]),
+            Route("/admin/cooldowns/{backend}", self.lift_cooldown, methods=["DELETE"]),
+        ]
+
+    def _admin(self, request: Request) -> Reconciler:
+        gw = self.gateway
+        gw.keys.require_admin(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        if gw.reconciler is None:
+            raise NoLaneAvailable("The gateway is still starting; try again in a moment")
+        return gw.reconciler
+
+    def _backend(self, reconciler: Reconciler, name: str) -> str:
+        if name not in reconciler.refreshers:
+            known = ", ".join(sorted(reconciler.refreshers)) or "none"
+            raise NotFound(f"No backend named '{name}' (declared: {known})", param="backend")
+        return name
+
+    async def lanes(self, request: Request) -> Response:
+        self._admin(request)
+        filters = dict(request.query_params)
+        unknown = sorted(set(filters) - LANE_FIELDS)
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown lane field '{unknown[0]}'; filter by any of: {', '.join(sorted(LANE_FIELDS))}",
+                param=unknown[0],
+            )
+        lanes = sorted(self.gateway.inventory.query(filters), key=lambda ln: (ln.backend, ln.model, ln.type))
+        return json_response({"lanes": [ln.as_dict() for ln in lanes], "count": len(lanes)})
+
+    async def backends(self, request: Request) -> Response:
+        reconciler = self._admin(request)
+        return json_response({"backends": [st.as_dict() for st in reconciler.statuses()]})
+
+    async def refresh(self, request: Request) -> Response:
+        reconciler = self._admin(request)
+        name = request.query_params.get("backend")
+        cache = request.query_params.get("cache", "true").lower()
+        if cache not in ("true", "false"):
+            raise InvalidRequest("cache must be true or false", param="cache")
+        names = [self._backend(reconciler, name)] if name else None
+        await reconciler.sync_declared()
+        statuses = await reconciler.cycle(names, use_cache=cache == "true")
+        return json_response({"backends": [st.as_dict() for st in statuses]})
+
+    async def cache(self, request: Request) -> Response:
+        reconciler = self._admin(request)
+        entries = await reconciler.ctx.cache.entries()
+        return json_response(
+            {
+                "ttl": reconciler.ctx.cache.ttl,
+                "entries": [
+                    {
+                        "backend": e.backend,
+                        "credential": e.fingerprint,
+                        "models": e.models,
+                        "cached_at": e.cached_at,
+                    }
+                    for e in sorted(entries, key=lambda e: e.backend)
+                ],
+            }
+        )
+
+    async def clear_cache(self, request: Request) -> Response:
+        reconciler = self._admin(request)
+        return json_response({"invalidated": await reconciler.ctx.cache.clear()})
+
+    async def invalidate_cache(self, request: Request) -> Response:
+        reconciler = self._admin(request)
+        backend = request.path_params["backend"]
+        return json_response({"invalidated": await reconciler.ctx.cache.invalidate(backend)})
+
+    async def lift_cooldown(self, request: Request) -> Response:
+        reconciler = self._admin(request)
+        name = self._backend(reconciler, request.path_params["backend"])
+        refresher = reconciler.refreshers[name]
+        lifted = await reconciler.ctx.cooldowns.lift(refresher.credential)
+        if lifted:
+            await reconciler.cycle([name])
+        return json_response({"lifted": lifted, "backend": refresher.status.as_dict()})

@@ -1,0 +1,179 @@
+"""Reconciliation: the declared backends against what they really serve, on a schedule.
+
+One cycle refreshes every backend it is given concurrently, each bounded by its own deadline,
+so a dead backend never delays the others. The declared state (config file plus database) is
+re-read every ``declared_reload`` seconds: a new backend gets a refresher and is refreshed at
+once, a changed one is rebuilt, a removed one loses its lanes. Each backend is refreshed every
+interval of its family (or its own ``refresh_interval``); expired lanes are swept on every pass.
+
+A request for a model that no lane serves may ask for one extra refresh of the local backends
+(``refresh_local``): debounced, and shared by every request that asks meanwhile, so a backend
+started after laneway becomes routable on the first request for its model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+
+from laneway.config.schema import BackendConfig
+from laneway.errors import LanewayError
+from laneway.inventory.discovery import model_allowed
+from laneway.inventory.refresher import BackendStatus, RefreshContext, Refresher
+from laneway.providers.base import Provider
+
+log = logging.getLogger("laneway.inventory")
+
+Declared = Callable[[], Awaitable[dict[str, BackendConfig]]]
+BuildProvider = Callable[[str, BackendConfig], Provider]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        ctx: RefreshContext,
+        *,
+        declared: Declared,
+        build_provider: BuildProvider,
+        on_change: Callable[[frozenset[str]], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.declared = declared
+        self.build_provider = build_provider
+        self.on_change = on_change
+        self.refreshers: dict[str, Refresher] = {}
+        # Shared with the router, which reads it on every request: mutated in place, never replaced.
+        self.providers: dict[str, Provider] = {}
+        self._due: dict[str, float] = {}  # backend -> next refresh, on clock.monotonic()
+        self._declared_at = -math.inf
+        self._miss: asyncio.Task[list[BackendStatus]] | None = None
+        self._miss_at = -math.inf
+
+    # -- declared state --------------------------------------------------------------------
+
+    @property
+    def configs(self) -> dict[str, BackendConfig]:
+        return {name: r.config for name, r in self.refreshers.items()}
+
+    async def sync_declared(self) -> bool:
+        """Bring the refreshers in line with the declared backends; True if anything changed.
+        If the declared state cannot be read, the backends we have stay as they are."""
+        self._declared_at = self.ctx.clock.monotonic()
+        try:
+            declared = await self.declared()
+        except LanewayError as exc:
+            log.warning(
+                "could not read the declared backends; keeping the current ones", extra={"error": exc.message}
+            )
+            return False
+        changed = False
+        for name in sorted(set(self.refreshers) - set(declared)):
+            await self._drop(name)
+            self.ctx.inventory.remove_backend(name, reason="backend no longer declared")
+            log.info("backend removed", extra={"backend": name})
+            changed = True
+        for name, config in declared.items():
+            current = self.refreshers.get(name)
+            if current is not None and current.config == config:
+                continue
+            if current is not None:
+                await self._drop(name)
+                log.info("backend changed", extra={"backend": name})
+            else:
+                log.info("backend added", extra={"backend": name, "provider": config.provider})
+            self._add(name, config)
+            changed = True
+        if changed and self.on_change is not None:
+            self.on_change(frozenset(self.refreshers))
+        return changed
+
+    def _add(self, name: str, config: BackendConfig) -> None:
+        provider = self.build_provider(name, config)
+        self.refreshers[name] = Refresher(name, config, provider, self.ctx)
+        self.providers[name] = provider
+        self._due[name] = -math.inf  # refresh at the next pass
+
+    async def _drop(self, name: str) -> None:
+        refresher = self.refreshers.pop(name)
+        self.providers.pop(name, None)
+        self._due.pop(name, None)
+        # Requests still running on it see a closed client and fail over like on any transport error.
+        await refresher.aclose()
+
+    # -- refreshing ------------------------------------------------------------------------
+
+    async def cycle(
+        self, names: Iterable[str] | None = None, *, use_cache: bool = True
+    ) -> list[BackendStatus]:
+        """Refresh the named backends (default: all) concurrently, then sweep expired lanes."""
+        chosen = [
+            self.refreshers[n] for n in (self.refreshers if names is None else names) if n in self.refreshers
+        ]
+        results = await asyncio.gather(*(self._tick(r, use_cache) for r in chosen), return_exceptions=True)
+        for refresher, result in zip(chosen, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("refresher crashed", extra={"backend": refresher.name}, exc_info=result)
+        self.sweep()
+        return [r.status for r in chosen]
+
+    async def _tick(self, refresher: Refresher, use_cache: bool) -> None:
+        try:
+            await refresher.tick(use_cache=use_cache)
+        finally:
+            self._due[refresher.name] = self.ctx.clock.monotonic() + refresher.interval
+
+    def sweep(self) -> int:
+        return self.ctx.inventory.sweep(self.ctx.clock.now())
+
+    async def refresh_local(self) -> bool:
+        """One refresh of the local backends for a model nobody serves. Debounced (at most one
+        per ``miss_refresh_debounce``) and shared: concurrent callers wait for the same one.
+        False if it did not run (debounced, or no local backends)."""
+        if self._miss is None or self._miss.done():
+            now = self.ctx.clock.monotonic()
+            local = [n for n, r in self.refreshers.items() if r.config.effective_tier == "local"]
+            if not local or now - self._miss_at < self.ctx.settings.miss_refresh_debounce:
+                return False
+            self._miss_at = now
+            self._miss = asyncio.create_task(self.cycle(local), name="refresh-on-miss")
+        await asyncio.shield(self._miss)
+        return True
+
+    async def run(self) -> None:
+        """The schedule: forever, refresh what is due, re-read the declared state when due,
+        sweep, and sleep until the next thing is due."""
+        clock, settings = self.ctx.clock, self.ctx.settings
+        while True:
+            try:
+                if clock.monotonic() - self._declared_at >= settings.declared_reload:
+                    await self.sync_declared()
+                now = clock.monotonic()
+                due = [name for name, at in self._due.items() if at <= now]
+                if due:
+                    await self.cycle(due)
+                else:
+                    self.sweep()
+            except Exception:  # a bug in one pass must not stop discovery for good
+                log.exception("reconciliation pass failed")
+            wake = min([*self._due.values(), self._declared_at + settings.declared_reload])
+            await clock.sleep(max(wake - clock.monotonic(), 0.01))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def allows(self, backend: str, model: str) -> bool:
+        """The backend's allow/deny policy, checked again at dispatch (fail closed: an unknown
+        backend allows nothing)."""
+        refresher = self.refreshers.get(backend)
+        return refresher is not None and model_allowed(refresher.config, model)
+
+    def statuses(self) -> list[BackendStatus]:
+        return [self.refreshers[n].status for n in sorted(self.refreshers)]
+
+    async def aclose(self) -> None:
+        if self._miss is not None and not self._miss.done():
+            self._miss.cancel()
+            await asyncio.wait((self._miss,))
+        for name in list(self.refreshers):
+            await self._drop(name)

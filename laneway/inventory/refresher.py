@@ -1,0 +1,213 @@
+"""The refresher: one backend's discovery step, from its upstream to the inventory.
+
+A tick, in order (reference: the scoped refresher):
+1. skip if the backend's credential is in an auth cooldown (its lanes stay out of rotation);
+2. compute the lanes: the model list (from the cache for cloud backends), bounded by a deadline
+   on the injected clock;
+3. write the new lanes FIRST, then delete the orphans of the previous snapshot; a compute that
+   fails or finds nothing deletes nothing.
+
+A refused credential (401/403 or a message that says so) starts the cooldown and takes the
+backend's lanes out of rotation (health ``denied``); the first successful refresh after the
+cooldown brings them back. A timeout is never an auth failure. Ticks of one backend are
+coalesced: a scheduled tick and an on-demand one share a single fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from laneway.clock import Clock, within
+from laneway.config.schema import BackendConfig, InventoryConfig
+from laneway.errors import LanewayError, UpstreamError
+from laneway.inventory.cooldown import AuthCooldowns, credential_fingerprint, is_auth_failure
+from laneway.inventory.discovery import lanes_for
+from laneway.inventory.lanes import Health
+from laneway.inventory.modelcache import ModelListCache
+from laneway.inventory.store import Inventory
+from laneway.providers.base import ModelInfo, Provider
+
+log = logging.getLogger("laneway.inventory")
+
+CLOUD_TIERS = frozenset({"cloud", "frontier"})
+
+
+@dataclass
+class BackendStatus:
+    """What the last refreshes of one backend found: for /admin/backends, /readyz and the CLI.
+    Times are wall-clock seconds."""
+
+    name: str
+    family: str
+    tier: str
+    base_url: str
+    interval: float
+    last_refresh: float | None = None  # the last successful one
+    last_attempt: float | None = None
+    last_error: str | None = None
+    source: str | None = None  # where the last model list came from: "upstream" or "cache"
+    models: int = 0  # models in the last list
+    missing_models: list[str] = field(default_factory=list)  # declared, not found upstream
+    denied_models: list[str] = field(default_factory=list)  # found, excluded by allow/deny
+    lanes: int = 0
+    cooldown_until: float | None = None
+    cooldown_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RefreshContext:
+    """What every refresher shares."""
+
+    inventory: Inventory
+    cooldowns: AuthCooldowns
+    cache: ModelListCache
+    clock: Clock
+    settings: InventoryConfig
+
+
+class Refresher:
+    def __init__(self, name: str, config: BackendConfig, provider: Provider, ctx: RefreshContext) -> None:
+        self.name = name
+        self.config = config
+        self.provider = provider
+        self.ctx = ctx
+        self.credential = credential_fingerprint(config)
+        self.interval = ctx.settings.interval(config)
+        self.cloud = config.effective_tier in CLOUD_TIERS
+        self.status = BackendStatus(
+            name, config.provider, config.effective_tier, config.base_url, self.interval
+        )
+        self._running: asyncio.Task[None] | None = None
+
+    async def tick(self, *, use_cache: bool = True) -> BackendStatus:
+        """Refresh now, or join the refresh already running. Never raises but for cancellation;
+        a caller that is cancelled leaves the shared refresh running for the others."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._tick(use_cache), name=f"refresh-{self.name}")
+        await asyncio.shield(self._running)
+        return self.status
+
+    async def _tick(self, use_cache: bool) -> None:
+        ctx, st = self.ctx, self.status
+        st.last_attempt = ctx.clock.now()
+        try:
+            cooldown = await ctx.cooldowns.get(self.credential)
+        except LanewayError as exc:  # the runtime store is away: refreshing is the safer side
+            log.warning("could not read auth cooldowns", extra={"backend": self.name, "error": exc.message})
+            cooldown = None
+        if cooldown is not None:
+            st.cooldown_until, st.cooldown_reason = cooldown.until, cooldown.reason
+            st.last_error = f"credentials refused, refreshes paused: {cooldown.reason}"
+            self._deny(cooldown.until)
+            return
+        st.cooldown_until = st.cooldown_reason = None
+        try:
+            models, st.source = await self._models(use_cache)
+        except UpstreamError as exc:
+            await self._failed(exc)
+            return
+        except TimeoutError:
+            st.last_error = f"refresh timed out after {ctx.settings.refresh_deadline:g}s"
+            log.warning("refresh failed", extra={"backend": self.name, "error": st.last_error})
+            return
+        self._write(models)
+
+    async def _models(self, use_cache: bool) -> tuple[list[ModelInfo], str]:
+        ctx = self.ctx
+        if self.cloud and use_cache:
+            try:
+                cached = await ctx.cache.get(self.name, self.credential)
+            except LanewayError as exc:
+                log.warning("model-list cache unreadable", extra={"backend": self.name, "error": exc.message})
+                cached = None
+            if cached is not None:
+                return cached, "cache"
+        models = await within(ctx.clock, ctx.settings.refresh_deadline, self.provider.list_models())
+        if self.cloud:
+            try:
+                await ctx.cache.put(self.name, self.credential, models, ctx.clock.now())
+            except LanewayError as exc:
+                log.warning("model-list cache unwritable", extra={"backend": self.name, "error": exc.message})
+        return models, "upstream"
+
+    async def _failed(self, exc: UpstreamError) -> None:
+        """A failed refresh deletes nothing; a refused credential also starts the cooldown."""
+        st = self.status
+        st.last_error = exc.message
+        if is_auth_failure(exc):
+            try:
+                cooldown = await self.ctx.cooldowns.start(
+                    self.credential, backend=self.name, reason=exc.message
+                )
+            except LanewayError as store_exc:
+                log.warning(
+                    "could not start auth cooldown", extra={"backend": self.name, "error": store_exc.message}
+                )
+                until = self.ctx.clock.now()
+            else:
+                st.cooldown_until, st.cooldown_reason = cooldown.until, cooldown.reason
+                until = cooldown.until
+            denied = self._deny(until)
+            log.warning(
+                "credentials refused: lanes out of rotation for the cooldown",
+                extra={
+                    "backend": self.name,
+                    "error": exc.message,
+                    "lanes": denied,
+                    "until": st.cooldown_until,
+                },
+            )
+        else:
+            log.warning("refresh failed", extra={"backend": self.name, "error": exc.message})
+
+    def _deny(self, until: float) -> int:
+        """Take the backend's lanes out of rotation. They stay visible (as ``denied``) for the whole
+        cooldown: their expiry is held until a lane lifetime after it ends."""
+        inv = self.ctx.inventory
+        hold = until + self.ctx.settings.lane_ttl_intervals * self.interval
+        lanes = [
+            lane.replace(health=Health.DENIED, expires_at=max(lane.expires_at or hold, hold))
+            for lane in inv.by_backend(self.name)
+            if lane.health != Health.DENIED or (lane.expires_at or hold) < hold
+        ]
+        inv.write_lanes(lanes)
+        return len(lanes)
+
+    def _write(self, models: list[ModelInfo]) -> None:
+        ctx, st = self.ctx, self.status
+        now = ctx.clock.now()
+        found = lanes_for(self.name, self.config, models, inventory=ctx.settings, now=now)
+        st.last_refresh, st.models = now, len(models)
+        st.missing_models, st.denied_models = found.missing, found.denied
+        if self.config.models and not self.config.discovers and len(found.missing) == len(self.config.models):
+            st.last_error = f"none of the declared models exists upstream: {', '.join(found.missing)}"
+        elif not found.lanes:
+            st.last_error = (
+                "the backend reported no servable models; its previous lanes are kept until they expire"
+            )
+        else:
+            st.last_error = None
+        if found.lanes:  # an empty answer deletes nothing
+            inv = ctx.inventory
+            # A lane denied by an earlier auth failure comes back now that the credential works;
+            # any other health (a breaker's) is the breaker's to change, so it is kept (None).
+            lanes = [
+                lane.replace(health=Health.HEALTHY)
+                if (old := inv.get(lane.id)) is not None and old.health == Health.DENIED
+                else lane
+                for lane in found.lanes
+            ]
+            inv.replace_backend(self.name, lanes)
+        st.lanes = len(ctx.inventory.by_backend(self.name))
+
+    async def aclose(self) -> None:
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+            await asyncio.wait((self._running,))
+        await self.provider.aclose()

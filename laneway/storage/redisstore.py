@@ -1,0 +1,133 @@
+"""The cluster mode's ``KeyValueStore``: Redis (or Valkey), shared by every replica.
+
+TTLs are Redis's own (``SET ... PX``) and run on the server's clock, so every replica agrees on
+when an entry expires; an injected ``Clock`` does not apply here. Keys live under a namespace
+(``laneway:`` unless told otherwise) so several deployments, or tests, can share one server.
+
+redis-py's exceptions are translated at one boundary (``_translated``) and never travel further.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from laneway.storage.errors import StorageError
+from laneway.storage.runtime import StoreUnavailable
+
+_SCAN_BATCH = 500  # keys per SCAN step and per MGET
+
+
+class RedisStore:
+    """A ``KeyValueStore`` on the Redis at ``url`` (``redis://`` or ``rediss://``).
+
+    Connections come from a pool that ``aclose`` closes. A cancelled operation either reached
+    Redis whole or not at all (each is one command); redis-py drops the connection it was on, so
+    no half-read reply is left for the next caller. ``timeout`` bounds connecting and each reply.
+    """
+
+    def __init__(self, url: str, *, namespace: str = "laneway:", timeout: float = 5.0) -> None:
+        self._where = redact_redis_url(url)
+        self._namespace = namespace
+        self._client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+    async def get(self, key: str) -> bytes | None:
+        async with self._translated():
+            value = await self._client.get(self._namespace + key)
+        return _as_bytes(value)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        # Redis counts whole milliseconds and refuses 0; a plain SET clears an earlier TTL, and an
+        # infinite TTL is no TTL (as in the other stores).
+        px = None if ttl is None or math.isinf(ttl) else max(1, round(ttl * 1000))
+        async with self._translated():
+            await self._client.set(self._namespace + key, bytes(value), px=px)
+
+    async def delete(self, key: str) -> bool:
+        async with self._translated():
+            removed = await self._client.delete(self._namespace + key)
+        return removed > 0
+
+    async def scan(self, prefix: str) -> dict[str, bytes]:
+        pattern = escape_glob(self._namespace + prefix) + "*"
+        start = len(self._namespace.encode())
+        found: dict[str, bytes] = {}
+        async with self._translated():
+            names = {name async for name in self._client.scan_iter(match=pattern, count=_SCAN_BATCH)}
+            ordered = sorted(names)
+            for i in range(0, len(ordered), _SCAN_BATCH):
+                batch = ordered[i : i + _SCAN_BATCH]
+                for name, value in zip(batch, await self._client.mget(batch), strict=True):
+                    data = _as_bytes(value)
+                    key = _decoded(name[start:])
+                    if data is not None and key is not None:  # None: expired since SCAN, or not ours
+                        found[key] = data
+        return found
+
+    async def aclose(self) -> None:
+        async with self._translated():
+            await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RedisStore: {self._where} namespace={self._namespace!r}>"
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot use Redis at {self._where}: {_reason(exc)}; check that Redis is running and "
+                "reachable and the URL is right (storage.runtime_url)"
+            ) from None
+        except RedisError as exc:
+            raise StorageError(f"Redis at {self._where} answered with an error: {_reason(exc)}") from None
+
+
+def escape_glob(text: str) -> str:
+    """``text`` as a Redis glob pattern that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def redact_redis_url(url: str) -> str:
+    """The URL with its password (in the userinfo or as ``?password=``) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}:***@{host}"
+    query = urllib.parse.urlencode(
+        [
+            (name, "***" if name == "password" else value)
+            for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _as_bytes(value: bytes | str | None) -> bytes | None:
+    # The client is built without decode_responses, so replies are bytes; str would be a bug.
+    return value.encode() if isinstance(value, str) else value
+
+
+def _decoded(name: bytes) -> str | None:
+    try:
+        return name.decode()
+    except UnicodeDecodeError:
+        return None  # written by something else: no key of ours is invalid UTF-8
+
+
+def _reason(exc: BaseException) -> str:
+    words = str(exc).strip()
+    return words.splitlines()[0] if words else type(exc).__name__

@@ -1,0 +1,45 @@
+"""Choosing a runtime store by URL, as ``storage.runtime_url`` says."""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+
+from laneway.clock import Clock
+from laneway.storage.filestore import FileStore
+from laneway.storage.redisstore import RedisStore, redact_redis_url
+from laneway.storage.runtime import KeyValueStore, MemoryStore
+
+ACCEPTED = (
+    "memory:// (this process only), file:///absolute/path (a local directory; file:// alone is the "
+    "cache directory), redis://host:port/db or rediss://... (shared by every replica)"
+)
+
+
+def open_runtime_store(url: str, clock: Clock, *, cache_dir: str | Path | None = None) -> KeyValueStore:
+    """The ``KeyValueStore`` that ``url`` names. Nothing is opened or connected yet: each store
+    creates or connects on first use. ``cache_dir`` is where ``file://`` without a path points
+    (the embedded default's local cache directory). The clock drives memory and file TTLs; Redis
+    keeps time on its server."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "memory" and not (parts.netloc or parts.path or parts.query):
+        return MemoryStore(clock)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost") and not parts.query:
+        if parts.path:
+            path = Path(urllib.parse.unquote(parts.path))
+            if path.is_absolute():
+                return FileStore(path, clock)
+        elif cache_dir is not None:
+            return FileStore(cache_dir, clock)
+        else:
+            raise ValueError("runtime store URL 'file://' names the cache directory, and none is configured")
+    if parts.scheme in ("redis", "rediss") and parts.hostname:
+        return RedisStore(url)
+    raise ValueError(f"unsupported runtime store URL '{_shown(url)}': use {ACCEPTED}")
+
+
+def _shown(url: str) -> str:
+    try:
+        return redact_redis_url(url)
+    except ValueError:
+        return "<unparseable URL>"
