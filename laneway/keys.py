@@ -72,6 +72,11 @@ class KeyRing:
 
     def require_admin(self, authorization: str | None, api_key: str | None = None) -> str:
         """The caller, if its key may use the admin API (any key may, with open access)."""
+        if not self.open_access and _secret(authorization, api_key) is None:
+            raise AuthenticationFailed(
+                "The admin API needs an admin key: send 'Authorization: Bearer <key>' with a key "
+                "declared with 'admin: true' under auth.keys."
+            )
         caller = self.caller_for(authorization, api_key)
         if self.open_access:
             return caller

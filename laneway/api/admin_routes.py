@@ -58,6 +58,11 @@ class AdminRoutes:
             raise NoLaneAvailable("The gateway is still starting; try again in a moment")
         return gw.reconciler
 
+    def _json(self, body: dict[str, Any]) -> Response:
+        """Every answer carries the server's clock (``now``), so a client shows ages and expiries
+        right even when its own clock differs."""
+        return json_response({"now": self.gateway.clock.now(), **body})
+
     def _backend(self, reconciler: Reconciler, name: str) -> str:
         if name not in reconciler.refreshers:
             known = ", ".join(sorted(reconciler.refreshers)) or "none"
@@ -74,11 +79,11 @@ class AdminRoutes:
                 param=unknown[0],
             )
         lanes = sorted(self.gateway.inventory.query(filters), key=lambda ln: (ln.backend, ln.model, ln.type))
-        return json_response({"lanes": [ln.as_dict() for ln in lanes], "count": len(lanes)})
+        return self._json({"lanes": [ln.as_dict() for ln in lanes], "count": len(lanes)})
 
     async def backends(self, request: Request) -> Response:
         reconciler = self._admin(request)
-        return json_response({"backends": [st.as_dict() for st in reconciler.statuses()]})
+        return self._json({"backends": [st.as_dict() for st in reconciler.statuses()]})
 
     async def refresh(self, request: Request) -> Response:
         reconciler = self._admin(request)
@@ -86,15 +91,15 @@ class AdminRoutes:
         cache = request.query_params.get("cache", "true").lower()
         if cache not in ("true", "false"):
             raise InvalidRequest("cache must be true or false", param="cache")
+        await reconciler.sync_declared()  # a backend declared a moment ago is refreshable at once
         names = [self._backend(reconciler, name)] if name else None
-        await reconciler.sync_declared()
         statuses = await reconciler.cycle(names, use_cache=cache == "true")
-        return json_response({"backends": [st.as_dict() for st in statuses]})
+        return self._json({"backends": [st.as_dict() for st in statuses]})
 
     async def cache(self, request: Request) -> Response:
         reconciler = self._admin(request)
         entries = await reconciler.ctx.cache.entries()
-        return json_response(
+        return self._json(
             {
                 "ttl": reconciler.ctx.cache.ttl,
                 "entries": [
@@ -111,12 +116,12 @@ class AdminRoutes:
 
     async def clear_cache(self, request: Request) -> Response:
         reconciler = self._admin(request)
-        return json_response({"invalidated": await reconciler.ctx.cache.clear()})
+        return self._json({"invalidated": await reconciler.ctx.cache.clear()})
 
     async def invalidate_cache(self, request: Request) -> Response:
         reconciler = self._admin(request)
         backend = request.path_params["backend"]
-        return json_response({"invalidated": await reconciler.ctx.cache.invalidate(backend)})
+        return self._json({"invalidated": await reconciler.ctx.cache.invalidate(backend)})
 
     async def lift_cooldown(self, request: Request) -> Response:
         reconciler = self._admin(request)
@@ -125,4 +130,4 @@ class AdminRoutes:
         lifted = await reconciler.ctx.cooldowns.lift(refresher.credential)
         if lifted:
             await reconciler.cycle([name])
-        return json_response({"lifted": lifted, "backend": refresher.status.as_dict()})
+        return self._json({"lifted": lifted, "backend": refresher.status.as_dict()})

@@ -10,12 +10,15 @@ import click
 
 # command name -> (module, attribute)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("laneway.cli.serve", "serve"),
-    "demo": ("laneway.cli.demo", "demo"),
-    "sim": ("laneway.cli.sim", "sim"),
     "backends": ("laneway.cli.backends", "backends"),
+    "cache": ("laneway.cli.cache", "cache"),
+    "demo": ("laneway.cli.demo", "demo"),
     "keys": ("laneway.cli.keys", "keys"),
+    "lanes": ("laneway.cli.lanes", "lanes"),
     "models": ("laneway.cli.models", "models"),
+    "refresh": ("laneway.cli.refresh", "refresh"),
+    "serve": ("laneway.cli.serve", "serve"),
+    "sim": ("laneway.cli.sim", "sim"),
 }
 
 

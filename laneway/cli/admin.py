@@ -81,7 +81,7 @@ class AdminClient:
         except (ValueError, http.client.InvalidURL) as exc:  # urllib's word for a URL it cannot use
             raise AdminError(f"invalid gateway URL {self.base_url!r}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:  # URLError and TimeoutError are OSErrors
-            raise self._unreachable(exc) from None
+            raise self._unreachable(exc, path) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -93,12 +93,13 @@ class AdminClient:
             )
         return body
 
-    def _unreachable(self, exc: BaseException) -> GatewayUnreachable:
+    def _unreachable(self, exc: BaseException, path: str) -> GatewayUnreachable:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, TimeoutError):
+            why = "a refresh waits for the slowest backend; " if path == "/admin/refresh" else ""
             return GatewayUnreachable(
                 f"the gateway at {self.base_url} did not answer within {self.timeout:g}s "
-                "(a refresh waits for the slowest backend; pass --timeout to wait longer)"
+                f"({why}pass --timeout to wait longer)"
             )
         detail = str(reason) or type(reason).__name__
         return GatewayUnreachable(f"cannot reach the gateway at {self.base_url}: {detail}; {_HINT_URL}")

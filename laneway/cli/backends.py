@@ -1,20 +1,27 @@
-"""``laneway backends``: list, add and remove declared backends.
+"""``laneway backends``: list, add and remove declared backends; ``status`` of the live ones.
 
 Backends come from two places: the config file (edited by hand, read-only here) and the database
-(managed with these commands). A name may be declared in only one of them.
+(managed with these commands). A name may be declared in only one of them. ``list``, ``add`` and
+``remove`` work on that declared state without a server; ``status`` (the default) asks a running
+gateway what its refreshes of them found.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any, get_args
 
 import click
 from pydantic import ValidationError
 
+from laneway.cli.admin import AdminClient, admin_options, print_json
 from laneway.cli.common import (
+    DefaultCommandGroup,
     config_option,
     database_url_option,
+    format_age,
+    format_remaining,
     friendly_errors,
     print_table,
     settings_or_exit,
@@ -30,9 +37,48 @@ def _origin(settings: Settings) -> str:
     return settings.source or "the config file"
 
 
-@click.group()
+@click.group(cls=DefaultCommandGroup, default_command="status")
 def backends() -> None:
-    """Declared backends: from the config file and from the database."""
+    """Backends: live status, and the declared ones (config file, database).
+
+    With no sub-command: `status`, from a running gateway."""
+
+
+@backends.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON.")
+@admin_options
+def backend_status(as_json: bool, client: AdminClient) -> None:
+    """What a running gateway's last refresh of each backend found (also: `laneway backends`).
+
+    LAST REFRESH is the last successful one; SOURCE is where its model list came from (upstream
+    or cache); COOLDOWN is how long refreshes stay paused after the credentials were refused."""
+    body = client.get("/admin/backends")
+    if as_json:
+        print_json(body)
+        return
+    if not body["backends"]:
+        click.echo("the gateway has no backends (declare some in the config or with `laneway backends add`)")
+        return
+    print_table(
+        ["NAME", "PROVIDER", "TIER", "LANES", "LAST REFRESH", "SOURCE", "COOLDOWN", "ERROR"],
+        status_rows(body["backends"], body.get("now", time.time())),
+    )
+
+
+def status_rows(statuses: list[dict[str, Any]], now: float) -> list[list[str]]:
+    return [
+        [
+            st["name"],
+            st["family"],
+            st["tier"],
+            str(st["lanes"]),
+            format_age(st["last_refresh"], now),
+            st["source"] or "-",
+            format_remaining(st["cooldown_until"], now),
+            st["last_error"] or "-",
+        ]
+        for st in statuses
+    ]
 
 
 @backends.command("list")

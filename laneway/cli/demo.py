@@ -33,7 +33,7 @@ def demo_config(ports: dict[str, int], data_dir: str, host: str, port: int) -> d
     return {
         "server": {"host": host, "port": port},
         "storage": {"data_dir": data_dir},
-        "auth": {"keys": [{"name": "demo", "key": DEMO_KEY}]},
+        "auth": {"keys": [{"name": "demo", "key": DEMO_KEY, "admin": True}]},
         "backends": {
             "local-ollama": {"provider": "ollama", "base_url": f"http://127.0.0.1:{ports['ollama']}"},
             "cloud-openai": {
@@ -50,7 +50,11 @@ def demo_config(ports: dict[str, int], data_dir: str, host: str, port: int) -> d
         "routes": {
             "smart": ["frontier-anthropic/claude-sonnet-*", "cloud-openai/gpt-4o-mini"],
             "fast": ["local-ollama/llama3.2:*", "cloud-openai/gpt-4o-mini"],
-            "embed": ["*embed*"],
+        },
+        "defaults": {
+            "chat": "local-ollama/llama3.2:*",
+            "task": "cloud-openai/gpt-4o-mini",
+            "embed": "*embed*",
         },
     }
 
@@ -71,7 +75,16 @@ print(c.chat.completions.create(model="llama3.2:3b", messages=[{{"role": "user",
 
 Models: llama3.2:3b and nomic-embed-text:latest (simulated Ollama), gpt-4o-mini and
 text-embedding-3-small (simulated OpenAI), claude-sonnet-4-6 and claude-haiku-4-5 (simulated
-Anthropic); also by backend (local-ollama/llama3.2:3b) and by route (smart, fast, embed).
+Anthropic); also by backend (local-ollama/llama3.2:3b), by route (smart, fast) and by role
+(chat, task, embed).
+
+The demo key is also an admin key: watch the live inventory with
+
+  export LANEWAY_URL={url} LANEWAY_ADMIN_KEY={DEMO_KEY}
+  .venv/bin/laneway lanes          # every lane (add --watch to follow changes)
+  .venv/bin/laneway backends       # each backend's last refresh, error and auth cooldown
+  .venv/bin/laneway refresh        # refresh every backend now
+
 Press Ctrl-C to stop.
 """
 

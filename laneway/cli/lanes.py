@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, get_args
+from urllib.parse import urlencode
 
 import click
 import orjson
@@ -116,8 +117,12 @@ def print_lanes(lanes: Lanes, now: float, *, wide: bool) -> None:
     help="Filter on any lane field (repeatable); a list such as capabilities matches if it holds VALUE.",
 )
 @click.option("--wide", is_flag=True, help="Also show each lane's capabilities and id.")
-@click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON (one line per draw with --watch).")
-@click.option("--watch", is_flag=True, help="Redraw until Ctrl-C, with the lanes added (+), removed (-), changed (~).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the gateway's JSON (one line per draw with --watch)."
+)
+@click.option(
+    "--watch", is_flag=True, help="Redraw until Ctrl-C, with the lanes added (+), removed (-), changed (~)."
+)
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.1),
@@ -145,10 +150,11 @@ def lanes(
     step: bool,
     client: AdminClient,
 ) -> None:
-    """Show the lanes of a running gateway: its routable units, one per backend, model and type.
+    """Show a running gateway's lanes: one per backend, model and type.
 
-    EXPIRES is how long until the lane is dropped unless its backend reports it again. --count
-    and --step are for tests: stop after N draws; draw again on each line of stdin."""
+    These are what the router routes on. WEIGHT is the lane's weight in routing (0: out of
+    rotation); EXPIRES is how long until the lane is dropped unless its backend reports it again."""
+    # The hidden --count and --step let a test drive a watch without racing its timer.
     named = {
         "backend": backend,
         "model": model,
@@ -167,7 +173,7 @@ def lanes(
         if as_json:
             print_json(body)
         elif body["lanes"]:
-            print_lanes(body["lanes"], time.time(), wide=wide)
+            print_lanes(body["lanes"], body.get("now", time.time()), wide=wide)
         else:
             click.echo("no lanes match" if filters else "the gateway has no lanes (see `laneway backends`)")
         return
@@ -178,7 +184,7 @@ def lanes(
         time.sleep(interval)
         return True
 
-    header = f"{client.base_url}/admin/lanes" + (f" {filters}" if filters else "")
+    header = f"{client.base_url}/admin/lanes" + (f"?{urlencode(filters)}" if filters else "")
     try:
         _watch(fetch, pause, header=header, count=count, as_json=as_json, wide=wide)
     except KeyboardInterrupt:  # Ctrl-C is how a watch ends
@@ -202,28 +208,29 @@ def _watch(
     while True:
         now = time.time()
         try:
-            body: dict[str, Any] | None = fetch()
+            body = fetch()
         except GatewayUnreachable as exc:
             if previous is None:
                 raise
-            body, error = None, exc.message
+            body = {"error": exc.message}
         if as_json:
-            click.echo(orjson.dumps({"at": now, **(body or {"error": error})}).decode())
+            click.echo(orjson.dumps({"at": now, **body}).decode())
         else:
             if clear:
                 click.clear()
             elif draws:
                 click.echo()
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-            click.echo(f"{stamp}  {header}  (every draw; Ctrl-C to stop)".replace("every draw; ", ""))
-            if body is None:
-                click.echo(f"! {error}")
+            shown = f"{body['count']} lanes" if "lanes" in body else "unreachable"
+            click.echo(f"{stamp}  {header}  ({shown}; Ctrl-C to stop)")
+            if "lanes" not in body:
+                click.echo(f"! {body['error']}")
             else:
-                print_lanes(body["lanes"], now, wide=wide)
+                print_lanes(body["lanes"], body.get("now", now), wide=wide)
                 if previous is not None:
                     changes = lane_changes(previous, body["lanes"])
                     click.echo("\n".join(changes) if changes else "no changes")
-        if body is not None:
+        if "lanes" in body:
             previous = body["lanes"]
         draws += 1
         if (count is not None and draws >= count) or not pause():

@@ -109,6 +109,19 @@ def _models(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --fail-rate.")
 @click.option("--embedding-dim", type=click.IntRange(1, 65536), default=16, show_default=True)
 @click.option("--context-length", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.option(
+    "--models-format",
+    type=click.Choice(["openai", "vllm", "openrouter"]),
+    default=None,
+    help="Shape of GET /v1/models (and /api/v1/models): OpenAI's (default), vLLM's (with "
+    "max_model_len) or OpenRouter's catalogue (modalities, pricing, supported parameters).",
+)
+@click.option(
+    "--hang-discovery",
+    is_flag=True,
+    help="Model lists and metadata (/v1/models, /api/tags, /api/show, /api/ps) never answer; "
+    'inference still does. POST /_sim/options {"hang_discovery": false} ends it.',
+)
 @friendly_errors
 def sim(
     host: str,
@@ -131,6 +144,8 @@ def sim(
     seed: int,
     embedding_dim: int,
     context_length: int,
+    models_format: str | None,
+    hang_discovery: bool,
 ) -> None:
     """Run a simulated LLM upstream speaking the OpenAI, Ollama and Anthropic protocols.
 
@@ -162,6 +177,8 @@ def sim(
         tpm=tpm,
         embedding_dim=embedding_dim,
         context_length=context_length,
+        models_format=models_format,
+        hang_discovery=hang_discovery,
     )
     port = FAMILY_PORTS[family] if port is None else port
     try:

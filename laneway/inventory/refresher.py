@@ -104,6 +104,7 @@ class Refresher:
         if cooldown is not None:
             st.cooldown_until, st.cooldown_reason = cooldown.until, cooldown.reason
             st.last_error = f"credentials refused, refreshes paused: {cooldown.reason}"
+            st.source = None
             self._deny(cooldown.until)
             return
         st.cooldown_until = st.cooldown_reason = None
@@ -113,6 +114,7 @@ class Refresher:
             await self._failed(exc)
             return
         except TimeoutError:
+            st.source = None
             st.last_error = f"refresh timed out after {ctx.settings.refresh_deadline:g}s"
             log.warning("refresh failed", extra={"backend": self.name, "error": st.last_error})
             return
@@ -139,7 +141,7 @@ class Refresher:
     async def _failed(self, exc: UpstreamError) -> None:
         """A failed refresh deletes nothing; a refused credential also starts the cooldown."""
         st = self.status
-        st.last_error = exc.message
+        st.last_error, st.source = exc.message, None
         if is_auth_failure(exc):
             try:
                 cooldown = await self.ctx.cooldowns.start(

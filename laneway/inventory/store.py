@@ -162,4 +162,9 @@ def _field_matches(value: object, wanted: str) -> bool:
         return wanted in value
     if isinstance(value, bool):
         return wanted.lower() == str(value).lower()
+    if isinstance(value, int | float):
+        try:
+            return value == float(wanted)  # weight=1e8 and weight=100000000.0 mean the same
+        except ValueError:
+            return False
     return value is not None and str(value) == wanted

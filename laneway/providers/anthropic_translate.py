@@ -493,15 +493,29 @@ def can_think(model: str) -> bool:
     return not model.startswith("claude-3-") or model.startswith("claude-3-7")
 
 
+def _supported(capabilities: Mapping[str, Any], name: str) -> bool | None:
+    """``capabilities[name].supported`` when the answer has it, else None (not said)."""
+    entry = capabilities.get(name)
+    value = entry.get("supported") if isinstance(entry, Mapping) else None
+    return value if isinstance(value, bool) else None
+
+
 def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
-    """One ``/v1/models`` entry. Every Claude model chats and takes tools and images."""
+    """One ``/v1/models`` entry. Every Claude model chats and takes tools. ``max_input_tokens``
+    is its context window and ``capabilities`` (``image_input``, ``thinking``) what it accepts;
+    an older answer without them falls back to what every Claude model of its generation does."""
     model_id = entry.get("id")
     if not isinstance(model_id, str) or not model_id:
         return None
-    caps = {"chat", "tools", "vision"}
-    if can_think(model_id):
+    caps = {"chat", "tools"}
+    listed = entry.get("capabilities")
+    said = listed if isinstance(listed, Mapping) else {}
+    if _supported(said, "image_input") is not False:
+        caps.add("vision")
+    thinks = _supported(said, "thinking")
+    if thinks or (thinks is None and can_think(model_id)):
         caps.add("reasoning")
-    context = entry.get("max_input_tokens") or entry.get("context_window")
+    context = entry.get("max_input_tokens")
     if not isinstance(context, int) or isinstance(context, bool) or context <= 0:
         context = CONTEXT_LENGTH
     return ModelInfo(

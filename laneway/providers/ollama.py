@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, Protocol
 
 import orjson
@@ -68,15 +69,17 @@ class OllamaProvider:
         self.thinks: dict[str, bool] = {}
 
     async def list_models(self) -> list[ModelInfo]:
+        """``/api/tags`` names the models; then, all at once, ``/api/show`` describes each and
+        ``/api/ps`` says which are in memory. A failed ``/api/show`` or ``/api/ps`` costs only
+        what it would have told: the model list itself stands."""
         names = tr.tag_names(await self.upstream.get_json("/api/tags"), self.name)
         limit = asyncio.Semaphore(SHOW_CONCURRENCY)
+        timeout = min(SHOW_TIMEOUT, self.upstream.timeout)
 
         async def describe(model: str) -> ModelInfo:
             async with limit:
                 try:
-                    _, show = await self.upstream.post_json(
-                        "/api/show", {"model": model}, timeout=min(SHOW_TIMEOUT, self.upstream.timeout)
-                    )
+                    _, show = await self.upstream.post_json("/api/show", {"model": model}, timeout=timeout)
                 except UpstreamError:
                     show = None  # the name still tells us something; one bad model must not hide the rest
             info = tr.model_info(model, show)
@@ -84,7 +87,21 @@ class OllamaProvider:
                 self.thinks[model] = "reasoning" in info.capabilities
             return info
 
-        return list(await asyncio.gather(*(describe(n) for n in names)))
+        async def running() -> set[str] | None:
+            try:
+                return tr.running_names(await self.upstream.get_json("/api/ps", timeout=timeout), self.name)
+            except UpstreamError:
+                return None  # unknown, not "none loaded"
+
+        # A task group: cancelled (a refresh deadline), it cancels and awaits every call in flight.
+        async with asyncio.TaskGroup() as group:
+            ps = group.create_task(running())
+            described = [group.create_task(describe(n)) for n in names]
+        infos = [task.result() for task in described]
+        loaded = ps.result()
+        if loaded is None:
+            return infos
+        return [replace(info, loaded=info.id in loaded) for info in infos]
 
     async def _stream(
         self, path: str, payload: dict[str, Any], call: Call, translator: LineTranslator

@@ -469,6 +469,20 @@ def tag_names(data: Mapping[str, Any], backend: str = "") -> list[str]:
         return names
 
 
+def running_names(data: Mapping[str, Any], backend: str = "") -> set[str]:
+    """The models in memory, from an ``/api/ps`` answer (entries name their model in ``name``
+    and ``model``; an entry without a name is skipped)."""
+    with protocol_guard(backend, "/api/ps answer"):
+        models = data["models"]
+        if not isinstance(models, list):
+            raise TypeError("'models' is not a list")
+        names: set[str] = set()
+        for entry in models:
+            if isinstance(entry, Mapping):
+                names.update(v for v in (entry.get("name"), entry.get("model")) if isinstance(v, str) and v)
+        return names
+
+
 _CAPABILITY_NAMES = {"tools": "tools", "vision": "vision", "thinking": "reasoning"}
 
 

@@ -28,32 +28,67 @@ def api_root(base_url: str) -> str:
 
 
 def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
-    """One entry of ``/v1/models``, with what vLLM (``max_model_len``) and OpenRouter
-    (``context_length``, ``architecture``, ``supported_parameters``) add."""
+    """One entry of ``/v1/models``. OpenAI's says nothing but the id, so the name decides. vLLM
+    adds ``max_model_len`` and ``root``/``parent`` (the weights behind a ``--served-model-name``
+    alias or a LoRA adapter: better hints than the alias). OpenRouter adds ``context_length``,
+    ``architecture`` and ``supported_parameters``, which win over the name: OpenRouter only
+    routes a request to a provider that takes its images, tools or reasoning."""
     model_id = entry.get("id")
     if not isinstance(model_id, str) or not model_id:
         return None
-    types, caps = capabilities_from_name(model_id)
-    ctx = entry.get("max_model_len") or entry.get("context_length") or entry.get("context_window")
+    weights = [v for v in (entry.get("root"), entry.get("parent")) if isinstance(v, str) and v != model_id]
+    types, caps = capabilities_from_name(" ".join([model_id, *weights]))
     arch = entry.get("architecture")
-    if isinstance(arch, Mapping):
-        inputs = arch.get("input_modalities") or []
-        if "image" in inputs:
-            caps |= {"vision"}
-        if "text" in (arch.get("output_modalities") or []):
-            types = types | {"chat"}
+    modalities = _modalities(arch) if isinstance(arch, Mapping) else None
+    if modalities is not None:
+        inputs, outputs = modalities
+        if "text" in outputs:
+            types = {"chat", "completion"}
+            caps = (caps - {"embedding", "vision"}) | types | ({"vision"} if "image" in inputs else set())
+        elif outputs & {"embeddings", "embedding"}:
+            types, caps = {"embedding"}, {"embedding"}
+        else:  # image, audio or video generation only: nothing a lane here can serve
+            types, caps = set(), set()
     params = entry.get("supported_parameters")
-    if isinstance(params, list):
+    if isinstance(params, list) and "chat" in types:
+        caps -= {"tools", "reasoning"}
         if "tools" in params:
-            caps |= {"tools"}
+            caps.add("tools")
         if "reasoning" in params or "include_reasoning" in params:
-            caps |= {"reasoning"}
-    return ModelInfo(
-        id=model_id,
-        types=frozenset(types),
-        capabilities=frozenset(caps),
-        context_length=int(ctx) if isinstance(ctx, int | float) and ctx > 0 else None,
+            caps.add("reasoning")
+    # OpenRouter's top-level context_length is the model's window: it sends a long request to a
+    # provider that can take it. top_provider.context_length (often smaller) is only a fallback.
+    top = entry.get("top_provider")
+    context = (
+        _positive_int(entry.get("max_model_len"))
+        or _positive_int(entry.get("context_length"))
+        or (_positive_int(top.get("context_length")) if isinstance(top, Mapping) else None)
     )
+    return ModelInfo(
+        id=model_id, types=frozenset(types), capabilities=frozenset(caps), context_length=context
+    )
+
+
+def _modalities(arch: Mapping[str, Any]) -> tuple[set[str], set[str]] | None:
+    """(input, output) modalities of an OpenRouter ``architecture``: the lists when present,
+    else parsed from ``modality`` ("text+image->text"; older entries say just "text")."""
+    inputs, outputs = arch.get("input_modalities"), arch.get("output_modalities")
+    if isinstance(inputs, list) and isinstance(outputs, list) and outputs:
+        return {str(m) for m in inputs}, {str(m) for m in outputs}
+    modality = arch.get("modality")
+    if not isinstance(modality, str) or not modality:
+        return None
+    left, arrow, right = modality.partition("->")
+    parsed_inputs = set(left.split("+"))
+    if "multimodal" in parsed_inputs:
+        parsed_inputs |= {"text", "image"}
+    return parsed_inputs, set(right.split("+")) if arrow else {"text"}
+
+
+def _positive_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return int(value)
 
 
 class OpenAIProvider:

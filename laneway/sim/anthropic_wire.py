@@ -7,6 +7,7 @@ message_delta (stop reason and output tokens) and message_stop.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -60,21 +61,69 @@ def error_body(status: int, message: str, *, request_id: str | None = None) -> b
 
 
 def models_body(models: list[str], context_length: int) -> bytes:
+    """``GET /v1/models``, newest shape: ``max_input_tokens`` is the context window and
+    ``capabilities`` says what each model supports (every key always present)."""
     data = [
         {
             "type": "model",
             "id": name,
-            "display_name": name.replace("-", " ").title(),
+            "display_name": _display_name(name),
             "created_at": rfc3339(_MODEL_CREATED),
             "lifecycle": "active",
+            "deprecated_at": None,
+            "retires_at": None,
+            "line": next((line for line in _LINES if line in name), None),
             "max_input_tokens": context_length,
             "max_tokens": min(context_length, 64_000),
+            "capabilities": _capabilities(name),
         }
         for name in models
     ]
     first = data[0]["id"] if data else None
     last = data[-1]["id"] if data else None
     return orjson.dumps({"data": data, "has_more": False, "first_id": first, "last_id": last})
+
+
+_LINES = ("haiku", "sonnet", "opus")
+_VERSION_DASH = re.compile(r"(?<=\d)-(?=\d(?!\d))")  # "4-6" -> "4.6", but not before a date
+
+
+def _display_name(name: str) -> str:
+    """``claude-sonnet-4-6`` -> ``Claude Sonnet 4.6``."""
+    return _VERSION_DASH.sub(".", name).replace("-", " ").title()
+
+
+def _supported(value: bool) -> dict[str, bool]:
+    return {"supported": value}
+
+
+def _capabilities(name: str) -> dict[str, Any]:
+    """A model's capability matrix. Thinking: every Claude model but the 3 generation (3.7 can)."""
+    thinks = not name.startswith("claude-3-") or name.startswith("claude-3-7")
+    yes = _supported(True)
+    return {
+        "batch": yes,
+        "citations": yes,
+        "code_execution": _supported(thinks),
+        "context_management": {"supported": thinks, "clear_tool_uses_20250919": _supported(thinks)},
+        "effort": {
+            "supported": thinks,
+            **{level: _supported(thinks) for level in ("low", "medium", "high", "max")},
+        },
+        "image_input": yes,
+        "pdf_input": yes,
+        "server_tools": {"supported": True, "code_execution": yes, "web_search": yes},
+        "structured_outputs": _supported(thinks),
+        "thinking": {
+            "supported": thinks,
+            "types": {
+                "adaptive": _supported(thinks),
+                "between_tools": _supported(False),
+                "disabled": yes,
+                "enabled": _supported(thinks),
+            },
+        },
+    }
 
 
 # -- parsing -----------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 GARBAGE = b"\x00\xffsim garbage <html><body>502 Bad Gateway</body></html> {not json"
+HANG_POLL = 0.05  # seconds between looks at hang_discovery while a discovery request hangs
+OPENROUTER_PREFIX = "/api"  # OpenRouter serves the OpenAI API under /api/v1
 
 
 class SimulatedDrop(Exception):
@@ -56,16 +58,17 @@ class SimStats:
     streams_cancelled: int = 0  # the client left before the end
     streams_dropped: int = 0  # drop_after_chunks cut them on purpose
     active_streams: int = 0
+    active_hangs: int = 0  # discovery requests hang_discovery holds right now
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def reset(self) -> None:
-        """Zero the counters; ``active_streams`` is live state, not a counter, and stays."""
-        active = self.active_streams
+        """Zero the counters; ``active_*`` are live state, not counters, and stay."""
+        streams, hangs = self.active_streams, self.active_hangs
         for name, value in asdict(SimStats()).items():
             setattr(self, name, value)
-        self.active_streams = active
+        self.active_streams, self.active_hangs = streams, hangs
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,7 @@ class Route:
     handler: Callable[[SimApp, Request], Reply] | None = None
     endpoint: Generate | Embed | None = None
     auth: bool = True
+    discovery: bool = False  # a model list or model metadata: hang_discovery holds it
 
 
 class SimApp:
@@ -89,7 +93,7 @@ class SimApp:
         self.loaded: dict[str, None] = {}  # models used since reset, for /api/ps
         self._seq = itertools.count(1)
         self.routes: dict[tuple[str, str], Route] = {
-            ("GET", "/v1/models"): Route(None, endpoints.models),
+            ("GET", "/v1/models"): Route(None, endpoints.models, discovery=True),
             ("POST", "/v1/chat/completions"): Route("openai", endpoint=openai_wire.CHAT),
             ("POST", "/v1/completions"): Route("openai", endpoint=openai_wire.COMPLETIONS),
             ("POST", "/v1/embeddings"): Route("openai", endpoint=openai_wire.EMBEDDINGS),
@@ -98,9 +102,9 @@ class SimApp:
             ("GET", "/"): Route("ollama", endpoints.ollama_root, auth=False),
             ("HEAD", "/"): Route("ollama", endpoints.ollama_root, auth=False),
             ("GET", "/api/version"): Route("ollama", endpoints.ollama_version, auth=False),
-            ("GET", "/api/tags"): Route("ollama", endpoints.ollama_tags),
-            ("GET", "/api/ps"): Route("ollama", endpoints.ollama_ps),
-            ("POST", "/api/show"): Route("ollama", endpoints.ollama_show),
+            ("GET", "/api/tags"): Route("ollama", endpoints.ollama_tags, discovery=True),
+            ("GET", "/api/ps"): Route("ollama", endpoints.ollama_ps, discovery=True),
+            ("POST", "/api/show"): Route("ollama", endpoints.ollama_show, discovery=True),
             ("POST", "/api/chat"): Route("ollama", endpoint=ollama_wire.CHAT),
             ("POST", "/api/generate"): Route("ollama", endpoint=ollama_wire.GENERATE),
             ("POST", "/api/embed"): Route("ollama", endpoint=ollama_wire.EMBED),
@@ -110,6 +114,15 @@ class SimApp:
             ("POST", "/_sim/options"): Route("sim", endpoints.sim_patch_options, auth=False),
             ("POST", "/_sim/reset"): Route("sim", endpoints.sim_reset, auth=False),
         }
+        # Every OpenAI route again under /api/v1, as OpenRouter serves them: more dict keys,
+        # so a request still costs one lookup whatever its path.
+        self.routes.update(
+            {
+                (method, OPENROUTER_PREFIX + path): route
+                for (method, path), route in self.routes.items()
+                if route.family in (None, "openai") and path.startswith("/v1/")
+            }
+        )
         self._paths = {path for _, path in self.routes}
 
     def reset(self) -> None:
@@ -170,11 +183,19 @@ class SimApp:
         if route.endpoint is not None:
             await self._infer(route.endpoint, family, body, receive, send)
         elif route.handler is not None:
+            # Not the inference path: the checks below cost nothing to inference requests.
+            if route.discovery and self.options.hang_discovery and not await self._hang(receive):
+                return
+            if path in self.options.fail_metadata_paths and family != "sim":
+                self.stats.failures_injected += 1
+                await respond(send, error_reply(family, 500, "simulated failure: 500 Internal Server Error"))
+                return
             await respond(send, route.handler(self, Request(family, body)))
 
     def _no_route(self, method: str, path: str) -> Reply:
         status = 405 if path in self._paths else 404
-        if path.startswith("/api/") or (path == "/" and self.options.family == "ollama"):
+        ollama_path = path.startswith("/api/") and not path.startswith(OPENROUTER_PREFIX + "/v1/")
+        if ollama_path or (path == "/" and self.options.family == "ollama"):
             return Reply(status, f"{status} {status_phrase(status).lower()}".encode(), TEXT)
         family = (
             "anthropic" if path.startswith("/v1/messages") or self.options.family == "anthropic" else "openai"
@@ -279,6 +300,22 @@ class SimApp:
         return None
 
     # -- time and streams ----------------------------------------------------------------------
+
+    async def _hang(self, receive: Receive) -> bool:
+        """Hold a request while ``hang_discovery`` is on: False once the client left, True once
+        the option was turned off (answer it then). The option is polled, not awaited: a test
+        may flip it on the options object directly, which no event would notice."""
+        watcher = asyncio.ensure_future(_disconnected(receive))
+        self.stats.active_hangs += 1
+        try:
+            while self.options.hang_discovery:
+                done, _ = await asyncio.wait((watcher,), timeout=HANG_POLL)
+                if done:
+                    return False
+            return True
+        finally:
+            watcher.cancel()
+            self.stats.active_hangs -= 1
 
     async def _pause(self, seconds: float, receive: Receive) -> bool:
         """Sleep ``seconds`` of the sim's clock; False if the client left meanwhile."""

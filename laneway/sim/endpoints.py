@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from laneway.sim import anthropic_wire, ollama_wire, openai_wire
+from laneway.sim import anthropic_wire, model_lists, ollama_wire, openai_wire
 from laneway.sim.options import SimOptions, apply_patch
 from laneway.sim.ratelimit import Headers
 from laneway.sim.wire import WireError
@@ -102,11 +102,17 @@ def _json(request: Request) -> Any:
 
 
 def models(app: SimApp, request: Request) -> Reply:
-    """GET /v1/models: Anthropic's shape for an anthropic sim or an ``anthropic-version``
-    request, else OpenAI's (Ollama's OpenAI compatibility says ``owned_by: library``)."""
+    """GET /v1/models (and /api/v1/models): Anthropic's shape for an anthropic sim or an
+    ``anthropic-version`` request; else the ``models_format`` server's, OpenAI's by default
+    (Ollama's OpenAI compatibility says ``owned_by: library``)."""
     options = app.options
     if request.family == "anthropic":
         return Reply(200, anthropic_wire.models_body(options.models, options.context_length))
+    if options.models_format == "vllm":
+        body = model_lists.vllm_body(options.models, int(app.clock.now()), options.context_length)
+        return Reply(200, body)
+    if options.models_format == "openrouter":
+        return Reply(200, model_lists.openrouter_body(options.models, options.context_length))
     owned_by = "library" if options.family == "ollama" else "system"
     return Reply(200, openai_wire.models_body(options.models, 1_730_000_000, owned_by))
 

@@ -15,6 +15,7 @@ from typing import Any
 
 FAMILIES = ("openai", "ollama", "anthropic")
 RATELIMIT_FORMATS = ("openai", "anthropic", "openrouter")
+MODELS_FORMATS = ("openai", "vllm", "openrouter")
 
 _DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "openai": ("gpt-4o-mini", "text-embedding-3-small"),
@@ -43,6 +44,15 @@ class SimOptions:
     reset or the last patch of ``fail_first`` fail; after that a ``fail_rate`` fraction fails
     (drawn from ``random.Random(seed)``); ``fail_status`` alone, with neither of those, fails
     every inference request. The status is ``fail_status``, or 500 when it is not set.
+
+    Discovery (the model lists and metadata an inventory reads): ``models_format`` picks whose
+    OpenAI-style model list ``GET /v1/models`` (and ``/api/v1/models``) answers with: None or
+    "openai" (OpenAI's), "vllm" (adds ``max_model_len``, ``root``, ``permission``) or
+    "openrouter" (its catalogue entries: modalities, pricing, supported parameters).
+    ``hang_discovery`` makes the discovery endpoints (``/v1/models``, ``/api/v1/models``,
+    ``/api/tags``, ``/api/show``, ``/api/ps``) take the request and never answer, until the
+    client leaves or the option is turned off; inference is unaffected. The non-inference
+    endpoints at ``fail_metadata_paths`` answer 500 (inference ignores it: see ``fail_*``).
     """
 
     family: str = "openai"
@@ -63,6 +73,9 @@ class SimOptions:
     tpm: int = 0
     embedding_dim: int = 16
     context_length: int = 8192
+    models_format: str | None = None
+    hang_discovery: bool = False
+    fail_metadata_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -95,6 +108,14 @@ def _problems(o: SimOptions) -> list[str]:
         (o.rpm >= 0 and o.tpm >= 0, "rpm and tpm must be >= 0"),
         (1 <= o.embedding_dim <= 65536, "embedding_dim must be within 1..65536"),
         (o.context_length >= 1, "context_length must be >= 1"),
+        (
+            o.models_format is None or o.models_format in MODELS_FORMATS,
+            f"models_format must be one of {', '.join(MODELS_FORMATS)}, not {o.models_format!r}",
+        ),
+        (
+            all(isinstance(p, str) and p.startswith("/") for p in o.fail_metadata_paths),
+            "fail_metadata_paths must be paths starting with '/'",
+        ),
     ]
     return [message for ok, message in checks if not ok]
 
