@@ -216,6 +216,26 @@ def write(tmp_path: Path, text: str) -> Path:
         ("routes:\n  a: [llama3@extreme]\n", ["routes.a[0]", "@extreme"]),
         ("auth:\n  keys:\n    - name: k\n", ["auth.keys.0", "exactly one of"]),
         ("- just\n- a list\n", ["top level must be a mapping"]),
+        ("inventory:\n  intervals:\n    ollama: 0\n", ["inventory.intervals", "must be > 0", ":2"]),
+        ("inventory:\n  intervals:\n    gemini: 10\n", ["inventory.intervals.gemini", "'ollama'", ":3"]),
+        ("inventory:\n  auth_cooldown: -5\n", ["inventory.auth_cooldown", ":2"]),
+        ("routes:\n  chat: [x]\ndefaults:\n  chat: y\n", ["key 'defaults'", "'chat' is also a route", ":3"]),
+        ("defaults:\n  chat: a@extreme\n", ["defaults.chat[0]", "@extreme", ":2"]),
+        (
+            "backends:\n  a:\n    provider: ollama\n    base_url: http://x\n    models:\n"
+            "      - {name: m, context_length: -1}\n",
+            ["backends.a.models.0.context_length", "greater than 0", ":6"],
+        ),
+        (
+            "backends:\n  a:\n    provider: ollama\n    base_url: http://x\n    models:\n"
+            "      - {name: m, capabilities: [telepathy]}\n",
+            ["backends.a.models.0.capabilities.0", "'vision'"],
+        ),
+        (
+            "backends:\n  a:\n    provider: ollama\n    base_url: http://x\n    models: [m, m]\n",
+            ["backends.a.models", "'m' is declared twice", ":5"],
+        ),
+        ("storage:\n  runtime_url: mongodb://x\n", ["storage.runtime_url", "redis://", ":2"]),
     ],
 )
 def test_config_errors_name_the_key_file_and_line(tmp_path: Path, text: str, fragments: list[str]) -> None:

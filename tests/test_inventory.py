@@ -411,7 +411,7 @@ async def test_policy_applies_at_discovery_and_again_at_dispatch(sim_factory: An
     async with rig({"gpu": {"provider": "ollama", "base_url": sim.url, "deny": ["qwen*"]}}, tmp_path) as r:
         await r.reconciler.cycle()
         assert r.models() == {"llama3:8b"}
-        assert r.status("gpu").denied_models == ["qwen2.5:7b"]
+        assert r.status("gpu").excluded_models == ["qwen2.5:7b"]
         router = Router(r.resolver(), r.reconciler.providers, allows=r.reconciler.allows)
         assert await router.candidates("llama3:8b", "chat")
         # The policy tightens; until the next refresh the lane is still in the inventory, but

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -98,7 +99,12 @@ def claude(url: str, key: str = "sk-ant-test") -> anthropic.Anthropic:
 
 
 def http(
-    url: str, body: Any = None, *, method: str | None = None, headers: dict[str, str] | None = None
+    url: str,
+    body: Any = None,
+    *,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
 ) -> tuple[int, dict[str, str], bytes]:
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -107,7 +113,7 @@ def http(
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -764,6 +770,10 @@ def test_bad_options_are_refused() -> None:
         build_sim_app(SimOptions(family="gemini"))
     with pytest.raises(ValueError, match="ratelimit"):
         build_sim_app(SimOptions(ratelimit="azure"))
+    with pytest.raises(ValueError, match="models_format"):
+        build_sim_app(SimOptions(models_format="gemini"))
+    with pytest.raises(ValueError, match="fail_metadata_paths"):
+        build_sim_app(SimOptions(fail_metadata_paths=["api/ps"]))
     assert SimOptions(family="ollama").models == ["llama3.2:3b", "nomic-embed-text:latest"]
 
 
@@ -774,11 +784,16 @@ def test_cli_help_and_bad_values() -> None:
     result = runner.invoke(cli, ["sim", "--help"])
     assert result.exit_code == 0
     assert "11434" in result.output
+    assert "--models-format [openai|vllm|openrouter]" in result.output
+    assert "--hang-discovery" in result.output
     result = runner.invoke(cli, ["sim", "--fail-rate", "2"])
     assert result.exit_code == 2
     assert "--fail-rate" in result.output
     result = runner.invoke(cli, ["sim", "--family", "gemini"])
     assert result.exit_code == 2
+    result = runner.invoke(cli, ["sim", "--models-format", "xml"])
+    assert result.exit_code == 2
+    assert "--models-format" in result.output
     result = runner.invoke(cli, ["sim", "--ratelimit", "openai"])
     assert result.exit_code == 2
     assert "--rpm" in result.output
@@ -786,3 +801,266 @@ def test_cli_help_and_bad_values() -> None:
         result = runner.invoke(cli, ["sim", "--port", url.rsplit(":", 1)[1]])
     assert result.exit_code == 1
     assert "cannot listen" in result.output
+
+
+# -- discovery: model-list formats, /api/v1, hangs ---------------------------------------------
+
+VLLM_PERMISSION_TYPES = {
+    "id": str,
+    "object": str,
+    "created": int,
+    "allow_create_engine": bool,
+    "allow_sampling": bool,
+    "allow_logprobs": bool,
+    "allow_search_indices": bool,
+    "allow_view": bool,
+    "allow_fine_tuning": bool,
+    "organization": str,
+    "group": type(None),
+    "is_blocking": bool,
+}
+OPENROUTER_TYPES = {
+    "id": str,
+    "canonical_slug": str,
+    "name": str,
+    "created": int,
+    "description": str,
+    "context_length": int,
+    "architecture": dict,
+    "pricing": dict,
+    "top_provider": dict,
+    "per_request_limits": type(None),
+    "supported_parameters": list,
+}
+OPENROUTER_MODELS = [
+    "meta-llama/llama-3.1-8b-instruct:free",
+    "openai/gpt-4o",
+    "deepseek/deepseek-r1",
+    "openai/text-embedding-3-small",
+]
+
+
+def test_vllm_models_format(serve: Any) -> None:
+    with serve(SimOptions(models_format="vllm", context_length=32768)) as (_, url):
+        _, _, raw = http(url + "/v1/models")
+        body = json.loads(raw)
+        assert body["object"] == "list"
+        assert [m["id"] for m in body["data"]] == ["gpt-4o-mini", "text-embedding-3-small"]
+        for card in body["data"]:
+            assert set(card) == {
+                "id",
+                "object",
+                "created",
+                "owned_by",
+                "root",
+                "parent",
+                "max_model_len",
+                "permission",
+            }
+            assert (card["object"], card["owned_by"], card["root"], card["parent"]) == (
+                "model",
+                "vllm",
+                card["id"],
+                None,
+            )
+            assert isinstance(card["created"], int)
+            assert card["max_model_len"] == 32768
+            [permission] = card["permission"]
+            assert {k: type(v) for k, v in permission.items()} == VLLM_PERMISSION_TYPES
+            assert permission["object"] == "model_permission"
+            assert permission["id"].startswith("modelperm-")
+            assert permission["organization"] == "*"
+        assert [m.owned_by for m in oai(url).models.list()] == ["vllm", "vllm"]  # the SDK takes it
+
+
+def test_openrouter_models_format(serve: Any) -> None:
+    options = SimOptions(models_format="openrouter", models=OPENROUTER_MODELS, context_length=131072)
+    with serve(options) as (_, url):
+        _, _, raw = http(url + "/api/v1/models")
+        body = json.loads(raw)
+        assert set(body) == {"data"}
+        assert http(url + "/v1/models")[2] == raw
+        entries = {m["id"]: m for m in body["data"]}
+        assert list(entries) == OPENROUTER_MODELS
+        for entry in entries.values():
+            assert {k: type(v) for k, v in entry.items()} == OPENROUTER_TYPES
+            assert entry["context_length"] == 131072
+            arch = entry["architecture"]
+            assert set(arch) == {
+                "modality",
+                "input_modalities",
+                "output_modalities",
+                "tokenizer",
+                "instruct_type",
+            }
+            inputs, outputs = arch["modality"].split("->")
+            assert inputs.split("+") == arch["input_modalities"]
+            assert outputs.split("+") == arch["output_modalities"]
+            assert all(isinstance(p, str) and float(p) >= 0 for p in entry["pricing"].values())
+            assert {"prompt", "completion", "request", "image"} <= set(entry["pricing"])
+            top = entry["top_provider"]
+            assert set(top) == {"context_length", "max_completion_tokens", "is_moderated"}
+            assert top["context_length"] == 131072
+            assert isinstance(top["is_moderated"], bool)
+            assert all(isinstance(p, str) for p in entry["supported_parameters"])
+
+        free = entries["meta-llama/llama-3.1-8b-instruct:free"]
+        assert free["canonical_slug"] == "meta-llama/llama-3.1-8b-instruct"
+        assert free["name"].endswith("Llama 3.1 8B Instruct (free)")
+        assert set(free["pricing"].values()) == {"0"}
+        assert free["architecture"]["modality"] == "text->text"
+        assert (free["architecture"]["tokenizer"], free["architecture"]["instruct_type"]) == (
+            "Llama3",
+            "llama3",
+        )
+        assert {"tools", "tool_choice", "max_tokens"} <= set(free["supported_parameters"])
+        assert "reasoning" not in free["supported_parameters"]
+        vision = entries["openai/gpt-4o"]
+        assert vision["architecture"]["modality"] == "text+image->text"
+        assert vision["architecture"]["input_modalities"] == ["text", "image"]
+        assert vision["top_provider"]["is_moderated"] is True
+        assert isinstance(vision["top_provider"]["max_completion_tokens"], int)
+        assert {"reasoning", "include_reasoning", "tools"} <= set(
+            entries["deepseek/deepseek-r1"]["supported_parameters"]
+        )
+        embed = entries["openai/text-embedding-3-small"]
+        assert embed["architecture"]["output_modalities"] == ["embeddings"]
+        assert "tools" not in embed["supported_parameters"]
+
+
+def test_openai_routes_are_served_under_api_v1_as_openrouter_does(serve: Any) -> None:
+    with serve(SimOptions(models=["openai/gpt-4o", "openai/text-embedding-3-small"])) as (app, url):
+        client = openai.OpenAI(base_url=url + "/api/v1", api_key="sk-or-test", max_retries=0)
+        ask: Any = [{"role": "user", "content": "hi"}]
+        reply = client.chat.completions.create(model="openai/gpt-4o", messages=ask)
+        assert reply.choices[0].message.content == "Hello from openai/gpt-4o. You said: hi"
+        streamed = list(client.chat.completions.create(model="openai/gpt-4o", messages=ask, stream=True))
+        assert streamed[-1].choices[0].finish_reason == "stop"
+        assert client.completions.create(model="openai/gpt-4o", prompt="x").choices[0].text
+        assert len(client.embeddings.create(model="openai/text-embedding-3-small", input="x").data) == 1
+        assert [m.id for m in client.models.list()] == ["openai/gpt-4o", "openai/text-embedding-3-small"]
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope/nope", messages=ask)
+        status, _, raw = http(url + "/api/v1/nothing", {})
+        assert status == 404
+        assert json.loads(raw)["error"]["message"] == "Invalid URL (POST /api/v1/nothing)"
+        by_path = app.stats.requests_by_path
+        assert by_path["/api/v1/chat/completions"] == 3
+        assert by_path["/api/v1/models"] == 1
+        assert "/v1/chat/completions" not in by_path
+        assert http(url + "/api/v1/messages", {})[0] == 404  # only the OpenAI family moved
+
+
+def test_hang_discovery_holds_model_lists_until_the_client_leaves(serve: Any) -> None:
+    with serve(SimOptions(family="ollama", hang_discovery=True)) as (app, url):
+        started = time.monotonic()
+        for path, body in [
+            ("/v1/models", None),
+            ("/api/v1/models", None),
+            ("/api/tags", None),
+            ("/api/ps", None),
+            ("/api/show", {"model": "llama3.2:3b"}),
+        ]:
+            with pytest.raises((TimeoutError, urllib.error.URLError)):
+                http(url + path, body, timeout=0.2)
+            assert app.stats.requests_by_path[path] == 1
+            wait_for(lambda: app.stats.active_hangs == 0)  # the sim saw the client leave
+        assert time.monotonic() - started >= 5 * 0.2
+        assert app.stats.total_requests == 5
+        # inference and the rest of the API still answer
+        status, _, raw = http(
+            url + "/api/chat", {"model": "llama3.2:3b", "stream": False, "messages": [{"role": "user"}]}
+        )
+        assert status == 200
+        assert json.loads(raw)["done"] is True
+        assert http(url + "/api/version", timeout=1)[0] == 200
+        assert http(url + "/_sim/stats", timeout=1)[0] == 200
+
+
+@pytest.mark.anyio
+async def test_turning_hang_discovery_off_answers_the_waiting_request(serve: Any) -> None:
+    with serve(SimOptions(hang_discovery=True)) as (app, url):
+        async with aiohttp.ClientSession() as session:
+            waiting = asyncio.ensure_future(session.get(url + "/v1/models"))
+            for _ in range(500):  # until the sim holds it
+                if app.stats.active_hangs:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            assert json.loads(http(url + "/_sim/stats")[2])["active_hangs"] == 1
+            async with session.post(url + "/_sim/options", json={"hang_discovery": False}) as patched:
+                assert patched.status == 200
+            response = await asyncio.wait_for(waiting, 5)
+            async with response:
+                assert response.status == 200
+                assert [m["id"] for m in (await response.json())["data"]] == [
+                    "gpt-4o-mini",
+                    "text-embedding-3-small",
+                ]
+            async with session.get(url + "/v1/models") as again:
+                assert again.status == 200
+        assert app.stats.requests_by_path["/v1/models"] == 2
+        assert app.stats.active_hangs == 0
+
+
+def test_fail_metadata_paths(serve: Any) -> None:
+    with serve(SimOptions(family="ollama", fail_metadata_paths=["/api/ps", "/v1/models"])) as (app, url):
+        status, _, raw = http(url + "/api/ps")
+        assert status == 500
+        assert json.loads(raw) == {"error": "simulated failure: 500 Internal Server Error"}
+        with pytest.raises(openai.InternalServerError):
+            oai(url).models.list()
+        assert http(url + "/api/tags")[0] == 200
+        assert http(url + "/_sim/options", {"fail_metadata_paths": ["/_sim/stats"]})[0] == 200
+        assert http(url + "/_sim/stats")[0] == 200  # the controls never fail
+        assert app.stats.failures_injected == 2
+
+
+def test_discovery_options_are_validated_when_patched(serve: Any) -> None:
+    with serve() as (app, url):
+        status, _, raw = http(url + "/_sim/options", {"models_format": "xml"})
+        assert status == 400
+        assert "models_format" in json.loads(raw)["error"]
+        status, _, raw = http(url + "/_sim/options", {"hang_discovery": "sometimes"})
+        assert status == 400
+        assert "hang_discovery" in json.loads(raw)["error"]
+        assert app.options.models_format is None
+        assert app.options.hang_discovery is False
+        status, _, raw = http(url + "/_sim/options", {"models_format": "vllm"})
+        assert status == 200
+        assert json.loads(raw)["models_format"] == "vllm"
+        assert json.loads(http(url + "/v1/models")[2])["data"][0]["owned_by"] == "vllm"
+        assert http(url + "/_sim/options", {"models_format": None})[0] == 200
+        assert json.loads(http(url + "/v1/models")[2])["data"][0]["owned_by"] == "system"
+
+
+def test_anthropic_models_carry_context_window_and_capabilities(serve: Any) -> None:
+    options = SimOptions(family="anthropic", models=["claude-sonnet-4-6", "claude-3-5-haiku-20241022"])
+    options.context_length = 1_000_000
+    with serve(options) as (_, url):
+        models = claude(url).models.list().data
+        sonnet, haiku = models
+        assert (sonnet.display_name, haiku.display_name) == ("Claude Sonnet 4.6", "Claude 3.5 Haiku 20241022")
+        assert sonnet.max_input_tokens == 1_000_000
+        assert sonnet.max_tokens == 64_000
+        assert sonnet.lifecycle == "active"
+        assert sonnet.line == "sonnet"
+        assert sonnet.capabilities is not None
+        assert haiku.capabilities is not None
+        assert sonnet.capabilities.thinking.supported is True
+        assert sonnet.capabilities.image_input.supported is True
+        assert haiku.capabilities.thinking.supported is False
+        raw = json.loads(http(url + "/v1/models", headers={"anthropic-version": "2023-06-01"})[2])
+        assert set(raw["data"][0]["capabilities"]) == {
+            "batch",
+            "citations",
+            "code_execution",
+            "context_management",
+            "effort",
+            "image_input",
+            "pdf_input",
+            "server_tools",
+            "structured_outputs",
+            "thinking",
+        }

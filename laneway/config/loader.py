@@ -57,7 +57,9 @@ def _line_for(loc: tuple[str | int, ...], marks: Marks) -> int | None:
 
 
 def _clean_loc(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    return tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in ("str",))))
+    return tuple(
+        p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in ("str", "list[...]", "[key]")))
+    )
 
 
 def settings_from_data(data: Any, *, source: str, marks: Marks | None = None) -> Settings:
@@ -72,7 +74,7 @@ def settings_from_data(data: Any, *, source: str, marks: Marks | None = None) ->
         first = exc.errors()[0]
         loc = _clean_loc(tuple(first["loc"]))
         key = ".".join(str(p) for p in loc) or None
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key"
         raise ConfigError(msg, key=key, file=source, line=_line_for(loc, marks)) from None

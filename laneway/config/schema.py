@@ -21,7 +21,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Family = Literal["openai", "ollama", "anthropic"]
 TierName = Literal["local", "fleet", "cloud", "frontier", "direct"]
@@ -106,7 +115,16 @@ class DeclaredModel(_Strict):
     weight: float | None = Field(default=None, ge=0)
 
 
-ModelSpec = Annotated[str | DeclaredModel, Field(union_mode="left_to_right")]
+def _str_or_mapping(value: Any) -> str:
+    """Pick a union member by the input's shape, so a wrong mapping reports its own field
+    ("context_length: must be > 0"), not "should be a valid string"."""
+    return "str" if isinstance(value, str) else "Mapping"
+
+
+ModelSpec = Annotated[
+    Annotated[str, Tag("str")] | Annotated[DeclaredModel, Tag("Mapping")],
+    Discriminator(_str_or_mapping),
+]
 
 
 class BackendConfig(_Strict):
@@ -209,7 +227,10 @@ class SelectorConfig(_Strict):
     effort: Effort | None = None
 
 
-SelectorSpec = Annotated[str | SelectorConfig, Field(union_mode="left_to_right")]
+SelectorSpec = Annotated[
+    Annotated[str, Tag("str")] | Annotated[SelectorConfig, Tag("Mapping")],
+    Discriminator(_str_or_mapping),
+]
 
 DEFAULT_INTERVALS: dict[str, float] = {"ollama": 15.0, "openai": 60.0, "anthropic": 300.0}
 
@@ -294,13 +315,19 @@ class Settings(_Strict):
     defaults: DefaultsConfig = DefaultsConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
 
+    @field_validator("defaults")
+    @classmethod
+    def _no_clash(cls, v: DefaultsConfig, info: ValidationInfo) -> DefaultsConfig:
+        """Naming a role under ``routes`` and ``defaults`` is a mistake, not an override."""
+        clash = sorted(set(v.routes()) & set(info.data.get("routes") or {}))
+        if clash:
+            raise ValueError(f"'{clash[0]}' is also a route under routes; keep one of the two")
+        return v
+
     @model_validator(mode="after")
     def _role_routes(self) -> Settings:
-        """``defaults`` become routes; naming a role in both places is a mistake, not an override."""
+        """``defaults`` become routes."""
         roles = self.defaults.routes()
-        clash = sorted(set(roles) & set(self.routes))
-        if clash:
-            raise ValueError(f"route '{clash[0]}' is given both under routes and under defaults; keep one")
         if roles:
             object.__setattr__(self, "routes", {**self.routes, **roles})
         return self

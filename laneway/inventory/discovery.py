@@ -45,7 +45,7 @@ def _apply_declared(info: ModelInfo, spec: DeclaredModel) -> ModelInfo:
 class Discovered:
     lanes: list[Lane]
     missing: list[str]  # declared models the backend does not have
-    denied: list[str]  # models the backend has that its policy excludes
+    excluded: list[str]  # models the backend has that its allow/deny policy excludes
 
 
 def lanes_for(
@@ -63,10 +63,10 @@ def lanes_for(
     missing = [m for m in declared if m not in observed]
     candidates = list(observed) if config.discovers else [m for m in declared if m in observed]
     chosen: list[ModelInfo] = []
-    denied: list[str] = []
+    excluded: list[str] = []
     for model in candidates:
         if not model_allowed(config, model):
-            denied.append(model)
+            excluded.append(model)
             continue
         spec = declared.get(model)
         chosen.append(_apply_declared(observed[model], spec) if spec else observed[model])
@@ -88,4 +88,4 @@ def lanes_for(
         for info in chosen
         for lane_type in sorted(info.types)
     ]
-    return Discovered(lanes, missing, denied)
+    return Discovered(lanes, missing, excluded)

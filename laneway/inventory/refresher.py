@@ -51,7 +51,7 @@ class BackendStatus:
     source: str | None = None  # where the last model list came from: "upstream" or "cache"
     models: int = 0  # models in the last list
     missing_models: list[str] = field(default_factory=list)  # declared, not found upstream
-    denied_models: list[str] = field(default_factory=list)  # found, excluded by allow/deny
+    excluded_models: list[str] = field(default_factory=list)  # found, excluded by allow/deny
     lanes: int = 0
     cooldown_until: float | None = None
     cooldown_reason: str | None = None
@@ -84,11 +84,19 @@ class Refresher:
             name, config.provider, config.effective_tier, config.base_url, self.interval
         )
         self._running: asyncio.Task[None] | None = None
+        self._running_cached = False  # whether the running refresh may answer from the cache
 
     async def tick(self, *, use_cache: bool = True) -> BackendStatus:
         """Refresh now, or join the refresh already running. Never raises but for cancellation;
-        a caller that is cancelled leaves the shared refresh running for the others."""
+        a caller that is cancelled leaves the shared refresh running for the others. A caller
+        that wants the upstream's own list does not settle for a running refresh that may be
+        answered from the cache: it waits for it, then asks again."""
+        if self._running is not None and not self._running.done():
+            await asyncio.shield(self._running)
+            if use_cache or not self._running_cached:
+                return self.status
         if self._running is None or self._running.done():
+            self._running_cached = use_cache
             self._running = asyncio.create_task(self._tick(use_cache), name=f"refresh-{self.name}")
         await asyncio.shield(self._running)
         return self.status
@@ -186,7 +194,7 @@ class Refresher:
         now = ctx.clock.now()
         found = lanes_for(self.name, self.config, models, inventory=ctx.settings, now=now)
         st.last_refresh, st.models = now, len(models)
-        st.missing_models, st.denied_models = found.missing, found.denied
+        st.missing_models, st.excluded_models = found.missing, found.excluded
         if self.config.models and not self.config.discovers and len(found.missing) == len(self.config.models):
             st.last_error = f"none of the declared models exists upstream: {', '.join(found.missing)}"
         elif not found.lanes:

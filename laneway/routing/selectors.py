@@ -79,19 +79,21 @@ def validate_routes(
     and a route that names another route (routes do not nest)."""
     marks = marks or {}
     backend_names = frozenset(settings.backends) | extra_backends
+    roles = settings.defaults.routes()
     for name, specs in settings.routes.items():
+        section = "defaults" if name in roles else "routes"  # role routes are written under defaults
         if not specs:
             raise ConfigError(
                 "a route needs at least one selector",
-                key=f"routes.{name}",
+                key=f"{section}.{name}",
                 file=settings.source,
-                line=marks.get(("routes", name)),
+                line=marks.get((section, name)),
             )
         for i, spec in enumerate(specs):
             where = {
-                "key": f"routes.{name}[{i}]",
+                "key": f"{section}.{name}[{i}]",
                 "file": settings.source,
-                "line": marks.get(("routes", name, i)),
+                "line": marks.get((section, name, i)) or marks.get((section, name)),
             }
             try:
                 sel = parse_selector(spec, backend_names)

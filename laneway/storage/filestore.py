@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from laneway.clock import Clock
-from laneway.storage.runtime import StoreUnavailable
+from laneway.storage.errors import StoreUnavailable
 
 _T = TypeVar("_T")
 

@@ -19,8 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from laneway.storage.errors import StorageError
-from laneway.storage.runtime import StoreUnavailable
+from laneway.storage.errors import StorageError, StoreUnavailable
 
 _SCAN_BATCH = 500  # keys per SCAN step and per MGET
 

@@ -21,16 +21,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from laneway.clock import Clock
-from laneway.storage.errors import StorageError
+from laneway.storage.errors import StoreUnavailable
 
-
-class StoreUnavailable(StorageError):
-    """The runtime store cannot be reached or used: Redis is down, the directory cannot be created
-    or written. The message names the place (never a password) and what to check."""
-
-    status = 503
-    error_type = "service_unavailable"
-    code = "runtime_store_unavailable"
+__all__ = ["KeyValueStore", "MemoryStore", "MemoryStoreStatistics", "StoreUnavailable"]
 
 
 class KeyValueStore(Protocol):
