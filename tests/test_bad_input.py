@@ -216,7 +216,7 @@ def write(tmp_path: Path, text: str) -> Path:
         ("routes:\n  a: [llama3@extreme]\n", ["routes.a[0]", "@extreme"]),
         ("auth:\n  keys:\n    - name: k\n", ["auth.keys.0", "exactly one of"]),
         ("- just\n- a list\n", ["top level must be a mapping"]),
-        ("inventory:\n  intervals:\n    ollama: 0\n", ["inventory.intervals", "must be > 0", ":2"]),
+        ("inventory:\n  intervals:\n    ollama: 0\n", ["inventory.intervals.ollama", "greater than 0", ":3"]),
         ("inventory:\n  intervals:\n    gemini: 10\n", ["inventory.intervals.gemini", "'ollama'", ":3"]),
         ("inventory:\n  auth_cooldown: -5\n", ["inventory.auth_cooldown", ":2"]),
         ("routes:\n  chat: [x]\ndefaults:\n  chat: y\n", ["key 'defaults'", "'chat' is also a route", ":3"]),

@@ -36,6 +36,8 @@ Family = Literal["openai", "ollama", "anthropic"]
 TierName = Literal["local", "fleet", "cloud", "frontier", "direct"]
 Effort = Literal["low", "medium", "high"]
 Capability = Literal["chat", "completion", "embedding", "tools", "vision", "reasoning"]
+Weight = Annotated[float, Field(ge=0)]
+Seconds = Annotated[float, Field(gt=0)]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DEFAULT_TIER: dict[str, TierName] = {"openai": "cloud", "anthropic": "frontier", "ollama": "local"}
@@ -141,7 +143,7 @@ class BackendConfig(_Strict):
     connect_timeout: float = Field(10.0, gt=0)
     max_connections: int = Field(256, ge=1)
     weight: float = Field(100.0, ge=0)  # the instance weight
-    model_weights: dict[str, float] = {}  # model glob -> weight (default 100)
+    model_weights: dict[str, Weight] = {}  # model glob -> weight (default 100)
     refresh_interval: float | None = Field(default=None, gt=0)  # default: inventory.intervals[provider]
     anthropic_version: str = "2023-06-01"
 
@@ -156,14 +158,6 @@ class BackendConfig(_Strict):
             if name in seen:
                 raise ValueError(f"model '{name}' is declared twice")
             seen.add(name)
-        return v
-
-    @field_validator("model_weights")
-    @classmethod
-    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        for glob, w in v.items():
-            if w < 0:
-                raise ValueError(f"weight of '{glob}' must be >= 0")
         return v
 
     @field_validator("base_url")
@@ -239,22 +233,14 @@ class WeightsConfig(_Strict):
     """Tier and provider-family weights (default 100 each); a lane's weight is the product of its
     tier, provider, instance (backend ``weight``) and model weights, times a health factor."""
 
-    tiers: dict[TierName, float] = {}
-    providers: dict[Family, float] = {}
-
-    @field_validator("tiers", "providers")
-    @classmethod
-    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, w in v.items():
-            if w < 0:
-                raise ValueError(f"weight of '{name}' must be >= 0")
-        return v
+    tiers: dict[TierName, Weight] = {}
+    providers: dict[Family, Weight] = {}
 
 
 class InventoryConfig(_Strict):
     """How the live lane inventory is kept true (discovery, expiry, cooldowns, caches)."""
 
-    intervals: dict[Family, float] = {}  # refresh interval per family; defaults: DEFAULT_INTERVALS
+    intervals: dict[Family, Seconds] = {}  # refresh interval per family; defaults: DEFAULT_INTERVALS
     lane_ttl_intervals: float = Field(3.0, ge=1)  # a lane not re-observed for this many intervals expires
     refresh_deadline: float = Field(10.0, gt=0)  # one backend's refresh, per cycle
     auth_cooldown: float = Field(300.0, gt=0)  # refreshes skipped after a credential is refused
@@ -262,14 +248,6 @@ class InventoryConfig(_Strict):
     miss_refresh_debounce: float = Field(5.0, ge=0)  # unknown model -> local refresh at most this often
     declared_reload: float = Field(10.0, gt=0)  # how often backends declared in the database are re-read
     weights: WeightsConfig = WeightsConfig()
-
-    @field_validator("intervals")
-    @classmethod
-    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
-        for family, seconds in v.items():
-            if not seconds > 0:
-                raise ValueError(f"interval of '{family}' must be > 0")
-        return v
 
     def interval(self, backend: BackendConfig) -> float:
         if backend.refresh_interval is not None:
