@@ -538,3 +538,29 @@ async def test_a_cancelled_caller_leaves_the_shared_refresh_running(sim_factory:
         assert requests(sim, "/api/tags") == 1
         await r.reconciler.cycle()
         assert r.models() == {"llama3:8b"}
+
+
+async def test_concurrent_declared_state_syncs_apply_a_change_once(sim_factory: Any, tmp_path: Path) -> None:
+    """The schedule and POST /admin/refresh may re-read the declared state at the same time."""
+    sim = sim_factory(family="ollama", models=["llama3:8b"])
+    async with rig({"a": {"provider": "ollama", "base_url": sim.url}}, tmp_path) as r:
+        await r.reconciler.cycle()  # a's HTTP client is open: closing it takes a moment
+        built: list[Any] = []
+        build = r.reconciler.build_provider
+
+        def counting_build(name: str, config: BackendConfig) -> Any:
+            built.append(build(name, config))
+            return built[-1]
+
+        async def slow_declared() -> dict[str, BackendConfig]:
+            await asyncio.sleep(0.01)  # a database round trip: the syncs could interleave here
+            return dict(r.declared)
+
+        r.reconciler.build_provider = counting_build
+        r.reconciler.declared = slow_declared
+        r.declared["a"] = BackendConfig(provider="ollama", base_url=sim.url, weight=7)  # changed
+        r.declared["b"] = BackendConfig(provider="ollama", base_url=sim.url)  # added
+        changed = await asyncio.gather(*(r.reconciler.sync_declared() for _ in range(5)))
+        assert sorted(changed) == [False, False, False, False, True]
+        assert len(built) == 2  # one new provider (one HTTP client) each, not five
+        assert r.reconciler.providers == {"a": built[0], "b": built[1]}

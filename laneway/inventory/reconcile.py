@@ -50,6 +50,9 @@ class Reconciler:
         self._declared_at = -math.inf
         self._miss: asyncio.Task[list[BackendStatus]] | None = None
         self._miss_at = -math.inf
+        # The schedule and POST /admin/refresh may both re-read the declared state; interleaved,
+        # both would add the same new backend and the first one's HTTP client would leak.
+        self._sync_lock = asyncio.Lock()
 
     # -- declared state --------------------------------------------------------------------
 
@@ -60,6 +63,10 @@ class Reconciler:
     async def sync_declared(self) -> bool:
         """Bring the refreshers in line with the declared backends; True if anything changed.
         If the declared state cannot be read, the backends we have stay as they are."""
+        async with self._sync_lock:
+            return await self._sync_declared()
+
+    async def _sync_declared(self) -> bool:
         self._declared_at = self.ctx.clock.monotonic()
         try:
             declared = await self.declared()
