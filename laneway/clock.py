@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ class ManualClock:
                 fut.set_result(None)
 
 
-async def within(clock: Clock, seconds: float, work: Coroutine[Any, Any, T]) -> T:
+async def within(clock: Clock, seconds: float, work: Awaitable[T]) -> T:
     """Run ``work`` for at most ``seconds`` of ``clock``'s time, else cancel it and raise
     ``TimeoutError``. Deadlines measured on the injected clock let a test with a ``ManualClock``
     show that many deadlines run side by side: one ``advance`` expires all of them."""

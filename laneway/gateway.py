@@ -24,6 +24,7 @@ from laneway.providers.registry import build_provider
 from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
 from laneway.routing.selectors import parse_routes, validate_routes
+from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore
 
 log = logging.getLogger("laneway")
@@ -50,6 +51,7 @@ class Gateway:
         self.db: Database | None = None
         self.runtime: KeyValueStore | None = None
         self.reconciler: Reconciler | None = None
+        self.signals: Signals | None = None
         self.router: Router | None = None
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,6 +69,8 @@ class Gateway:
         settings = self.settings
         self.db = await Database.open(settings.storage.resolved_database_url())
         self.runtime, cache_store = open_stores(settings, self.clock)
+        self.signals = Signals(cache_store, self.clock, settings.signals)
+        await self.signals.load()
         inv = settings.inventory
         ctx = RefreshContext(
             inventory=self.inventory,
@@ -89,6 +93,7 @@ class Gateway:
         self._tasks = [asyncio.create_task(self._reload_keys_forever(), name="key-reload")]
         if self.options.schedule:
             self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
+            self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
         self.ready = True
         log.info("laneway ready: %d backends, %d lanes", len(self.backends), len(self.inventory))
 
@@ -109,6 +114,15 @@ class Gateway:
             declared[stored.name] = stored.config
         return declared
 
+    def _probe_targets(self) -> dict[str, tuple[str, Probe]]:
+        """The backends whose signals come from probing: local ones (cloud ones: from traffic)."""
+        assert self.reconciler is not None
+        return {
+            name: (refresher.provider.family, refresher.provider.probe)
+            for name, refresher in self.reconciler.refreshers.items()
+            if refresher.config.effective_tier == "local"
+        }
+
     def _rebuild_routes(self, names: frozenset[str]) -> None:
         """Selectors read ``backend/model`` against the declared backend names: re-parse them when
         the set of backends changes."""
@@ -120,6 +134,8 @@ class Gateway:
                 self.reconciler.providers,
                 allows=self.reconciler.allows,
                 on_miss=self.reconciler.refresh_local,
+                signals=self.signals,
+                clock=self.clock,
             )
         else:
             self.router.resolver = resolver
@@ -145,6 +161,8 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.signals is not None:
+            await self.signals.aclose()  # persists what the last requests taught
         if self.reconciler is not None:
             await self.reconciler.aclose()
         if self.runtime is not None:

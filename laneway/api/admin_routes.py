@@ -9,6 +9,7 @@ Every endpoint needs an admin key (``admin: true`` under ``auth.keys``; any key 
     DELETE /admin/model-cache           clear all
     DELETE /admin/model-cache/{backend} invalidate one backend
     DELETE /admin/cooldowns/{backend}   lift a backend's auth cooldown (the key was fixed)
+    GET    /admin/signals               ?backend=NAME: quota, latency and status per backend
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class AdminRoutes:
             Route("/admin/model-cache", self.clear_cache, methods=["DELETE"]),
             Route("/admin/model-cache/{backend}", self.invalidate_cache, methods=["DELETE"]),
             Route("/admin/cooldowns/{backend}", self.lift_cooldown, methods=["DELETE"]),
+            Route("/admin/signals", self.signals, methods=["GET"]),
         ]
 
     def _admin(self, request: Request) -> Reconciler:
@@ -131,3 +133,11 @@ class AdminRoutes:
         if lifted:
             await reconciler.cycle([name])
         return self._json({"lifted": lifted, "backend": refresher.status.as_dict()})
+
+    async def signals(self, request: Request) -> Response:
+        self._admin(request)
+        signals = self.gateway.signals
+        assert signals is not None  # set before the reconciler, which _admin checked
+        wanted = request.query_params.get("backend")
+        shown = [s for s in signals.snapshot() if wanted is None or s["backend"] == wanted]
+        return self._json({"ttl": signals.settings.ttl, "signals": shown})

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from laneway.api.admin_routes import AdminRoutes
 from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
+from laneway.api.metrics import Metrics
 from laneway.api.openai_routes import OpenAIRoutes
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
@@ -24,6 +25,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
     ``laneway serve`` starts it itself first, so a start-up error is one clear line."""
     api = OpenAIRoutes(gateway)
     admin = AdminRoutes(gateway)
+    metrics = Metrics(gateway)  # its own registry: open, read at scrape time (see laneway.api.metrics)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -58,6 +60,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
             Route("/v1/models", api.models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
             *admin.routes(),
         ],
         exception_handlers={

@@ -18,6 +18,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("laneway.cli.models", "models"),
     "refresh": ("laneway.cli.refresh", "refresh"),
     "serve": ("laneway.cli.serve", "serve"),
+    "signals": ("laneway.cli.signals", "signals"),
     "sim": ("laneway.cli.sim", "sim"),
 }
 

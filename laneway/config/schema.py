@@ -9,6 +9,7 @@ backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto
            models: [name | {name, context_length, capabilities, weight}]
 inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, auth_cooldown,
             model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
+signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_interval}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
 """
@@ -264,6 +265,17 @@ class InventoryConfig(_Strict):
         )
 
 
+class SignalsConfig(_Strict):
+    """Runtime signals: quota from rate-limit headers, latency windows, status per backend."""
+
+    ttl: Seconds = 300.0  # a signal nobody refreshed for this long is unknown (and leaves the store)
+    refresh_deadline: Seconds = 5.0  # one probe of a local backend
+    probe_interval: Seconds = 30.0  # how often local backends are probed (/v1/models, /api/tags)
+    window: int = Field(128, ge=1, le=100_000)  # latency samples kept per backend and per lane
+    exhausted_for: Seconds = 60.0  # a counter at zero without a reset time, or a bare 429
+    flush_interval: Seconds = 1.0  # changed signals are persisted this often, off the request path
+
+
 ROLES = ("chat", "task", "embed")
 
 
@@ -289,6 +301,7 @@ class Settings(_Strict):
     auth: AuthConfig = AuthConfig()
     backends: dict[str, BackendConfig] = {}
     inventory: InventoryConfig = InventoryConfig()
+    signals: SignalsConfig = SignalsConfig()
     routes: dict[str, list[SelectorSpec]] = {}
     defaults: DefaultsConfig = DefaultsConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages

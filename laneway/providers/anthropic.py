@@ -8,7 +8,7 @@ Anthropic has no text-completion and no embeddings API: ``complete``, ``stream_c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -115,6 +115,10 @@ class AnthropicProvider:
             if after is None:
                 break
         return models
+
+    async def probe(self) -> Mapping[str, str]:
+        _, headers, _ = await self.upstream.request("GET", "/models?limit=1")
+        return headers
 
     async def chat(self, call: Call) -> Reply:
         payload = tr.messages_request(call, stream=False)

@@ -5,7 +5,7 @@ client; the wire-format translation lives in ``ollama_translate``."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -102,6 +102,10 @@ class OllamaProvider:
         if loaded is None:
             return infos
         return [replace(info, loaded=info.id in loaded) for info in infos]
+
+    async def probe(self) -> Mapping[str, str]:
+        _, headers, _ = await self.upstream.request("GET", "/api/tags")
+        return headers
 
     async def _stream(
         self, path: str, payload: dict[str, Any], call: Call, translator: LineTranslator

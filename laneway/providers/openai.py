@@ -115,6 +115,10 @@ class OpenAIProvider:
             )
         return [info for e in entries if isinstance(e, Mapping) and (info := model_info(e)) is not None]
 
+    async def probe(self) -> Mapping[str, str]:
+        _, headers, _ = await self.upstream.request("GET", "/models")
+        return headers
+
     @staticmethod
     def _payload(call: Call) -> bytes:
         if call.effort and "reasoning_effort" not in call.body:

@@ -1,0 +1,222 @@
+"""Every backend's runtime signal: observed on the request path, persisted off it.
+
+The router calls ``success``/``failure`` after each upstream call: a header parse and a few
+field writes, no I/O. Changed signals are written to the runtime store every ``flush_interval``
+(the local cache directory in the embedded default, so a restart keeps them and ``laneway
+signals`` can read them from another process; Redis in cluster mode), each with the signal TTL.
+
+Local backends are also probed (``refresh``): one cheap call (``/v1/models``, ``/api/tags``, never
+a completion) bounded by ``refresh_deadline`` on the injected clock; concurrent refreshes of one
+backend share one probe. Cloud backends are never probed: what their traffic says is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from laneway.clock import Clock, within
+from laneway.config.schema import SignalsConfig
+from laneway.errors import (
+    LanewayError,
+    TransportError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
+from laneway.signals.headers import parse_rate_limits
+from laneway.signals.state import BackendSignal, Status
+from laneway.storage.runtime import KeyValueStore
+
+log = logging.getLogger("laneway.signals")
+
+PREFIX = "signals:"
+# An upstream status that says the backend (or our credential for it) is unwell. Other 4xx are
+# the request's own fault and say nothing about the backend; 429 is quota, handled apart.
+_UNHEALTHY_4XX = frozenset({401, 403, 408, 409})
+
+Probe = Callable[[], Awaitable[Mapping[str, str]]]
+
+
+def counts_against_health(exc: UpstreamError) -> bool:
+    if isinstance(exc, TransportError | UpstreamProtocolError):
+        return True
+    if isinstance(exc, UpstreamStatusError):
+        s = exc.upstream_status
+        return s >= 500 or s in _UNHEALTHY_4XX
+    return True
+
+
+class Signals:
+    def __init__(self, store: KeyValueStore, clock: Clock, settings: SignalsConfig) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self._signals: dict[str, BackendSignal] = {}
+        self._dirty: set[str] = set()
+        self._probes: dict[str, asyncio.Task[None]] = {}
+
+    def signal(self, backend: str, family: str) -> BackendSignal:
+        sig = self._signals.get(backend)
+        if sig is None or sig.family != family:
+            sig = self._signals[backend] = BackendSignal(backend, family, window=self.settings.window)
+        return sig
+
+    def get(self, backend: str) -> BackendSignal | None:
+        return self._signals.get(backend)
+
+    # -- observing (the request path: no I/O) ------------------------------------------------
+
+    def success(
+        self,
+        backend: str,
+        family: str,
+        lane: str | None,
+        headers: Mapping[str, str],
+        elapsed: float | None,
+        *,
+        ttft: float | None = None,
+    ) -> None:
+        """A call (or a probe, without ``elapsed``) succeeded. For a stream, ``elapsed`` is the
+        time to its first byte and goes to the TTFT window; ``stream_ended`` adds the total."""
+        now = self.clock.now()
+        sig = self.signal(backend, family)
+        sig.apply_limits(parse_rate_limits(family, headers, now), now, self.settings.exhausted_for)
+        sig.succeeded(now)
+        if elapsed is not None:
+            sig.latency.record(elapsed)
+            if lane:
+                sig.lane(lane).latency.record(elapsed)
+        if ttft is not None:
+            sig.ttft.record(ttft)
+            if lane:
+                sig.lane(lane).ttft.record(ttft)
+        self._dirty.add(backend)
+
+    def first_byte(self, backend: str, lane: str | None, ttft: float) -> None:
+        sig = self._signals.get(backend)
+        if sig is not None:
+            sig.ttft.record(ttft)
+            if lane:
+                sig.lane(lane).ttft.record(ttft)
+            self._dirty.add(backend)
+
+    def stream_ended(self, backend: str, lane: str | None, total: float) -> None:
+        sig = self._signals.get(backend)
+        if sig is not None:
+            sig.latency.record(total)
+            if lane:
+                sig.lane(lane).latency.record(total)
+            self._dirty.add(backend)
+
+    def failure(self, backend: str, family: str, lane: str | None, exc: LanewayError) -> None:
+        now = self.clock.now()
+        sig = self.signal(backend, family)
+        if isinstance(exc, UpstreamStatusError):
+            limits = parse_rate_limits(family, exc.upstream_headers, now)
+            sig.apply_limits(limits, now, self.settings.exhausted_for)
+            if exc.upstream_status == 429:
+                sig.rate_limited(now, exc.message, self.settings.exhausted_for)
+                self._dirty.add(backend)
+                return
+        if not isinstance(exc, UpstreamError) or counts_against_health(exc):
+            sig.failed(now, exc.message)
+        self._dirty.add(backend)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def status(self, backend: str) -> Status:
+        sig = self._signals.get(backend)
+        return sig.status(self.clock.now(), self.settings.ttl) if sig else Status.UNKNOWN
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now, ttl = self.clock.now(), self.settings.ttl
+        return [self._signals[b].as_dict(now, ttl) for b in sorted(self._signals)]
+
+    # -- probing -----------------------------------------------------------------------------
+
+    async def refresh(self, backend: str, family: str, probe: Probe) -> None:
+        """Probe a backend now, or join the probe already running for it."""
+        task = self._probes.get(backend)
+        if task is None or task.done():
+            task = self._probes[backend] = asyncio.create_task(
+                self._probe(backend, family, probe), name=f"probe-{backend}"
+            )
+        await asyncio.shield(task)
+
+    async def _probe(self, backend: str, family: str, probe: Probe) -> None:
+        deadline = self.settings.refresh_deadline
+        try:
+            headers = await within(self.clock, deadline, probe())
+        except UpstreamError as exc:
+            self.failure(backend, family, None, exc)
+        except TimeoutError:
+            self.signal(backend, family).failed(self.clock.now(), f"probe timed out after {deadline:g}s")
+            self._dirty.add(backend)
+        else:
+            self.success(backend, family, None, headers, None)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    async def load(self) -> int:
+        """Read the persisted signals (a restart keeps what was learnt). Unreadable ones are skipped."""
+        try:
+            entries = await self.store.scan(PREFIX)
+        except LanewayError as exc:
+            log.warning("could not read persisted signals", extra={"error": exc.message})
+            return 0
+        loaded = 0
+        for key, raw in entries.items():
+            try:
+                sig = BackendSignal.from_record(orjson.loads(raw), self.settings.window)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                log.warning("skipping an unreadable persisted signal", extra={"key": key})
+                continue
+            self._signals.setdefault(sig.backend, sig)
+            loaded += 1
+        return loaded
+
+    async def flush(self) -> int:
+        """Persist the signals that changed since the last flush."""
+        dirty, self._dirty = self._dirty, set()
+        written = 0
+        for backend in sorted(dirty):
+            sig = self._signals.get(backend)
+            if sig is None:
+                continue
+            try:
+                await self.store.set(PREFIX + backend, orjson.dumps(sig.to_record()), ttl=self.settings.ttl)
+            except LanewayError as exc:
+                self._dirty.add(backend)  # try again next time
+                log.warning("could not persist a signal", extra={"backend": backend, "error": exc.message})
+            else:
+                written += 1
+        return written
+
+    async def run(self, local: Callable[[], Mapping[str, tuple[str, Probe]]]) -> None:
+        """Forever: persist what changed every ``flush_interval``; probe the local backends
+        (``local()``: name -> (family, probe)) every ``probe_interval``."""
+        clock, settings = self.clock, self.settings
+        next_probe = clock.monotonic()
+        while True:
+            try:
+                if clock.monotonic() >= next_probe:
+                    next_probe = clock.monotonic() + settings.probe_interval
+                    targets = local()
+                    await asyncio.gather(
+                        *(self.refresh(n, fam, probe) for n, (fam, probe) in targets.items())
+                    )
+                await self.flush()
+            except Exception:  # one bad pass must not stop the signals for good
+                log.exception("signal pass failed")
+            await clock.sleep(min(settings.flush_interval, max(next_probe - clock.monotonic(), 0.01)))
+
+    async def aclose(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
+        await self.flush()
