@@ -321,3 +321,50 @@ async def test_concurrent_probes_of_one_backend_are_coalesced_and_bounded_by_the
         assert signals.status("gpu") == Status.AVAILABLE
     finally:
         await provider.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_gateway_probes_local_backends_and_serves_signals(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    import aiohttp
+
+    from laneway.gateway import GatewayOptions
+    from tests.conftest import CLIENT_KEY
+
+    local = sim_factory(family="ollama")
+    cloud = sim_factory(family="openai", ratelimit="openai", rpm=10, tpm=100_000)
+    gw = gateway_factory(
+        {
+            "auth": {"keys": [{"name": "ops", "key": CLIENT_KEY, "admin": True}]},
+            "backends": {
+                "gpu": {"provider": "ollama", "base_url": local.url},
+                "oai": {"provider": "openai", "base_url": cloud.url},
+            },
+            "signals": {"probe_interval": 0.05, "flush_interval": 0.05},
+        },
+        options=GatewayOptions(schedule=True, key_reload_interval=3600),
+    )
+    headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for _ in range(500):  # a bound on waiting for the first probes, not a timing assertion
+            async with session.get(gw.url + "/admin/signals") as resp:
+                shown = {s["backend"]: s for s in (await resp.json())["signals"]}
+            if "gpu" in shown and shown["gpu"]["status"] == "available":
+                break
+            await asyncio.sleep(0.02)
+        assert shown["gpu"]["status"] == "available"
+        assert local.stats.inference_requests == 0  # probed with /api/tags only
+        assert local.stats.requests_by_path.get("/api/tags", 0) >= 2  # discovery, then probes
+        assert "oai" not in shown  # cloud backends are never probed: nothing known yet
+        assert cloud.stats.requests_by_path.get("/v1/models") == 1  # discovery only
+
+        body = {"model": "gpt-4o-mini", "messages": CHAT}
+        async with session.post(gw.v1 + "/chat/completions", json=body) as resp:
+            assert resp.status == 200
+        async with session.get(gw.url + "/admin/signals?backend=oai") as resp:
+            (oai,) = (await resp.json())["signals"]
+        assert oai["status"] == "available"
+        assert oai["requests"]["remaining"] == 9
+        assert oai["requests"]["limit"] == 10
+        assert oai["latency"]["samples"] == 1
