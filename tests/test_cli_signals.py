@@ -136,7 +136,9 @@ async def test_signals_written_by_a_gateway_that_is_gone(tmp_path: Path) -> None
         "x-ratelimit-remaining-tokens": "9000",
         "x-ratelimit-reset-tokens": "12s",
     }
-    signals.success("oai", "openai", "cloud:openai:oai:chat:gpt-4o-mini", spent, 0.120, ttft=0.0042)
+    lane = "cloud:openai:oai:chat:gpt-4o-mini"
+    signals.success("oai", "openai", lane, spent, 0.120)
+    signals.first_byte("oai", lane, 0.0042)
     refused = "cannot connect to http://127.0.0.1:11434: connection refused " + "x" * 80
     signals.failure("gpu-1", "ollama", None, UpstreamConnectError(refused, backend="gpu-1"))
     assert await signals.flush() == 2

@@ -149,14 +149,11 @@ class BackendSignal:
             return Status.UNKNOWN
         return Status.DEGRADED if self.last_outcome == "error" else Status.AVAILABLE
 
-    def as_dict(self, now: float, ttl: float) -> dict[str, Any]:
-        """The signal as the admin API, the CLI and the persisted copy show it."""
+    def _facts(self) -> dict[str, Any]:
+        """The observed fields, as shown and as persisted alike."""
         return {
             "backend": self.backend,
             "family": self.family,
-            "status": self.status(now, ttl),
-            "requests": _quota_dict(self.requests, now),
-            "tokens": _quota_dict(self.tokens, now),
             "retry_at": self.retry_at,
             "unified_status": self.unified_status,
             "unified_reset_at": self.unified_reset_at,
@@ -165,7 +162,17 @@ class BackendSignal:
             "last_error_at": self.last_error_at,
             "last_error": self.last_error,
             "last_rate_limited_at": self.last_rate_limited_at,
+            "last_outcome": self.last_outcome,
             "recorded_at": self.recorded_at,
+        }
+
+    def as_dict(self, now: float, ttl: float) -> dict[str, Any]:
+        """The signal as the admin API and the CLI show it: facts plus what derives from them."""
+        return {
+            **self._facts(),
+            "status": self.status(now, ttl),
+            "requests": _quota_dict(self.requests, now),
+            "tokens": _quota_dict(self.tokens, now),
             "latency": self.latency.summary().as_dict(),
             "ttft": self.ttft.summary().as_dict(),
             "lanes": {
@@ -177,22 +184,11 @@ class BackendSignal:
     # -- persistence -------------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
-        """What survives a restart: everything but derived values, with the latency samples."""
+        """What survives a restart: the facts, with the latency samples rather than summaries."""
         return {
-            "backend": self.backend,
-            "family": self.family,
+            **self._facts(),
             "requests": _quota_dict(self.requests, 0.0),
             "tokens": _quota_dict(self.tokens, 0.0),
-            "retry_at": self.retry_at,
-            "unified_status": self.unified_status,
-            "unified_reset_at": self.unified_reset_at,
-            "exhausted_until": self.exhausted_until,
-            "last_success_at": self.last_success_at,
-            "last_error_at": self.last_error_at,
-            "last_error": self.last_error,
-            "last_rate_limited_at": self.last_rate_limited_at,
-            "last_outcome": self.last_outcome,
-            "recorded_at": self.recorded_at,
             "latency": self.latency.samples(),
             "ttft": self.ttft.samples(),
             "lanes": {

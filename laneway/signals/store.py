@@ -72,46 +72,34 @@ class Signals:
     # -- observing (the request path: no I/O) ------------------------------------------------
 
     def success(
-        self,
-        backend: str,
-        family: str,
-        lane: str | None,
-        headers: Mapping[str, str],
-        elapsed: float | None,
-        *,
-        ttft: float | None = None,
+        self, backend: str, family: str, lane: str | None, headers: Mapping[str, str], elapsed: float | None
     ) -> None:
-        """A call (or a probe, without ``elapsed``) succeeded. For a stream, ``elapsed`` is the
-        time to its first byte and goes to the TTFT window; ``stream_ended`` adds the total."""
+        """A call succeeded (or a probe did: no ``elapsed``, a probe's time is not a model's).
+        For a stream ``elapsed`` is None here: ``first_byte`` and ``stream_ended`` bring its times."""
         now = self.clock.now()
         sig = self.signal(backend, family)
         sig.apply_limits(parse_rate_limits(family, headers, now), now, self.settings.exhausted_for)
         sig.succeeded(now)
         if elapsed is not None:
-            sig.latency.record(elapsed)
-            if lane:
-                sig.lane(lane).latency.record(elapsed)
-        if ttft is not None:
-            sig.ttft.record(ttft)
-            if lane:
-                sig.lane(lane).ttft.record(ttft)
+            self._record(sig, lane, "latency", elapsed)
         self._dirty.add(backend)
 
     def first_byte(self, backend: str, lane: str | None, ttft: float) -> None:
         sig = self._signals.get(backend)
         if sig is not None:
-            sig.ttft.record(ttft)
-            if lane:
-                sig.lane(lane).ttft.record(ttft)
-            self._dirty.add(backend)
+            self._record(sig, lane, "ttft", ttft)
 
     def stream_ended(self, backend: str, lane: str | None, total: float) -> None:
         sig = self._signals.get(backend)
         if sig is not None:
-            sig.latency.record(total)
-            if lane:
-                sig.lane(lane).latency.record(total)
-            self._dirty.add(backend)
+            self._record(sig, lane, "latency", total)
+
+    def _record(self, sig: BackendSignal, lane: str | None, window: str, seconds: float) -> None:
+        """Into the backend's window and the lane's."""
+        getattr(sig, window).record(seconds)
+        if lane:
+            getattr(sig.lane(lane), window).record(seconds)
+        self._dirty.add(sig.backend)
 
     def failure(self, backend: str, family: str, lane: str | None, exc: LanewayError) -> None:
         now = self.clock.now()
