@@ -10,6 +10,9 @@
      │    ├── PayloadTooLarge        413
      │    └── UnsupportedParameter   422  (valid OpenAI, but the chosen family cannot honour it)
      ├── NoLaneAvailable             503  (lanes exist but none could be tried)
+     ├── QueueFull                   429  a pool's queue already holds queue_size waiters (Retry-After)
+     ├── QueueTimeout                503  waited queue_timeout for a pool slot (Retry-After)
+     ├── QuotaExhausted              429  every lane that could serve it is out of quota (Retry-After)
      └── UpstreamError               something between us and a backend went wrong
           ├── TransportError         no usable HTTP answer: connect refused, reset, timed out
           │    ├── UpstreamConnectError
@@ -21,10 +24,13 @@
 Foreign exceptions (aiohttp, asyncio timeouts, JSON decode errors) are translated into this tree
 at the provider boundary (``laneway.providers.http``) and never travel further. Whether an
 error may be retried on another lane is decided in exactly one place: ``UpstreamError.retryable``.
+The pool errors are not ``UpstreamError``s on purpose: a busy pool says nothing about a backend's
+health, so they never count against its breaker, and the router simply tries the next lane.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -116,6 +122,62 @@ class NoLaneAvailable(LanewayError):
     status = 503
     error_type = "service_unavailable"
     code = "no_lane_available"
+
+
+# --- pools (laneway.pools) ----------------------------------------------------------------------
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    """Retry-After as a whole number of seconds, at least 1 (0 would invite an instant retry)."""
+    whole = math.ceil(seconds) if math.isfinite(seconds) else 1
+    return {"retry-after": str(max(1, whole))}
+
+
+class QueueFull(LanewayError):
+    """``queue_size`` callers already wait for the pool: refused at once, without queueing.
+    ``retry_after`` (seconds) is the pool's estimate of when asking again is worth it."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self.retry_after)
+
+
+class QuotaExhausted(LanewayError):
+    """Every candidate lane's backend said its quota is used up (rate-limit headers or a 429);
+    ``retry_after`` is the time to the earliest reset."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self.retry_after)
+
+
+class QueueTimeout(LanewayError):
+    """Waited ``queue_timeout`` seconds for a pool slot without getting one."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "queue_timeout"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self.retry_after)
 
 
 # --- upstream -----------------------------------------------------------------------------------

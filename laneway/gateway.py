@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,12 @@ from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
 from laneway.keys import KeyRing, config_key_hashes
+from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
 from laneway.providers.registry import build_provider
+from laneway.routing.breaker import Breakers
 from laneway.routing.dispatch import Router
+from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.routing.selectors import parse_routes, validate_routes
 from laneway.signals.store import Probe, Signals
@@ -47,15 +51,21 @@ class Gateway:
     def __post_init__(self) -> None:
         self.inventory = Inventory()
         self.keys = KeyRing(open_access=self.settings.auth.open)
-        self._config_keys, self._admin_keys = config_key_hashes(self.settings.auth.keys, self.settings.source)
+        self._config_keys, self._admin_keys, self._grants = config_key_hashes(
+            self.settings.auth.keys, self.settings.source
+        )
         self.db: Database | None = None
         self.runtime: KeyValueStore | None = None
         self.reconciler: Reconciler | None = None
         self.signals: Signals | None = None
+        self.pools = PoolRegistry(self.clock)
+        self.breakers = Breakers(self.clock, self.settings.routing.breaker, self.inventory)
+        self.failovers = FailoverLog(self.settings.routing.failover_records)
         self.router: Router | None = None
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._shadowed: set[str] = set()  # backends in both config and database, warned about once
+        self._shadowed: set[str] = set()  # in both the config and the database: warned about once
+        self._names: frozenset[str] = frozenset()  # the declared backends, as of the last change
 
     @property
     def backends(self) -> dict[str, BackendConfig]:
@@ -128,14 +138,22 @@ class Gateway:
         the set of backends changes."""
         assert self.reconciler is not None
         resolver = Resolver(self.inventory, parse_routes(self.settings, names), names)
+        for gone in self._names - names:
+            self.pools.remove_backend(gone)
+        self._names = names
         if self.router is None:
+            routing = self.settings.routing
             self.router = Router(
                 resolver,
                 self.reconciler.providers,
-                allows=self.reconciler.allows,
-                on_miss=self.reconciler.refresh_local,
+                backends=self.reconciler,
                 signals=self.signals,
+                pools=self.pools,
+                breakers=self.breakers,
+                failovers=self.failovers,
+                settings=routing,
                 clock=self.clock,
+                seed=routing.seed if routing.seed is not None else random.SystemRandom().randrange(2**63),
             )
         else:
             self.router.resolver = resolver
@@ -143,7 +161,7 @@ class Gateway:
     async def reload_keys(self) -> None:
         assert self.db is not None
         stored = await self.db.keys.active_hashes()
-        self.keys.replace({**stored, **self._config_keys}, admins=self._admin_keys)
+        self.keys.replace({**stored, **self._config_keys}, admins=self._admin_keys, grants=self._grants)
 
     async def _reload_keys_forever(self) -> None:
         # Keys created or revoked with the CLI reach a running server within one interval.

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from laneway.config.schema import KeyConfig
-from laneway.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from laneway.errors import AuthenticationFailed, ConfigError, InvalidRequest, PermissionDenied
 from laneway.storage import hash_key
 
 
-def config_key_hashes(keys: list[KeyConfig], source: str | None) -> tuple[dict[str, str], frozenset[str]]:
-    """(key hash → caller, the hashes of admin keys) for the keys declared in the config file."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a key may ask for beyond being let in (config keys only; database keys get none)."""
+
+    max_priority: int = 0
+    trusted: bool = False  # may name a sub-caller
+
+
+NO_GRANT = Grant()
+
+
+def config_key_hashes(
+    keys: list[KeyConfig], source: str | None
+) -> tuple[dict[str, str], frozenset[str], dict[str, Grant]]:
+    """(key hash → caller, the hashes of admin keys, grants) for the keys declared in the config file."""
     out: dict[str, str] = {}
     admins: set[str] = set()
+    grants: dict[str, Grant] = {}
     for i, k in enumerate(keys):
         if k.key_hash:
             digest = k.key_hash
@@ -30,7 +45,9 @@ def config_key_hashes(keys: list[KeyConfig], source: str | None) -> tuple[dict[s
         out[digest] = k.caller or k.name
         if k.admin:
             admins.add(digest)
-    return out, frozenset(admins)
+        if k.max_priority or k.trusted:
+            grants[digest] = Grant(k.max_priority, k.trusted)
+    return out, frozenset(admins), grants
 
 
 class KeyRing:
@@ -40,35 +57,77 @@ class KeyRing:
         self.open_access = open_access
         self._callers: dict[str, str] = {}
         self._admins: frozenset[str] = frozenset()
+        self._grants: dict[str, Grant] = {}
 
-    def replace(self, hashes: dict[str, str], *, admins: frozenset[str] = frozenset()) -> None:
+    def replace(
+        self,
+        hashes: dict[str, str],
+        *,
+        admins: frozenset[str] = frozenset(),
+        grants: dict[str, Grant] | None = None,
+    ) -> None:
         self._callers = dict(hashes)
         self._admins = admins
+        self._grants = dict(grants or {})
 
     def __len__(self) -> int:
         return len(self._callers)
 
     def caller_for(self, authorization: str | None, api_key: str | None = None) -> str:
         """The caller a request is for, from ``Authorization: Bearer`` or ``x-api-key``."""
+        return self._identify(authorization, api_key)[0]
+
+    def identify(
+        self,
+        authorization: str | None,
+        api_key: str | None,
+        *,
+        sub_caller: str | None = None,
+        priority: str | None = None,
+    ) -> tuple[str, int]:
+        """(caller, priority) of a request: a trusted key may name a sub-caller
+        (``x-laneway-caller``); a priority (``x-laneway-priority``) above what the key allows is
+        lowered to that, not refused."""
+        caller, digest = self._identify(authorization, api_key)
+        grant = self._grants.get(digest, NO_GRANT) if digest else NO_GRANT
+        if sub_caller:
+            if not grant.trusted:
+                raise PermissionDenied(
+                    "This key may not name a sub-caller (x-laneway-caller); it needs trusted: true"
+                )
+            caller = f"{caller}/{sub_caller[:64]}"
+        wanted = 0
+        if priority:
+            try:
+                wanted = int(priority)
+            except ValueError:
+                raise InvalidRequest(
+                    f"x-laneway-priority must be a whole number, not '{priority[:20]}'",
+                    param="x-laneway-priority",
+                ) from None
+        return caller, max(0, min(wanted, grant.max_priority))
+
+    def _identify(self, authorization: str | None, api_key: str | None) -> tuple[str, str | None]:
         secret = _secret(authorization, api_key)
         if not secret:
             if self.open_access:
-                return "anonymous"
+                return "anonymous", None
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' "
                 "(create one with `laneway keys create NAME`)."
             )
-        caller = self._callers.get(hash_key(secret))
+        digest = hash_key(secret)
+        caller = self._callers.get(digest)
         if caller is None:
             if self.open_access:
-                return "anonymous"
+                return "anonymous", None
             if not self._callers:
                 raise AuthenticationFailed(
                     "No API keys are configured on this gateway; create one with `laneway keys create NAME` "
                     "or declare one under auth.keys in the config."
                 )
             raise AuthenticationFailed(f"Incorrect API key provided: {secret[:6]}...")
-        return caller
+        return caller, digest
 
     def require_admin(self, authorization: str | None, api_key: str | None = None) -> str:
         """The caller, if its key may use the admin API (any key may, with open access)."""

@@ -412,7 +412,7 @@ async def test_policy_applies_at_discovery_and_again_at_dispatch(sim_factory: An
         await r.reconciler.cycle()
         assert r.models() == {"llama3:8b"}
         assert r.status("gpu").excluded_models == ["qwen2.5:7b"]
-        router = Router(r.resolver(), r.reconciler.providers, allows=r.reconciler.allows)
+        router = Router(r.resolver(), r.reconciler.providers, backends=r.reconciler)
         assert await router.candidates("llama3:8b", "chat")
         # The policy tightens; until the next refresh the lane is still in the inventory, but
         # dispatch refuses it (fail closed).
@@ -504,7 +504,7 @@ async def test_an_unknown_model_refreshes_local_backends_once_debounced(
     }
     async with rig(backends, tmp_path) as r:
         await r.reconciler.cycle()
-        router = Router(r.resolver(), r.reconciler.providers, on_miss=r.reconciler.refresh_local)
+        router = Router(r.resolver(), r.reconciler.providers, backends=r.reconciler)
         sim.options.models = ["llama3:8b", "new:1b"]
         tags, models = requests(sim, "/api/tags"), requests(cloud, "/v1/models")
         found = await asyncio.gather(*(router.candidates("new:1b", "chat") for _ in range(10)))

@@ -17,7 +17,7 @@ import pytest
 
 from laneway.clock import ManualClock, SystemClock
 from laneway.config.schema import BackendConfig, InventoryConfig, SignalsConfig
-from laneway.errors import StreamBroken, UpstreamStatusError, UpstreamTimeout
+from laneway.errors import QuotaExhausted, StreamBroken, UpstreamStatusError, UpstreamTimeout
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -142,11 +142,11 @@ def test_a_429_exhausts_without_making_the_backend_degraded() -> None:
 @asynccontextmanager
 async def routed(
     family: str, fmt: str, tmp_path: Path, clock: Any, **sim: Any
-) -> AsyncIterator[tuple[Router, Signals, SimOptions]]:
+) -> AsyncIterator[tuple[Router, Signals, Any]]:
     """A router in front of one sim of ``family`` sending ``fmt`` rate-limit headers; the sim,
     the signals and the inventory share ``clock``."""
-    options = SimOptions(family=family, ratelimit=fmt, api_key="k", **sim)
-    with ServerThread(build_sim_app(options, clock=clock)) as url:
+    app = build_sim_app(SimOptions(family=family, ratelimit=fmt, api_key="k", **sim), clock=clock)
+    with ServerThread(app) as url:
         base = url + "/api/v1" if fmt == "openrouter" else url
         config = BackendConfig(provider=family, base_url=base, api_key="k", tier="local")  # type: ignore[arg-type]
         settings = InventoryConfig()
@@ -169,7 +169,7 @@ async def routed(
             Resolver(ctx.inventory, {}, frozenset({"up"})), reconciler.providers, signals=signals, clock=clock
         )
         try:
-            yield router, signals, options
+            yield router, signals, app
         finally:
             await reconciler.aclose()
 
@@ -187,7 +187,7 @@ async def test_quota_counts_down_exhausts_at_zero_and_recovers_after_the_reset(
     family: str, fmt: str, model: str, tmp_path: Path
 ) -> None:
     clock = ManualClock()
-    async with routed(family, fmt, tmp_path, clock, rpm=3) as (router, signals, _):
+    async with routed(family, fmt, tmp_path, clock, rpm=3) as (router, signals, sim):
         body = {"model": model, "messages": CHAT}
         seen = []
         for _ in range(3):
@@ -202,9 +202,12 @@ async def test_quota_counts_down_exhausts_at_zero_and_recovers_after_the_reset(
         reset_at = sig.requests.reset_at
         assert reset_at is not None
         assert math.isclose(reset_at, clock.now() + 60, abs_tol=1.0)  # the sim's 60 s window
-        with pytest.raises(UpstreamStatusError) as refused:  # the upstream agrees: 429
+        calls = sim.stats.inference_requests
+        with pytest.raises(QuotaExhausted) as refused:  # skipped until the reset: not even asked
             await router.send(Operation.CHAT, body, orjson.dumps(body))
-        assert refused.value.upstream_status == 429
+        assert sim.stats.inference_requests == calls
+        assert math.isclose(refused.value.retry_after, 60, abs_tol=1.0)
+        assert refused.value.headers()["retry-after"] in ("59", "60", "61")
         assert signals.status("up") == Status.EXHAUSTED
         clock.advance(61)
         assert signals.status("up") == Status.AVAILABLE  # the reset passed: back by itself
@@ -238,7 +241,7 @@ async def test_streams_keep_time_to_first_byte_apart_from_total_time(tmp_path: P
     async with routed("openai", "openai", tmp_path, SystemClock(), rpm=100, tokens_per_second=200) as (
         router,
         signals,
-        options,
+        sim,
     ):
         served = await router.stream(Operation.CHAT, STREAM, orjson.dumps(STREAM))
         frames = [frame async for frame in served.result]
@@ -254,7 +257,7 @@ async def test_streams_keep_time_to_first_byte_apart_from_total_time(tmp_path: P
         assert sig.requests is not None
         assert sig.requests.remaining == 99
 
-        options.drop_after_chunks = 2  # a stream that breaks after it started
+        sim.options.drop_after_chunks = 2  # a stream that breaks after it started
         served = await router.stream(Operation.CHAT, STREAM, orjson.dumps(STREAM))
         with pytest.raises(StreamBroken):
             async for _ in served.result:

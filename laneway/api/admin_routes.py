@@ -10,6 +10,9 @@ Every endpoint needs an admin key (``admin: true`` under ``auth.keys``; any key 
     DELETE /admin/model-cache/{backend} invalidate one backend
     DELETE /admin/cooldowns/{backend}   lift a backend's auth cooldown (the key was fixed)
     GET    /admin/signals               ?backend=NAME: quota, latency and status per backend
+    GET    /admin/pools                 slots, active, queued (per caller), wait p50/p95 per pool
+    GET    /admin/failovers             ?limit=N: recent failover records, newest first
+    GET    /admin/breakers              lanes whose breaker is not plainly closed
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class AdminRoutes:
             Route("/admin/model-cache/{backend}", self.invalidate_cache, methods=["DELETE"]),
             Route("/admin/cooldowns/{backend}", self.lift_cooldown, methods=["DELETE"]),
             Route("/admin/signals", self.signals, methods=["GET"]),
+            Route("/admin/pools", self.pools, methods=["GET"]),
+            Route("/admin/failovers", self.failovers, methods=["GET"]),
+            Route("/admin/breakers", self.breakers, methods=["GET"]),
         ]
 
     def _admin(self, request: Request) -> Reconciler:
@@ -141,3 +147,19 @@ class AdminRoutes:
         wanted = request.query_params.get("backend")
         shown = [s for s in signals.snapshot() if wanted is None or s["backend"] == wanted]
         return self._json({"ttl": signals.settings.ttl, "signals": shown})
+
+    async def pools(self, request: Request) -> Response:
+        self._admin(request)
+        return self._json({"pools": [p.as_dict() for p in self.gateway.pools.statistics()]})
+
+    async def failovers(self, request: Request) -> Response:
+        self._admin(request)
+        raw = request.query_params.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise InvalidRequest("limit must be a whole number from 1 to 10000", param="limit")
+        records = self.gateway.failovers.recent(int(raw))
+        return self._json({"failovers": [r.as_dict() for r in records], "kept": len(self.gateway.failovers)})
+
+    async def breakers(self, request: Request) -> Response:
+        self._admin(request)
+        return self._json({"breakers": self.gateway.breakers.snapshot()})

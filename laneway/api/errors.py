@@ -10,16 +10,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from laneway.errors import LanewayError, http_status
+from laneway.routing.failover import attribution_of
 
 log = logging.getLogger("laneway.api")
 
 
 def error_response(err: LanewayError, request_id: str | None = None) -> Response:
+    """The OpenAI error shape; a routed request's error also says who it was for and which lane
+    and attempt it came from (``error.laneway``), which SDKs pass through untouched."""
     headers = err.headers()
     if request_id:
         headers["x-request-id"] = request_id
+    body = err.to_openai()
+    attribution = attribution_of(err)
+    if attribution is not None:
+        body["error"]["laneway"] = attribution.as_dict()
     return Response(
-        orjson.dumps(err.to_openai()),
+        orjson.dumps(body),
         status_code=http_status(err),
         headers=headers,
         media_type="application/json",

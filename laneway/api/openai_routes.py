@@ -15,6 +15,7 @@ from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, p
 from laneway.errors import NoLaneAvailable, PayloadTooLarge
 from laneway.gateway import Gateway
 from laneway.routing.dispatch import Operation, Served
+from laneway.routing.failover import RequestInfo
 
 
 def request_id(request: Request) -> str:
@@ -56,7 +57,14 @@ class OpenAIRoutes:
     async def _handle(self, request: Request, op: Operation, shape: type[BaseModel]) -> Response:
         rid = request_id(request)
         gw = self.gateway
-        gw.keys.caller_for(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        headers = request.headers
+        caller, priority = gw.keys.identify(
+            headers.get("authorization"),
+            headers.get("x-api-key"),
+            sub_caller=headers.get("x-laneway-caller"),
+            priority=headers.get("x-laneway-priority"),
+        )
+        info = RequestInfo(caller, rid, headers.get("x-laneway-run-id") or None, priority)
         raw = await read_body(request, self.limit)
         body = parse_body(raw)
         validate(shape, body)
@@ -64,9 +72,9 @@ class OpenAIRoutes:
         if router is None:
             raise NoLaneAvailable("The gateway is still starting; try again in a moment")
         if body.get("stream") and op is not Operation.EMBEDDING:
-            streamed = await router.stream(op, body, raw)
+            streamed = await router.stream(op, body, raw, info)
             return ReplyStreamResponse(streamed.result, served_headers(streamed, rid))  # type: ignore[return-value]
-        served = await router.send(op, body, raw)
+        served = await router.send(op, body, raw, info)
         return Response(
             served.result.body, media_type="application/json", headers=served_headers(served, rid)
         )

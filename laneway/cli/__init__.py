@@ -20,6 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("laneway.cli.serve", "serve"),
     "signals": ("laneway.cli.signals", "signals"),
     "sim": ("laneway.cli.sim", "sim"),
+    "usage": ("laneway.cli.usage", "usage"),
 }
 
 

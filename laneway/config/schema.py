@@ -7,9 +7,11 @@ backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto
                    allow, deny, timeout, connect_timeout, max_connections, weight, model_weights,
                    refresh_interval}}
            models: [name | {name, context_length, capabilities, weight}]
+           slots, queue_size, queue_timeout, pool: backend|lane, stream_holds_slot
 inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, auth_cooldown,
             model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
 signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_interval}
+routing:   {attempts, deadline, seed, record_prompts, failover_records, breaker: {failures, window, cooldown}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
 """
@@ -93,6 +95,8 @@ class KeyConfig(_Strict):
     key_hash: str | None = None
     caller: str | None = None
     admin: bool = False  # may call /admin/... (inventory, refresh, caches)
+    max_priority: int = Field(0, ge=0, le=9)  # the highest x-laneway-priority this key may ask for
+    trusted: bool = False  # may name a sub-caller with x-laneway-caller (fair share, usage, attribution)
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> KeyConfig:
@@ -146,6 +150,16 @@ class BackendConfig(_Strict):
     weight: float = Field(100.0, ge=0)  # the instance weight
     model_weights: dict[str, Weight] = {}  # model glob -> weight (default 100)
     refresh_interval: float | None = Field(default=None, gt=0)  # default: inventory.intervals[provider]
+    # The pool in front of this backend: ``slots`` calls at once (default: 4 for a local tier, 64
+    # otherwise), at most ``queue_size`` waiting, each for at most ``queue_timeout`` seconds (the
+    # call itself then has ``timeout``). ``pool: lane`` gives every lane its own pool.
+    slots: int | None = Field(default=None, ge=1, le=100_000)
+    queue_size: int = Field(1000, ge=0, le=1_000_000)
+    queue_timeout: float = Field(60.0, gt=0)
+    pool: Literal["backend", "lane"] = "backend"
+    stream_holds_slot: bool = (
+        False  # hold the slot until the stream ends (a GPU box), not just while it starts
+    )
     anthropic_version: str = "2023-06-01"
 
     @field_validator("models")
@@ -177,6 +191,10 @@ class BackendConfig(_Strict):
     @property
     def effective_tier(self) -> TierName:
         return self.tier or DEFAULT_TIER[self.provider]
+
+    @property
+    def pool_slots(self) -> int:
+        return self.slots if self.slots is not None else (4 if self.effective_tier == "local" else 64)
 
     @property
     def discovers(self) -> bool:
@@ -276,6 +294,24 @@ class SignalsConfig(_Strict):
     flush_interval: Seconds = 1.0  # changed signals are persisted this often, off the request path
 
 
+class BreakerConfig(_Strict):
+    """Per-lane circuit breaker: ``failures`` within ``window`` seconds open it; after ``cooldown``
+    seconds it is half-open (one trial); a success closes it, a failure re-opens it."""
+
+    failures: int = Field(5, ge=1)
+    window: Seconds = 60.0
+    cooldown: Seconds = 30.0
+
+
+class RoutingConfig(_Strict):
+    attempts: int = Field(3, ge=1, le=20)  # lanes tried per request, at most
+    deadline: Seconds = 900.0  # a request's whole life, queueing and failover included
+    seed: int | None = None  # ranking's tie-break; None: a new seed per process
+    record_prompts: bool = False  # keep the prompt in failover records (off: it may be sensitive)
+    failover_records: int = Field(1000, ge=0, le=1_000_000)  # recent failover records kept in memory
+    breaker: BreakerConfig = BreakerConfig()
+
+
 ROLES = ("chat", "task", "embed")
 
 
@@ -302,6 +338,7 @@ class Settings(_Strict):
     backends: dict[str, BackendConfig] = {}
     inventory: InventoryConfig = InventoryConfig()
     signals: SignalsConfig = SignalsConfig()
+    routing: RoutingConfig = RoutingConfig()
     routes: dict[str, list[SelectorSpec]] = {}
     defaults: DefaultsConfig = DefaultsConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages

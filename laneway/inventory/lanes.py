@@ -37,6 +37,7 @@ class Health(StrEnum):
     HALF_OPEN = "half-open"
     OPEN = "open"
     DENIED = "denied"
+    STALE = "stale"  # the backend said 404 for it; a refresh decides
 
 
 # What a lane's health does to its weight: 0 takes it out of rotation.
@@ -45,6 +46,7 @@ HEALTH_FACTOR: dict[str, float] = {
     Health.HALF_OPEN: 0.5,
     Health.OPEN: 0.0,
     Health.DENIED: 0.0,
+    Health.STALE: 0.0,
 }
 
 

@@ -19,8 +19,9 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 
 from laneway.config.schema import BackendConfig
-from laneway.errors import LanewayError
+from laneway.errors import LanewayError, UpstreamError
 from laneway.inventory.discovery import model_allowed
+from laneway.inventory.lanes import Health
 from laneway.inventory.refresher import BackendStatus, RefreshContext, Refresher
 from laneway.providers.base import Provider
 
@@ -53,6 +54,7 @@ class Reconciler:
         # The schedule and POST /admin/refresh may both re-read the declared state; interleaved,
         # both would add the same new backend and the first one's HTTP client would leak.
         self._sync_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[list[BackendStatus]]] = set()  # refreshes nobody awaits
 
     # -- declared state --------------------------------------------------------------------
 
@@ -169,6 +171,29 @@ class Reconciler:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def config(self, backend: str) -> BackendConfig | None:
+        refresher = self.refreshers.get(backend)
+        return refresher.config if refresher is not None else None
+
+    async def credential_refused(self, backend: str, exc: UpstreamError) -> None:
+        """A call was refused for bad credentials: the same cooldown as a refused refresh."""
+        refresher = self.refreshers.get(backend)
+        if refresher is not None:
+            await refresher.refused(exc)
+
+    def lane_stale(self, lane_id: str) -> None:
+        """The backend said 404 for a lane's model: out of rotation until a refresh (started now)
+        confirms it (it comes back) or not (it goes, as an orphan)."""
+        lane = self.ctx.inventory.get(lane_id)
+        if lane is None or lane.health == Health.DENIED:
+            return
+        self.ctx.inventory.set_health([lane_id], Health.STALE)
+        log.warning("lane stale", extra={"lane": lane_id})
+        if lane.backend in self.refreshers:
+            task = asyncio.create_task(self.cycle([lane.backend]), name=f"refresh-stale-{lane.backend}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     def allows(self, backend: str, model: str) -> bool:
         """The backend's allow/deny policy, checked again at dispatch (fail closed: an unknown
         backend allows nothing)."""
@@ -179,6 +204,9 @@ class Reconciler:
         return [self.refreshers[n].status for n in sorted(self.refreshers)]
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._miss is not None and not self._miss.done():
             self._miss.cancel()
             await asyncio.wait((self._miss,))

@@ -146,6 +146,10 @@ class Refresher:
                 log.warning("model-list cache unwritable", extra={"backend": self.name, "error": exc.message})
         return models, "upstream"
 
+    async def refused(self, exc: UpstreamError) -> None:
+        """A call (not a refresh) was refused for bad credentials: cool down as if a refresh was."""
+        await self._failed(exc)
+
     async def _failed(self, exc: UpstreamError) -> None:
         """A failed refresh deletes nothing; a refused credential also starts the cooldown."""
         st = self.status
@@ -205,11 +209,11 @@ class Refresher:
             st.last_error = None
         if found.lanes:  # an empty answer deletes nothing
             inv = ctx.inventory
-            # A lane denied by an earlier auth failure comes back now that the credential works;
-            # any other health (a breaker's) is the breaker's to change, so it is kept (None).
+            # A lane denied by an earlier auth failure, or stale after a 404, comes back now that
+            # the backend confirms it; any other health (a breaker's) is the breaker's to change.
             lanes = [
                 lane.replace(health=Health.HEALTHY)
-                if (old := inv.get(lane.id)) is not None and old.health == Health.DENIED
+                if (old := inv.get(lane.id)) is not None and old.health in (Health.DENIED, Health.STALE)
                 else lane
                 for lane in found.lanes
             ]

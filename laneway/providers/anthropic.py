@@ -123,14 +123,14 @@ class AnthropicProvider:
     async def chat(self, call: Call) -> Reply:
         payload = tr.messages_request(call, stream=False)
         headers, data = await self.upstream.post_json("/messages", payload, timeout=call.timeout)
-        return Reply(
-            body=orjson.dumps(tr.message_response(data, model=call.model, backend=self.name)), headers=headers
-        )
+        answer = tr.message_response(data, model=call.model, backend=self.name)
+        return Reply(body=orjson.dumps(answer), headers=headers, usage=tr.usage_of(data))
 
     async def stream_chat(self, call: Call) -> TranslatedStream:
         payload = orjson.dumps(tr.messages_request(call, stream=True))
         body = await self.upstream.open_stream("/messages", payload, timeout=call.timeout)
-        return TranslatedStream(body, sse_frames(body, tr.message_stream(call, self.name), self.name))
+        translator = tr.message_stream(call, self.name)
+        return TranslatedStream(body, sse_frames(body, translator, self.name), lambda: translator.usage)
 
     async def complete(self, call: Call) -> Reply:
         raise _no_completions()

@@ -19,6 +19,9 @@ Choices made here, and why:
   without them continues with thinking off rather than failing).
 - No JSON mode (``response_format``), logprobs, penalties, ``n > 1`` or text completions: 422.
   ``seed`` is ignored (OpenAI only promises best effort for it too).
+- Usage (``usage_of``, ``MessageStream.usage``): prompt tokens are input + cache creation + cache
+  read tokens (OpenAI's prompt count includes cached ones). A stream knows its prompt tokens from
+  ``message_start`` and its final output tokens from ``message_delta``, just before the end.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from laneway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from laneway.providers.base import Call, ModelInfo
+from laneway.providers.base import Call, ModelInfo, Usage
 from laneway.providers.openai_format import (
     ChunkWriter,
     assistant_message,
@@ -302,6 +305,30 @@ def _usage(data: Mapping[str, Any]) -> tuple[int, int]:
     return int_field(data, "input_tokens") + int_field(data, "cache_creation_input_tokens") + cached, cached
 
 
+_PROMPT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def usage_of(data: Mapping[str, Any]) -> Usage | None:
+    """The tokens a ``/v1/messages`` answer reports (its ``usage``); None if it reports none.
+    A count the answer leaves out stays None rather than becoming 0."""
+    reported = data.get("usage")
+    if not isinstance(reported, Mapping):
+        return None
+    prompt = _prompt_tokens(reported)
+    completion = _reported(reported, "output_tokens")
+    return None if prompt is None and completion is None else Usage(prompt, completion)
+
+
+def _prompt_tokens(data: Mapping[str, Any]) -> int | None:
+    counts = [c for key in _PROMPT_KEYS if (c := _reported(data, key)) is not None]
+    return sum(counts) if counts else None
+
+
+def _reported(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def finish_reason(stop_reason: Any) -> str:
     return FINISH_REASONS.get(str(stop_reason), "stop")
 
@@ -380,6 +407,7 @@ class MessageStream:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.output_tokens = 0
+        self._counted: set[str] = set()  # which counts the upstream reported at all
         self.done = False
 
     def feed(self, event: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -427,13 +455,26 @@ class MessageStream:
                 f"backend '{self.backend}' ended its stream before message_stop", backend=self.backend
             )
 
+    @property
+    def usage(self) -> Usage | None:
+        """The tokens reported so far: the prompt from ``message_start``, the output as of the
+        last ``message_delta`` (final once the stream ended). None if nothing was reported."""
+        if not self._counted:
+            return None
+        return Usage(
+            self.prompt_tokens if "prompt" in self._counted else None,
+            self.output_tokens if "output" in self._counted else None,
+        )
+
     def _take_usage(self, data: Mapping[str, Any]) -> None:
         # message_start has the input count; message_delta the (cumulative) output count and,
         # in newer API versions, the input count again. Later values win.
-        if any(k in data for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")):
+        if any(k in data for k in _PROMPT_KEYS):
             self.prompt_tokens, self.cached_tokens = _usage(data)
+            self._counted.add("prompt")
         if "output_tokens" in data:
             self.output_tokens = int_field(data, "output_tokens")
+            self._counted.add("output")
 
     def _block_start(self, writer: ChunkWriter, index: int, block: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = block["type"]

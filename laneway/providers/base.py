@@ -39,12 +39,28 @@ class Call:
     timeout: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens an upstream says one call used, read from what the adapter parses anyway.
+
+    Either count is None when the upstream did not say: usage is recorded as reported, never
+    estimated, so a total is known to be a lower bound rather than silently wrong. (An embedding
+    has no completion tokens to report; an Ollama prompt served from its cache may come back
+    without a prompt count.)
+    """
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
 @dataclass(slots=True)
 class Reply:
-    """A complete OpenAI-format response body, and the upstream's response headers."""
+    """A complete OpenAI-format response body, the upstream's response headers, and the tokens
+    the upstream reported (None when its answer said nothing about them)."""
 
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    usage: Usage | None = None
 
 
 class ReplyStream(Protocol):

@@ -14,7 +14,7 @@ import orjson
 from laneway.config.schema import BackendConfig
 from laneway.errors import UpstreamError
 from laneway.providers import ollama_translate as tr
-from laneway.providers.base import Call, ModelInfo, Reply
+from laneway.providers.base import Call, ModelInfo, Reply, Usage
 from laneway.providers.http import StreamingBody, Upstream
 from laneway.providers.streams import DONE, TranslatedStream, sse_frame
 
@@ -33,6 +33,8 @@ def api_base(base_url: str) -> str:
 
 
 class LineTranslator(Protocol):
+    usage: Usage | None  # what the ``done`` line reported; None before it
+
     def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
@@ -113,12 +115,13 @@ class OllamaProvider:
         body = await self.upstream.open_stream(
             path, orjson.dumps(payload), timeout=call.timeout, expect=NDJSON
         )
-        return TranslatedStream(body, ndjson_frames(body, translator, self.name))
+        return TranslatedStream(body, ndjson_frames(body, translator, self.name), lambda: translator.usage)
 
     async def chat(self, call: Call) -> Reply:
         payload = tr.chat_request(call, stream=False, thinks=self.thinks.get(call.model))
         headers, data = await self.upstream.post_json("/api/chat", payload, timeout=call.timeout)
-        return Reply(orjson.dumps(tr.chat_response(data, model=call.model, backend=self.name)), headers)
+        answer = tr.chat_response(data, model=call.model, backend=self.name)
+        return Reply(orjson.dumps(answer), headers, tr.usage_of(data))
 
     async def stream_chat(self, call: Call) -> TranslatedStream:
         payload = tr.chat_request(call, stream=True, thinks=self.thinks.get(call.model))
@@ -127,7 +130,8 @@ class OllamaProvider:
     async def complete(self, call: Call) -> Reply:
         payload = tr.generate_request(call, stream=False)
         headers, data = await self.upstream.post_json("/api/generate", payload, timeout=call.timeout)
-        return Reply(orjson.dumps(tr.generate_response(data, model=call.model, backend=self.name)), headers)
+        answer = tr.generate_response(data, model=call.model, backend=self.name)
+        return Reply(orjson.dumps(answer), headers, tr.usage_of(data))
 
     async def stream_complete(self, call: Call) -> TranslatedStream:
         payload = tr.generate_request(call, stream=True)
@@ -138,7 +142,7 @@ class OllamaProvider:
         headers, data = await self.upstream.post_json("/api/embed", payload, timeout=call.timeout)
         encoding = call.body.get("encoding_format")
         answer = tr.embed_response(data, model=call.model, encoding_format=encoding, backend=self.name)
-        return Reply(orjson.dumps(answer), headers)
+        return Reply(orjson.dumps(answer), headers, tr.usage_of(data))
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

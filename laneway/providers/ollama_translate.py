@@ -12,6 +12,8 @@ Choices made here, and why:
   the model's thinking comes back as ``reasoning_content`` on the message or the delta.
 - Completions use ``/api/generate`` with ``raw: true`` (plain continuation, no chat template),
   except with a ``suffix``, which needs the template to do fill-in-the-middle.
+- Usage (``usage_of``) is ``prompt_eval_count`` / ``eval_count`` of the final answer or the
+  ``done`` line of a stream; a stream's usage is therefore known only once it ended.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from laneway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from laneway.providers.base import Call, ModelInfo
+from laneway.providers.base import Call, ModelInfo, Usage
 from laneway.providers.capabilities import capabilities_from_name
 from laneway.providers.openai_format import (
     ChunkWriter,
@@ -277,6 +279,19 @@ def _usage(data: Mapping[str, Any]) -> dict[str, Any]:
     return usage(int_field(data, "prompt_eval_count"), int_field(data, "eval_count"))
 
 
+def usage_of(data: Mapping[str, Any]) -> Usage | None:
+    """The tokens a final answer (or ``done`` line) reports; None if it reports neither count.
+    Unlike the OpenAI body, which says 0 for a missing count, a missing count stays None here:
+    Ollama leaves ``prompt_eval_count`` out when the whole prompt came from its cache."""
+    prompt, completion = _reported(data, "prompt_eval_count"), _reported(data, "eval_count")
+    return None if prompt is None and completion is None else Usage(prompt, completion)
+
+
+def _reported(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def chat_response(data: Mapping[str, Any], *, model: str, backend: str = "") -> dict[str, Any]:
     """An ``/api/chat`` answer → an OpenAI ``chat.completion``."""
     _raise_if_error(data, backend)
@@ -359,6 +374,7 @@ class _LineStream:
         self.include_usage = include_usage
         self.backend = backend
         self.done = False
+        self.usage: Usage | None = None  # from the ``done`` line: None until the stream ended
 
     def feed(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         _raise_if_error(data, self.backend)
@@ -412,6 +428,7 @@ class ChatStream(_LineStream):
             self.tool_calls += 1
         if data.get("done") is True:
             self.done = True
+            self.usage = usage_of(data)
             out.extend(writer.end(_finish_reason(data, self.tool_calls > 0), _usage(data)))
         return out
 
@@ -432,6 +449,7 @@ class GenerateStream(_LineStream):
             out.append(text_completion(id=self.id, model=model, text=text, finish_reason=None))
         if data.get("done") is True:
             self.done = True
+            self.usage = usage_of(data)
             out.append(
                 text_completion(id=self.id, model=model, text="", finish_reason=_finish_reason(data, False))
             )

@@ -1,10 +1,16 @@
 """The ``openai`` family: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, LM Studio,
 OpenRouter, Mistral, Groq...). Requests pass through: the client's bytes are forwarded as they
-came whenever the model name did not change, and answers are checked, not re-serialised."""
+came whenever the model name did not change, and answers are checked, not re-serialised.
+
+Usage is read from the ``usage`` object of the answer the adapter parses anyway. A stream passes
+through untouched, so its usage is known only when the client asked for it
+(``stream_options.include_usage``): the upstream then sends it in the last chunk before
+``[DONE]``, which the pass-through keeps in its tail. Otherwise a stream's usage is None.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,12 +18,16 @@ import orjson
 
 from laneway.config.schema import BackendConfig
 from laneway.errors import StreamBroken, UpstreamProtocolError
-from laneway.providers.base import Call, ModelInfo, Reply
+from laneway.providers.base import Call, ModelInfo, Reply, Usage
 from laneway.providers.capabilities import capabilities_from_name
 from laneway.providers.http import StreamingBody, Upstream, loads_object
 from laneway.providers.streams import TranslatedStream
 
 _DONE_MARK = b"[DONE]"
+_DONE_WINDOW = 32  # [DONE] must stand in the last bytes of a stream that ended properly
+# Bytes of a stream's end kept to read its usage chunk from (about 300 bytes at OpenAI, more at
+# servers that add timings); the usage of a stream whose last chunk is longer is not known.
+_TAIL = 8192
 
 
 def api_root(base_url: str) -> str:
@@ -67,6 +77,21 @@ def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
     return ModelInfo(
         id=model_id, types=frozenset(types), capabilities=frozenset(caps), context_length=context
     )
+
+
+def usage_of(data: Mapping[str, Any]) -> Usage | None:
+    """The ``usage`` of an OpenAI-format answer or chunk; None when it has none. A count that is
+    missing or not a count stays None: the answer itself passes through to the client as it came,
+    so a garbled usage object costs only the count, never the response."""
+    reported = data.get("usage")
+    if not isinstance(reported, Mapping):
+        return None
+    prompt, completion = _count(reported.get("prompt_tokens")), _count(reported.get("completion_tokens"))
+    return None if prompt is None and completion is None else Usage(prompt, completion)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _modalities(arch: Mapping[str, Any]) -> tuple[set[str], set[str]] | None:
@@ -130,15 +155,17 @@ class OpenAIProvider:
             "POST", path, body=self._payload(call), timeout=call.timeout
         )
         # Checked, not rebuilt: an answer that is not the family's JSON is the backend's fault (502).
-        if required not in loads_object(body, self.name):
+        data = loads_object(body, self.name)
+        if required not in data:
             raise UpstreamProtocolError(
                 f"backend '{self.name}' answered without '{required}'", backend=self.name
             )
-        return Reply(body=body, headers=headers)
+        return Reply(body=body, headers=headers, usage=usage_of(data))
 
     async def _stream(self, path: str, call: Call) -> TranslatedStream:
         body = await self.upstream.open_stream(path, self._payload(call), timeout=call.timeout)
-        return TranslatedStream(body, _passthrough(body, self.name))
+        passthrough = _PassThrough(body, self.name)
+        return TranslatedStream(body, passthrough.frames(), lambda: passthrough.usage)
 
     async def chat(self, call: Call) -> Reply:
         return await self._send("/chat/completions", call, "choices")
@@ -159,11 +186,49 @@ class OpenAIProvider:
         await self.upstream.aclose()
 
 
-async def _passthrough(body: StreamingBody, backend: str) -> AsyncIterator[bytes]:
-    """Forward SSE bytes as they arrive. A stream that ends without ``data: [DONE]`` was cut off."""
-    tail = b""
-    async for chunk in body.chunks():
-        tail = (tail + chunk)[-32:]
-        yield chunk
-    if _DONE_MARK not in tail:
-        raise StreamBroken(f"backend '{backend}' ended its stream without [DONE]", backend=backend)
+class _PassThrough:
+    """Forwards SSE bytes as they arrive, keeping only the stream's tail: a stream that ends
+    without ``data: [DONE]`` was cut off, and the usage chunk, if any, is the last before it.
+    Usage is read once, after ``[DONE]``; nothing is parsed on the way."""
+
+    def __init__(self, body: StreamingBody, backend: str) -> None:
+        self._body = body
+        self._backend = backend
+        self.usage: Usage | None = None
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        tail = bytearray()
+        async for chunk in self._body.chunks():
+            tail += chunk
+            if len(tail) > 2 * _TAIL:  # trimmed now and then, so a chunk costs its own length
+                del tail[:-_TAIL]
+            yield chunk
+        if _DONE_MARK not in tail[-_DONE_WINDOW:]:
+            raise StreamBroken(
+                f"backend '{self._backend}' ended its stream without [DONE]", backend=self._backend
+            )
+        self.usage = tail_usage(bytes(tail[-_TAIL:]))
+
+
+def tail_usage(tail: bytes) -> Usage | None:
+    """The usage in the last ``data:`` frame of a stream's tail that carries one (with
+    ``include_usage`` every chunk has ``"usage": null`` but the last). A frame cut at the start of
+    the tail does not parse and is skipped."""
+    for payload in _data_lines_backwards(tail):
+        if b'"usage"' not in payload:
+            continue
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and (found := usage_of(data)) is not None:
+            return found
+    return None
+
+
+def _data_lines_backwards(tail: bytes) -> Iterator[bytes]:
+    for line in reversed(tail.splitlines()):
+        if line.startswith(b"data:"):
+            payload = line[5:].strip()
+            if payload.startswith(b"{"):
+                yield payload

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 
+from laneway.providers.base import Usage
 from laneway.providers.http import StreamingBody
 
 DONE = b"data: [DONE]\n\n"
@@ -17,14 +18,34 @@ def sse_frame(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def _unknown() -> Usage | None:
+    return None
+
+
 class TranslatedStream:
     """A ReplyStream over an upstream body: ``frames`` is an async generator that reads ``body``
-    and yields OpenAI SSE frames. Closing it closes both, so an abandoned client stops the upstream."""
+    and yields OpenAI SSE frames. Closing it closes both, so an abandoned client stops the upstream.
 
-    def __init__(self, body: StreamingBody, frames: AsyncIterator[bytes]) -> None:
+    ``usage`` asks whoever reads the upstream's counts (a translator, or the pass-through's
+    tail) for them; see each family for what is known when. It is read after the stream ended:
+    upstreams report tokens at the end of a stream, never up front.
+    """
+
+    def __init__(
+        self,
+        body: StreamingBody,
+        frames: AsyncIterator[bytes],
+        usage: Callable[[], Usage | None] = _unknown,
+    ) -> None:
         self._body = body
         self._frames = frames
+        self._usage = usage
         self.headers: Mapping[str, str] = body.headers
+
+    @property
+    def usage(self) -> Usage | None:
+        """The tokens the upstream reported so far; None if it reported none."""
+        return self._usage()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._frames

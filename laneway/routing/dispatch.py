@@ -1,27 +1,56 @@
-"""Dispatch: try a request's candidate lanes in order until one serves it.
+"""Dispatch: serve a request from the best lane that can, failing over when one breaks.
 
-For now every retryable error moves on to the next candidate and the others end the request;
-ranking, pools, breakers and a failover budget come with the pools-and-routing work.
+For each request: resolve the name to candidate lanes, rank them (``rank``), then try them in
+order within the attempt budget and the request's deadline. Each attempt:
 
-Two inventory rules are enforced here: a backend's allow/deny policy is checked again before a
-lane is called (fail closed), and a name no lane serves may trigger one refresh of the local
-backends (``on_miss``) before the client gets its 404.
+1. passes the lane's circuit breaker (a half-open lane admits one trial at a time);
+2. takes a slot in the backend's (or lane's) pool: a fair-share queue with its own deadline, so
+   queueing does not consume the call's timeout; a full queue or a queue timeout moves on;
+3. calls the provider. A retryable error (connect, timeout, 404 of a stale lane, 408, 409, 429,
+   5xx, 529, a stream broken before its first byte) moves on to the next lane; any other ends the
+   request. A 401/403 also starts the credential's cooldown; a 404 marks the lane stale.
+
+A stream is established and its first frame read before it is handed out, so a stream that
+breaks before any byte reached the client fails over too; after that it is the client's, and a
+break ends it with an error event (``api.streaming``). It holds its pool slot while it is being
+established, or to its end when the backend says so (``stream_holds_slot``).
+
+Every error that leaves carries its attribution; a request that needed more than one attempt
+leaves a failover record. The backend's policy is checked again here (fail closed), and a name no
+lane serves may trigger one refresh of the local backends before the 404.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from laneway.clock import Clock, SystemClock
-from laneway.errors import LanewayError, ModelNotFound, NoLaneAvailable, PermissionDenied, UpstreamError
+from laneway.config.schema import BackendConfig, RoutingConfig
+from laneway.errors import (
+    LanewayError,
+    ModelNotFound,
+    NoLaneAvailable,
+    PermissionDenied,
+    QueueFull,
+    QueueTimeout,
+    QuotaExhausted,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from laneway.inventory.cooldown import is_auth_failure
 from laneway.inventory.lanes import Lane
+from laneway.pools import PoolRegistry, Slot
 from laneway.providers.base import Call, Provider, Reply, ReplyStream
+from laneway.routing.breaker import Breakers
+from laneway.routing.failover import Attempt, Attribution, FailoverLog, FailoverRecord, RequestInfo, attribute
+from laneway.routing.rank import Facts, rank
 from laneway.routing.resolve import Candidate, Resolver
-from laneway.signals.store import Signals
+from laneway.routing.streams import ObservedStream, open_stream
+from laneway.signals.store import Signals, counts_against_health
 
 log = logging.getLogger("laneway.routing")
 T = TypeVar("T")
@@ -42,33 +71,59 @@ class Served(Generic[T]):
     attempts: int
 
 
+class BackendFeedback(Protocol):
+    """What the router asks of, and tells, the inventory (the reconciler implements it)."""
+
+    def config(self, backend: str) -> BackendConfig | None: ...
+
+    def allows(self, backend: str, model: str) -> bool: ...
+
+    async def refresh_local(self) -> bool: ...
+
+    async def credential_refused(self, backend: str, exc: UpstreamError) -> None: ...
+
+    def lane_stale(self, lane_id: str) -> None: ...
+
+
 class Router:
     def __init__(
         self,
         resolver: Resolver,
         providers: Mapping[str, Provider],
         *,
-        allows: Callable[[str, str], bool] | None = None,
-        on_miss: Callable[[], Awaitable[bool]] | None = None,
+        backends: BackendFeedback | None = None,
         signals: Signals | None = None,
+        pools: PoolRegistry | None = None,
+        breakers: Breakers | None = None,
+        failovers: FailoverLog | None = None,
+        settings: RoutingConfig | None = None,
         clock: Clock | None = None,
+        seed: int = 0,
     ) -> None:
         self.resolver = resolver
         self.providers = providers
+        self.backends = backends
         self.signals = signals  # told the outcome, headers and timing of every attempt
+        self.pools = pools
+        self.breakers = breakers
+        self.failovers = failovers
+        self.settings = settings or RoutingConfig()
         self.clock = clock or SystemClock()
-        self.allows = allows  # (backend, model) -> the backend's policy lets it through
-        self.on_miss = on_miss  # refresh what might serve an unknown name; False if it did not run
+        self.seed = seed
+
+    # -- candidates --------------------------------------------------------------------------
 
     async def candidates(self, name: str, lane_type: str) -> tuple[Candidate, ...]:
+        """The lanes that may serve ``name``, before ranking; the policy is applied here."""
+        backends = self.backends
         try:
             found = self.resolver.resolve(name, lane_type)
         except ModelNotFound:
-            if self.on_miss is None or not await self.on_miss():
+            if backends is None or not await backends.refresh_local():
                 raise
             found = self.resolver.resolve(name, lane_type)
-        if self.allows is not None:
-            allowed = tuple(c for c in found if self.allows(c.lane.backend, c.lane.model))
+        if backends is not None:
+            allowed = tuple(c for c in found if backends.allows(c.lane.backend, c.lane.model))
             if not allowed:
                 lane = found[0].lane
                 raise PermissionDenied(
@@ -79,116 +134,256 @@ class Router:
             found = allowed
         return found
 
-    def _call(self, candidate: Candidate, body: dict[str, Any], raw: bytes) -> Call:
+    def ranked(self, candidates: tuple[Candidate, ...]) -> list[Candidate]:
+        """Best first; exhausted lanes (until their reset) left out."""
+        if len(candidates) == 1 and self.signals is None:
+            return list(candidates)
+        return rank(candidates, self._facts, self.seed)
+
+    def _facts(self, candidate: Candidate) -> Facts:
+        lane = candidate.lane
+        status, p50, share = "unknown", None, None
+        signals = self.signals
+        if signals is not None:
+            sig = signals.get(lane.backend)
+            if sig is not None:
+                status = signals.status(lane.backend)
+                window = sig.lanes.get(lane.id)
+                p50 = (window.latency if window else sig.latency).summary().p50
+                quota = sig.requests
+                if quota and quota.limit and quota.remaining is not None:
+                    share = quota.remaining / quota.limit
+        queued = 0
+        if self.pools is not None and self.backends is not None:
+            config = self.backends.config(lane.backend)
+            if config is not None:
+                queued = self.pools.pool_for(lane.backend, lane.id, config).statistics().queued
+        return Facts(lane.id, lane.weight, status, p50, share, queued, candidate.group)
+
+    # -- attempts ----------------------------------------------------------------------------
+
+    def _call(self, candidate: Candidate, body: dict[str, Any], raw: bytes, timeout: float | None) -> Call:
         model = candidate.lane.model
         if body.get("model") == model:
-            return Call(model=model, body=body, raw=raw, effort=candidate.effort)
-        return Call(model=model, body={**body, "model": model}, effort=candidate.effort)
+            return Call(model=model, body=body, raw=raw, effort=candidate.effort, timeout=timeout)
+        return Call(model=model, body={**body, "model": model}, effort=candidate.effort, timeout=timeout)
+
+    async def _acquire(self, lane: Lane, info: RequestInfo) -> Slot | None:
+        if self.pools is None or self.backends is None:
+            return None
+        config = self.backends.config(lane.backend)
+        if config is None:
+            return None
+        return await self.pools.pool_for(lane.backend, lane.id, config).acquire(info.caller, info.priority)
 
     async def _try(
         self,
         op: Operation,
         body: dict[str, Any],
         raw: bytes,
-        send: Callable[[Provider, Call], Awaitable[T]],
-        observe: Callable[[Provider, Lane, T, float], T],
+        info: RequestInfo,
+        send: Callable[[Provider, Lane, Call, Slot | None, float], Awaitable[T]],
     ) -> Served[T]:
-        candidates = await self.candidates(body["model"], op.value)
-        last: UpstreamError | None = None
-        for attempt, candidate in enumerate(candidates, start=1):
-            provider = self.providers.get(candidate.lane.backend)
+        clock = self.clock
+        started = clock.monotonic()
+        deadline = started + self.settings.deadline
+        if self.breakers is not None:
+            self.breakers.advance()
+        requested = str(body.get("model"))
+        found = await self.candidates(requested, op.value)
+        candidates = self.ranked(found)
+        if not candidates:
+            raise self._exhausted(requested, found)
+        record = FailoverRecord(
+            request_id=info.request_id,
+            run_id=info.run_id,
+            caller=info.caller,
+            requested=requested,
+            operation=op.value,
+            started_at=clock.now(),
+            prompt=(body.get("messages") or body.get("prompt") or body.get("input"))
+            if self.settings.record_prompts
+            else None,
+        )
+        last: LanewayError | None = None
+        attempt = 0
+        for candidate in candidates:
+            lane = candidate.lane
+            provider = self.providers.get(lane.backend)
             if provider is None:  # the backend was removed since the lanes were read
                 continue
-            started = self.clock.monotonic()
+            if attempt >= self.settings.attempts or clock.monotonic() >= deadline:
+                break
+            if self.breakers is not None and not self.breakers.allow(lane.id):
+                record.attempts.append(Attempt(attempt, lane.id, lane.backend, "skipped", "breaker open"))
+                continue
+            attempt += 1
+            queued_at = clock.monotonic()
             try:
-                result = await send(provider, self._call(candidate, body, raw))
-            except UpstreamError as exc:
-                if self.signals is not None:
-                    self.signals.failure(provider.name, provider.family, candidate.lane.id, exc)
-                if not exc.retryable or attempt == len(candidates):
-                    raise
-                log.warning(
-                    "attempt failed, trying next lane",
-                    extra={"lane": candidate.lane.id, "attempt": attempt, "error": exc.message},
-                )
+                slot = await self._acquire(lane, info)
+            except (QueueFull, QueueTimeout) as exc:
+                self._no_verdict(lane)
+                record.attempts.append(self._attempt(attempt, lane, "failed", exc, queued_at, queued_at))
                 last = exc
                 continue
-            return Served(observe(provider, candidate.lane, result, started), candidate.lane, attempt)
-        if last is None:  # every candidate's backend went away under us
-            raise NoLaneAvailable(f"No backend is left to serve '{body['model']}'; try again shortly")
-        raise last
+            except BaseException:
+                self._no_verdict(lane)
+                raise
+            called_at = clock.monotonic()
+            # The call's own timeout (per backend: a slow local box may get 30 min), never past
+            # the request's deadline. Time spent queued above did not count against it.
+            config = self.backends.config(lane.backend) if self.backends else None
+            timeout = max(0.001, deadline - called_at)
+            if config is not None:
+                timeout = min(timeout, config.timeout)
+            try:
+                result = await send(
+                    provider, lane, self._call(candidate, body, raw, timeout), slot, called_at
+                )
+            except UpstreamError as exc:
+                if slot is not None:
+                    slot.release()
+                await self._failed(provider, lane, exc)
+                record.attempts.append(self._attempt(attempt, lane, "failed", exc, queued_at, called_at))
+                last = exc
+                if not exc.retryable:
+                    break
+                log.warning(
+                    "attempt failed, trying the next lane",
+                    extra={
+                        "lane": lane.id,
+                        "attempt": attempt,
+                        "error": exc.message,
+                        "request_id": info.request_id,
+                    },
+                )
+                continue
+            except BaseException:
+                if slot is not None:
+                    slot.release()
+                self._no_verdict(lane)
+                raise
+            if self.breakers is not None:
+                self.breakers.success(lane.id)
+            record.attempts.append(self._attempt(attempt, lane, "served", None, queued_at, called_at))
+            if len(record.attempts) > 1 and self.failovers is not None:
+                record.outcome, record.served_by = "served", lane.id
+                self.failovers.add(record)
+            return Served(result, lane, attempt)
+        if last is None:
+            last = NoLaneAvailable(f"No lane could take '{requested}' now (breakers open); try again shortly")
+        if self.failovers is not None and record.attempts:
+            self.failovers.add(record)
+        prompt = record.prompt
+        tried = record.attempts[-1].lane if record.attempts else None
+        raise attribute(last, Attribution(info.caller, info.request_id, info.run_id, tried, attempt, prompt))
 
-    def _observe_reply(self, provider: Provider, lane: Lane, reply: Reply, started: float) -> Reply:
-        if self.signals is not None:
-            elapsed = self.clock.monotonic() - started
-            self.signals.success(provider.name, provider.family, lane.id, reply.headers, elapsed)
-        return reply
-
-    def _observe_stream(
-        self, provider: Provider, lane: Lane, stream: ReplyStream, started: float
-    ) -> ReplyStream:
-        if self.signals is None:
-            return stream
-        self.signals.success(provider.name, provider.family, lane.id, stream.headers, None)
-        return ObservedStream(stream, self.signals, self.clock, provider, lane.id, started)
-
-    async def send(self, op: Operation, body: dict[str, Any], raw: bytes) -> Served[Reply]:
-        observe = self._observe_reply
-        if op is Operation.CHAT:
-            return await self._try(op, body, raw, lambda p, c: p.chat(c), observe)
-        if op is Operation.COMPLETION:
-            return await self._try(op, body, raw, lambda p, c: p.complete(c), observe)
-        return await self._try(op, body, raw, lambda p, c: p.embed(c), observe)
-
-    async def stream(self, op: Operation, body: dict[str, Any], raw: bytes) -> Served[ReplyStream]:
-        """Returns once a lane's stream is established: failures before the first byte reached
-        the client have been failed over here already."""
-        observe = self._observe_stream
-        if op is Operation.CHAT:
-            return await self._try(op, body, raw, lambda p, c: p.stream_chat(c), observe)
-        return await self._try(op, body, raw, lambda p, c: p.stream_complete(c), observe)
-
-
-class ObservedStream:
-    """A ``ReplyStream`` that tells the signals its time to first byte and, if it runs to its
-    end, its total time (both from the start of the attempt); a stream that breaks counts as a
-    failure of its backend."""
-
-    def __init__(
-        self,
-        inner: ReplyStream,
-        signals: Signals,
-        clock: Clock,
-        provider: Provider,
-        lane: str,
-        started: float,
-    ) -> None:
-        self.inner = inner
-        self.headers = inner.headers
-        self._signals, self._clock, self._provider, self._lane, self._started = (
-            signals,
-            clock,
-            provider,
-            lane,
-            started,
+    def _exhausted(self, requested: str, found: tuple[Candidate, ...]) -> QuotaExhausted:
+        """Every candidate is exhausted: answer 429, retry after the earliest reset."""
+        now = self.clock.now()
+        resets = [
+            sig.exhausted_until
+            for c in found
+            if self.signals is not None
+            and (sig := self.signals.get(c.lane.backend)) is not None
+            and sig.exhausted_until is not None
+        ]
+        wait = max(1.0, min(resets) - now) if resets else 1.0
+        return QuotaExhausted(
+            f"Every lane that serves '{requested}' has used up its quota; retry in {wait:.0f}s",
+            retry_after=wait,
         )
 
-    async def _frames(self) -> AsyncIterator[bytes]:
-        signals, backend, lane = self._signals, self._provider.name, self._lane
-        first = True
-        try:
-            async for frame in self.inner:
-                if first:
-                    first = False
-                    signals.first_byte(backend, lane, self._clock.monotonic() - self._started)
-                yield frame
-        except LanewayError as exc:
-            signals.failure(backend, self._provider.family, lane, exc)
-            raise
-        signals.stream_ended(backend, lane, self._clock.monotonic() - self._started)
+    def _attempt(
+        self, n: int, lane: Lane, outcome: str, exc: LanewayError | None, queued_at: float, called_at: float
+    ) -> Attempt:
+        now = self.clock.monotonic()
+        return Attempt(
+            attempt=n,
+            lane=lane.id,
+            backend=lane.backend,
+            outcome=outcome,
+            error=exc.message if exc else None,
+            code=exc.code if exc else None,
+            status=exc.upstream_status if isinstance(exc, UpstreamStatusError) else None,
+            queued=called_at - queued_at,
+            elapsed=now - called_at,
+        )
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._frames()
+    def _no_verdict(self, lane: Lane) -> None:
+        if self.breakers is not None:
+            self.breakers.release_trial(lane.id)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def _failed(self, provider: Provider, lane: Lane, exc: UpstreamError) -> None:
+        """What one failed attempt teaches: signals, the lane's breaker, the credential's cooldown,
+        a stale lane."""
+        if self.signals is not None:
+            self.signals.failure(provider.name, provider.family, lane.id, exc)
+        status = exc.upstream_status if isinstance(exc, UpstreamStatusError) else None
+        if self.breakers is not None:
+            if status != 429 and counts_against_health(exc) and not is_auth_failure(exc):
+                self.breakers.failure(lane.id)
+            else:
+                self.breakers.release_trial(lane.id)
+        if self.backends is not None:
+            if is_auth_failure(exc):
+                await self.backends.credential_refused(lane.backend, exc)
+            elif status == 404:
+                self.backends.lane_stale(lane.id)
+
+    # -- the two shapes of an answer ---------------------------------------------------------
+
+    async def send(
+        self, op: Operation, body: dict[str, Any], raw: bytes, info: RequestInfo | None = None
+    ) -> Served[Reply]:
+        call = _CALLS[op]
+
+        async def attempt(
+            provider: Provider, lane: Lane, c: Call, slot: Slot | None, called_at: float
+        ) -> Reply:
+            try:
+                reply = await call(provider, c)
+            finally:
+                if slot is not None:
+                    slot.release()
+            if self.signals is not None:
+                elapsed = self.clock.monotonic() - called_at
+                self.signals.success(provider.name, provider.family, lane.id, reply.headers, elapsed)
+            return reply
+
+        return await self._try(op, body, raw, info or RequestInfo(), attempt)
+
+    async def stream(
+        self, op: Operation, body: dict[str, Any], raw: bytes, info: RequestInfo | None = None
+    ) -> Served[ReplyStream]:
+        """Returns once a lane's stream is established and its first frame read: failures before
+        the first byte reached the client have been failed over here already."""
+        start = _STREAMS[op]
+
+        async def attempt(
+            provider: Provider, lane: Lane, c: Call, slot: Slot | None, called_at: float
+        ) -> ReplyStream:
+            config = self.backends.config(provider.name) if self.backends else None
+            held = slot if (slot is not None and config is not None and config.stream_holds_slot) else None
+            try:
+                stream, first = await open_stream(start(provider, c))
+            finally:
+                if slot is not None and held is None:
+                    slot.release()  # established: the slot goes back, unless the backend wants it held
+            observed = ObservedStream(stream, first, provider, lane.id, held)
+            if self.signals is not None:
+                observed.observe(self.signals, self.clock, called_at)
+            return observed
+
+        return await self._try(op, body, raw, info or RequestInfo(), attempt)
+
+
+_CALLS: dict[Operation, Callable[[Provider, Call], Awaitable[Reply]]] = {
+    Operation.CHAT: lambda p, c: p.chat(c),
+    Operation.COMPLETION: lambda p, c: p.complete(c),
+    Operation.EMBEDDING: lambda p, c: p.embed(c),
+}
+_STREAMS: dict[Operation, Callable[[Provider, Call], Awaitable[ReplyStream]]] = {
+    Operation.CHAT: lambda p, c: p.stream_chat(c),
+    Operation.COMPLETION: lambda p, c: p.stream_complete(c),
+}

@@ -19,6 +19,7 @@ from laneway.routing.selectors import Selector
 class Candidate:
     lane: Lane
     effort: str | None = None
+    group: int = 0  # which selector of a route chose it: ranking never reorders across selectors
 
 
 class Resolver:
@@ -76,9 +77,9 @@ class Resolver:
         seen: set[str] = set()
         out: list[Candidate] = []
         all_lanes = self.inventory.lanes()
-        for selector in route:
+        for group, selector in enumerate(route):
             for lane in all_lanes:
                 if lane.id not in seen and selector.matches(lane):
                     seen.add(lane.id)
-                    out.append(Candidate(lane, selector.effort))
+                    out.append(Candidate(lane, selector.effort, group))
         return out

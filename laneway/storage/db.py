@@ -33,6 +33,7 @@ from laneway.storage.urls import (
     translate,
     unavailable,
 )
+from laneway.storage.usage_repo import UsageRepo
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 CONNECT_TIMEOUT = 10.0  # seconds to reach PostgreSQL before we say it cannot be reached
@@ -146,6 +147,7 @@ class Database:
         self._inflight = Inflight()
         self.backends = BackendRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
         self.keys = KeyRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
+        self.usage = UsageRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock | None = None, migrate: bool = True) -> Database:

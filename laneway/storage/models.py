@@ -1,5 +1,5 @@
-"""The declared-state tables. ``migrations/versions`` must produce exactly this schema; a test
-compares the two with Alembic's autogenerate so they cannot drift apart.
+"""The declared-state tables and the usage records. ``migrations/versions`` must produce exactly
+this schema; a test compares the two with Alembic's autogenerate so they cannot drift apart.
 
 ORM rows never leave ``laneway.storage``: the repositories hand out frozen dataclasses.
 """
@@ -9,7 +9,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Index, MetaData, String, Text, TypeDecorator, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints, so a later migration can drop or alter them by name on every dialect.
@@ -90,3 +103,31 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class UsageRow(Base):
+    """One served request: who asked for what, which lane served it, and the tokens the upstream
+    reported (NULL when it did not say). Written in batches by ``laneway.usage.UsageRecorder``;
+    read by ``laneway usage`` and ``GET /admin/usage``, which filter on time and group by caller."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index("ix_usage_records_at", "at"),  # "since ..." over everyone
+        Index("ix_usage_records_caller_at", "caller", "at"),  # one caller's usage over time
+    )
+
+    # BIGINT on PostgreSQL (usage outgrows 2**31 rows); SQLite's rowid alias must read INTEGER.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column()
+    caller: Mapped[str] = mapped_column(String(255))
+    requested: Mapped[str] = mapped_column(String(255))
+    lane: Mapped[str] = mapped_column(String(255))
+    backend: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer())
+    completion_tokens: Mapped[int | None] = mapped_column(Integer())
+    request_id: Mapped[str] = mapped_column(String(255))
+    attempts: Mapped[int] = mapped_column(Integer())
+    streamed: Mapped[bool] = mapped_column(Boolean())

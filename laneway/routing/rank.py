@@ -1,0 +1,71 @@
+"""Ranking: the order in which a request's candidate lanes are tried.
+
+A pure function of the candidates and what is known about each (``Facts``): no clock, no I/O, so
+it is tested on its own. In order of precedence:
+
+1. exhausted lanes are dropped (until their reset: the signals say when);
+2. available before unknown before degraded;
+3. higher lane weight first (tier x provider x instance x model x health);
+4. shorter queue first;
+5. lower recent p50 first, compared in 25% steps so noise does not reorder equals (a lane without
+   samples counts as fast, so new lanes get traffic and learn their latency);
+6. more quota remaining first (a share of the limit; unknown counts as full);
+7. a seeded tie-break, so equal lanes share the load instead of the first one taking it all,
+   yet one seed gives one order (tests, reproducible incidents).
+
+A route's selectors stay in their order: ranking happens within each selector's group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_STATUS_ORDER = {"available": 0, "unknown": 1, "degraded": 2}
+_P50_STEP = math.log(1.25)
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    lane_id: str
+    weight: float
+    status: str = "unknown"  # available | degraded | exhausted | unknown
+    p50: float | None = None  # seconds
+    quota_share: float | None = None  # remaining / limit, 0..1
+    queued: int = 0
+    group: int = 0  # the route selector that chose it (0 for a plain model name)
+
+
+def _tiebreak(seed: int, lane_id: str) -> bytes:
+    return hashlib.blake2b(lane_id.encode(), digest_size=8, key=seed.to_bytes(8, "big", signed=True)).digest()
+
+
+def _p50_step(p50: float | None) -> int:
+    if p50 is None or p50 <= 0:
+        return -(10**9)
+    return math.floor(math.log(p50) / _P50_STEP)
+
+
+def rank_key(facts: Facts, seed: int) -> tuple[int, int, float, int, int, float, bytes]:
+    return (
+        facts.group,
+        _STATUS_ORDER.get(facts.status, 1),
+        -facts.weight,
+        facts.queued,
+        _p50_step(facts.p50),
+        -(1.0 if facts.quota_share is None else facts.quota_share),
+        _tiebreak(seed, facts.lane_id),
+    )
+
+
+def rank(candidates: Sequence[T], facts: Callable[[T], Facts], seed: int) -> list[T]:
+    """The candidates worth trying, best first; exhausted ones are left out."""
+    known = [(c, facts(c)) for c in candidates]
+    usable = [(c, f) for c, f in known if f.status != "exhausted"]
+    usable.sort(key=lambda cf: rank_key(cf[1], seed))
+    return [c for c, _ in usable]
