@@ -185,7 +185,8 @@ class QueueTimeout(LanewayError):
 
 class UpstreamError(LanewayError):
     """A backend could not serve the call. ``backend`` names it; ``retryable`` says whether another
-    lane may be tried (DESIGN.md: connect errors, timeouts, 408, 409, 429, 5xx, 529)."""
+    lane may be tried (DESIGN.md: connect errors, timeouts, 408, 409, 429, 5xx, 529; and 404, the
+    lane's model gone since the last refresh)."""
 
     status = 502
     error_type = "upstream_error"
@@ -243,8 +244,11 @@ class UpstreamStatusError(UpstreamError):
 
     @property
     def retryable(self) -> bool:
+        # 404 too: laneway chose this lane because its inventory said the backend serves the
+        # model; a 404 means the inventory is stale (the lane is marked so), not that the client
+        # asked for something wrong, and another lane may well serve it.
         s = self.upstream_status
-        return s >= 500 or s in RETRYABLE_STATUSES
+        return s >= 500 or s in RETRYABLE_STATUSES or s == 404
 
     @property
     def is_auth_failure(self) -> bool:

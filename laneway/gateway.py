@@ -30,6 +30,7 @@ from laneway.routing.resolve import Resolver
 from laneway.routing.selectors import parse_routes, validate_routes
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore
+from laneway.usage import UsageRecorder
 
 log = logging.getLogger("laneway")
 
@@ -61,6 +62,7 @@ class Gateway:
         self.pools = PoolRegistry(self.clock)
         self.breakers = Breakers(self.clock, self.settings.routing.breaker, self.inventory)
         self.failovers = FailoverLog(self.settings.routing.failover_records)
+        self.usage: UsageRecorder | None = None
         self.router: Router | None = None
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,6 +80,7 @@ class Gateway:
     async def start(self) -> None:
         settings = self.settings
         self.db = await Database.open(settings.storage.resolved_database_url())
+        self.usage = UsageRecorder(self.db.usage.add_many, self.clock)
         self.runtime, cache_store = open_stores(settings, self.clock)
         self.signals = Signals(cache_store, self.clock, settings.signals)
         await self.signals.load()
@@ -100,7 +103,10 @@ class Gateway:
         self._rebuild_routes(frozenset(self.reconciler.refreshers))
         await self.reload_keys()
         await self.reconciler.cycle()
-        self._tasks = [asyncio.create_task(self._reload_keys_forever(), name="key-reload")]
+        self._tasks = [
+            asyncio.create_task(self._reload_keys_forever(), name="key-reload"),
+            asyncio.create_task(self.usage.run(), name="usage"),
+        ]
         if self.options.schedule:
             self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
@@ -151,6 +157,7 @@ class Gateway:
                 pools=self.pools,
                 breakers=self.breakers,
                 failovers=self.failovers,
+                usage=self.usage,
                 settings=routing,
                 clock=self.clock,
                 seed=routing.seed if routing.seed is not None else random.SystemRandom().randrange(2**63),
@@ -179,6 +186,8 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.usage is not None:
+            await self.usage.aclose()  # the last batch, before the database goes
         if self.signals is not None:
             await self.signals.aclose()  # persists what the last requests taught
         if self.reconciler is not None:

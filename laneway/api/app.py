@@ -16,6 +16,7 @@ from laneway.api.admin_routes import AdminRoutes
 from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
 from laneway.api.openai_routes import OpenAIRoutes
+from laneway.api.usage_routes import usage_routes
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
 
@@ -62,6 +63,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *admin.routes(),
+            *usage_routes(gateway),
         ],
         exception_handlers={
             LanewayError: laneway_error_handler,

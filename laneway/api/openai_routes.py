@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
@@ -16,6 +18,8 @@ from laneway.errors import NoLaneAvailable, PayloadTooLarge
 from laneway.gateway import Gateway
 from laneway.routing.dispatch import Operation, Served
 from laneway.routing.failover import RequestInfo
+
+T = TypeVar("T")
 
 
 def request_id(request: Request) -> str:
@@ -36,6 +40,39 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"The request body is over {limit} bytes, the most this gateway accepts")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# What a request whose client has left "answers": nobody reads it (nginx's 499, for the access log).
+CLIENT_GONE = Response(status_code=499)
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
+    """Await ``work`` unless the client disconnects first; then cancel it (None). Starlette does not
+    cancel a handler when its client leaves, so without this a request queued for a pool slot, or
+    waiting on a slow upstream, would run on for nobody: the queue keeps it and the upstream
+    generates an answer nobody reads. The body has been read, so the next ``receive`` returns
+    only at the disconnect."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        return None
+    finally:
+        watcher.cancel()
 
 
 def served_headers(served: Served[Any], rid: str) -> dict[str, str]:
@@ -72,9 +109,13 @@ class OpenAIRoutes:
         if router is None:
             raise NoLaneAvailable("The gateway is still starting; try again in a moment")
         if body.get("stream") and op is not Operation.EMBEDDING:
-            streamed = await router.stream(op, body, raw, info)
+            streamed = await unless_client_leaves(request, router.stream(op, body, raw, info))
+            if streamed is None:
+                return CLIENT_GONE
             return ReplyStreamResponse(streamed.result, served_headers(streamed, rid))  # type: ignore[return-value]
-        served = await router.send(op, body, raw, info)
+        served = await unless_client_leaves(request, router.send(op, body, raw, info))
+        if served is None:
+            return CLIENT_GONE
         return Response(
             served.result.body, media_type="application/json", headers=served_headers(served, rid)
         )

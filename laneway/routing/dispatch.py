@@ -44,13 +44,14 @@ from laneway.errors import (
 from laneway.inventory.cooldown import is_auth_failure
 from laneway.inventory.lanes import Lane
 from laneway.pools import PoolRegistry, Slot
-from laneway.providers.base import Call, Provider, Reply, ReplyStream
+from laneway.providers.base import Call, Provider, Reply, ReplyStream, Usage
 from laneway.routing.breaker import Breakers
 from laneway.routing.failover import Attempt, Attribution, FailoverLog, FailoverRecord, RequestInfo, attribute
 from laneway.routing.rank import Facts, rank
 from laneway.routing.resolve import Candidate, Resolver
 from laneway.routing.streams import ObservedStream, open_stream
 from laneway.signals.store import Signals, counts_against_health
+from laneway.usage import UsageRecord, UsageRecorder
 
 log = logging.getLogger("laneway.routing")
 T = TypeVar("T")
@@ -96,6 +97,7 @@ class Router:
         pools: PoolRegistry | None = None,
         breakers: Breakers | None = None,
         failovers: FailoverLog | None = None,
+        usage: UsageRecorder | None = None,
         settings: RoutingConfig | None = None,
         clock: Clock | None = None,
         seed: int = 0,
@@ -107,6 +109,7 @@ class Router:
         self.pools = pools
         self.breakers = breakers
         self.failovers = failovers
+        self.usage = usage  # told every served request, written in batches off the request path
         self.settings = settings or RoutingConfig()
         self.clock = clock or SystemClock()
         self.seed = seed
@@ -351,7 +354,38 @@ class Router:
                 self.signals.success(provider.name, provider.family, lane.id, reply.headers, elapsed)
             return reply
 
-        return await self._try(op, body, raw, info or RequestInfo(), attempt)
+        info = info or RequestInfo()
+        served = await self._try(op, body, raw, info, attempt)
+        if self.usage is not None:
+            self._record_usage(info, body, served.lane, served.attempts, served.result.usage, streamed=False)
+        return served
+
+    def _record_usage(
+        self,
+        info: RequestInfo,
+        body: dict[str, Any],
+        lane: Lane,
+        attempts: int,
+        usage: Usage | None,
+        *,
+        streamed: bool,
+    ) -> None:
+        assert self.usage is not None
+        self.usage.record(
+            UsageRecord(
+                at=self.clock.now(),
+                caller=info.caller,
+                requested=str(body.get("model")),
+                lane=lane.id,
+                backend=lane.backend,
+                model=lane.model,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                request_id=info.request_id,
+                attempts=attempts,
+                streamed=streamed,
+            )
+        )
 
     async def stream(
         self, op: Operation, body: dict[str, Any], raw: bytes, info: RequestInfo | None = None
@@ -375,7 +409,13 @@ class Router:
                 observed.observe(self.signals, self.clock, called_at)
             return observed
 
-        return await self._try(op, body, raw, info or RequestInfo(), attempt)
+        info = info or RequestInfo()
+        served = await self._try(op, body, raw, info, attempt)
+        result = served.result
+        if self.usage is not None and isinstance(result, ObservedStream):
+            lane, attempts = served.lane, served.attempts
+            result.on_end = lambda usage: self._record_usage(info, body, lane, attempts, usage, streamed=True)
+        return served
 
 
 _CALLS: dict[Operation, Callable[[Provider, Call], Awaitable[Reply]]] = {

@@ -9,12 +9,12 @@ the backend's streams hold their slot (``stream_holds_slot``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from laneway.clock import Clock
 from laneway.errors import LanewayError
 from laneway.pools import Slot
-from laneway.providers.base import Provider, ReplyStream
+from laneway.providers.base import Provider, ReplyStream, Usage
 from laneway.signals.store import Signals
 
 
@@ -46,6 +46,9 @@ class ObservedStream:
         self._signals: Signals | None = None
         self._clock: Clock | None = None
         self._started = 0.0
+        # Called once when the stream ends for any reason, with what the upstream reported of
+        # its token usage (complete only if it ran to its end).
+        self.on_end: Callable[[Usage | None], None] | None = None
 
     def observe(self, signals: Signals, clock: Clock, started: float) -> None:
         """Report to ``signals``: the stream's headers now, its first byte (already read) now, and
@@ -79,6 +82,10 @@ class ObservedStream:
         if self._slot is not None:
             self._slot.release()
             self._slot = None
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            usage = getattr(self.inner, "usage", None)
+            on_end(usage if isinstance(usage, Usage) else None)
 
     async def aclose(self) -> None:
         self._release()

@@ -1,0 +1,250 @@
+"""Ranking (a pure function), per-lane breakers on an injected clock, and the router's pools,
+usage and stale-lane handling through a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from laneway.clock import ManualClock
+from laneway.config.schema import BreakerConfig
+from laneway.inventory.lanes import Health, Lane
+from laneway.inventory.store import Inventory
+from laneway.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
+from laneway.routing.rank import Facts, rank
+from tests.conftest import CLIENT_KEY
+
+CHAT = [{"role": "user", "content": "hi"}]
+ADMIN = {"keys": [{"name": "ops", "key": CLIENT_KEY, "admin": True}]}
+
+
+# -- ranking -----------------------------------------------------------------------------------------
+
+
+def order(facts: list[Facts], seed: int = 7) -> list[str]:
+    return [f.lane_id for f in rank(facts, lambda f: f, seed)]
+
+
+def test_ranking_skips_exhausted_and_orders_by_status_weight_queue_latency_quota() -> None:
+    assert order(
+        [
+            Facts("exhausted", 1e9, "exhausted"),
+            Facts("degraded", 1e9, "degraded"),
+            Facts("unknown", 100, "unknown"),
+            Facts("available", 100, "available"),
+        ]
+    ) == ["available", "unknown", "degraded"]
+    assert order([Facts("light", 100, "available"), Facts("heavy", 200, "available")]) == ["heavy", "light"]
+    assert order([Facts("busy", 100, queued=5), Facts("idle", 100, queued=0)]) == ["idle", "busy"]
+    assert order([Facts("slow", 100, p50=0.900), Facts("fast", 100, p50=0.200)]) == ["fast", "slow"]
+    # within one 25% latency step, more quota left wins
+    assert order(
+        [Facts("poor", 100, p50=0.60, quota_share=0.1), Facts("rich", 100, p50=0.62, quota_share=0.9)]
+    ) == [
+        "rich",
+        "poor",
+    ]
+    # a lane that has not been measured yet is not starved behind measured ones
+    assert order([Facts("measured", 100, p50=0.3), Facts("new", 100, p50=None)]) == ["new", "measured"]
+    # a route's selector order is never crossed
+    assert order(
+        [Facts("second-choice", 1e9, "available", group=1), Facts("first-choice", 1, "degraded")]
+    ) == [
+        "first-choice",
+        "second-choice",
+    ]
+
+
+def test_ranking_ties_are_broken_by_the_seed_deterministically() -> None:
+    equal = [Facts(f"lane-{i}", 100) for i in range(8)]
+    assert order(equal, seed=1) == order(equal, seed=1)
+    orders = {tuple(order(equal, seed=s)) for s in range(20)}
+    assert len(orders) > 10  # different seeds spread the load over equal lanes
+    firsts = {order(equal, seed=s)[0] for s in range(50)}
+    assert len(firsts) >= 5
+
+
+# -- breakers ------------------------------------------------------------------------------------------
+
+
+def breakers_with_lane() -> tuple[Breakers, Inventory, ManualClock, str]:
+    clock = ManualClock()
+    inventory = Inventory()
+    lane = Lane("local", "ollama", "gpu", "chat", "m")
+    inventory.write_lanes([lane])
+    return (
+        Breakers(clock, BreakerConfig(failures=3, window=60, cooldown=30), inventory),
+        inventory,
+        clock,
+        lane.id,
+    )
+
+
+def test_a_breaker_opens_on_failures_in_the_window_then_half_opens_and_closes_on_schedule() -> None:
+    breakers, inventory, clock, lane = breakers_with_lane()
+    breakers.failure(lane)
+    clock.advance(61)  # out of the window: forgotten
+    breakers.failure(lane)
+    breakers.failure(lane)
+    assert breakers.get(lane).state == CLOSED  # type: ignore[union-attr]
+    breakers.failure(lane)  # the third within 60 s
+    assert breakers.get(lane).state == OPEN  # type: ignore[union-attr]
+    assert inventory.get(lane).health == Health.OPEN  # type: ignore[union-attr]
+    assert not inventory.get(lane).routable  # type: ignore[union-attr]
+    assert not breakers.allow(lane)
+    clock.advance(29)
+    breakers.advance()
+    assert breakers.get(lane).state == OPEN  # type: ignore[union-attr]
+    clock.advance(1)
+    breakers.advance()
+    assert breakers.get(lane).state == HALF_OPEN  # type: ignore[union-attr]
+    assert inventory.get(lane).health == Health.HALF_OPEN  # type: ignore[union-attr]
+    assert inventory.get(lane).weight == 50  # type: ignore[union-attr]
+    assert breakers.allow(lane)  # one trial
+    assert not breakers.allow(lane)  # ... at a time
+    breakers.success(lane)
+    assert breakers.get(lane) is None
+    assert inventory.get(lane).health == Health.HEALTHY  # type: ignore[union-attr]
+
+
+def test_a_reopened_breaker_keeps_the_later_deadline() -> None:
+    breakers, _, clock, lane = breakers_with_lane()
+    for _ in range(3):
+        breakers.failure(lane)
+    clock.advance(30)
+    breakers.advance()
+    assert breakers.allow(lane)
+    breakers.failure(lane)  # the trial failed: open again, for a fresh cooldown
+    breaker = breakers.get(lane)
+    assert breaker is not None
+    assert breaker.state == OPEN
+    assert breaker.open_until == clock.monotonic() + 30
+    clock.advance(10)
+    breakers.failure(lane)  # a call that was in flight fails later: never shortens it
+    assert breaker.open_until == clock.monotonic() + 30
+    clock.advance(5)
+    before = breaker.open_until
+    breakers._open_breaker(lane, breaker, clock.monotonic() - 100)  # an older deadline loses
+    assert breaker.open_until == before
+
+
+def test_breakers_never_overwrite_an_auth_denial() -> None:
+    breakers, inventory, clock, lane = breakers_with_lane()
+    inventory.set_health([lane], Health.DENIED)
+    for _ in range(3):
+        breakers.failure(lane)
+    assert inventory.get(lane).health == Health.DENIED  # type: ignore[union-attr]
+    clock.advance(30)
+    breakers.advance()
+    assert inventory.get(lane).health == Health.DENIED  # type: ignore[union-attr]
+
+
+# -- through the gateway --------------------------------------------------------------------------------
+
+
+async def admin_get(url: str, path: str) -> Any:
+    async with (
+        aiohttp.ClientSession(headers={"authorization": f"Bearer {CLIENT_KEY}"}) as s,
+        s.get(url + path) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+@pytest.mark.anyio
+async def test_a_caller_that_leaves_while_queued_never_reaches_the_upstream(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    sim = sim_factory(family="openai", latency=0.5)
+    gw = gateway_factory(
+        {
+            "auth": ADMIN,
+            "backends": {"one": {"provider": "openai", "base_url": sim.url, "slots": 1, "tier": "local"}},
+        }
+    )
+    body = {"model": "gpt-4o-mini", "messages": CHAT}
+    headers = {"authorization": f"Bearer {CLIENT_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        holder = asyncio.create_task(session.post(gw.v1 + "/chat/completions", json=body))
+        for _ in range(500):  # bounded: wait until the one slot is taken upstream
+            if sim.stats.inference_requests == 1:
+                break
+            await asyncio.sleep(0.01)
+        waiters = [
+            asyncio.create_task(session.post(gw.v1 + "/chat/completions", json=body)) for _ in range(20)
+        ]
+        for _ in range(500):
+            pools = (await admin_get(gw.url, "/admin/pools"))["pools"]
+            if pools and pools[0]["queued"] == 20:
+                break
+            await asyncio.sleep(0.01)
+        assert pools[0]["active"] == 1
+        assert pools[0]["queued"] == 20
+        for waiter in waiters:  # every queued client walks away
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        resp = await holder
+        assert resp.status == 200
+        resp.release()
+        for _ in range(500):
+            pool = (await admin_get(gw.url, "/admin/pools"))["pools"][0]
+            if pool["queued"] == 0 and pool["active"] == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert (pool["active"], pool["queued"]) == (0, 0)
+    assert pool["cancelled"] == 20
+    assert sim.stats.inference_requests == 1  # none of the twenty ran
+
+
+@pytest.mark.anyio
+async def test_served_requests_are_recorded_as_usage(gateway_factory: Any, sim_factory: Any) -> None:
+    sim = sim_factory(family="ollama", models=["llama3:8b"])
+    gw = gateway_factory({"auth": ADMIN, "backends": {"gpu": {"provider": "ollama", "base_url": sim.url}}})
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as client:
+        await client.chat.completions.create(model="llama3:8b", messages=CHAT)  # type: ignore[arg-type]
+        stream = await client.chat.completions.create(model="llama3:8b", messages=CHAT, stream=True)  # type: ignore[arg-type]
+        async for _ in stream:
+            pass
+    for _ in range(500):  # the recorder writes in batches, off the request path, every second
+        rows = (await admin_get(gw.url, "/admin/usage?group_by=lane"))["rows"]
+        if rows and rows[0]["requests"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert len(rows) == 1
+    assert rows[0]["requests"] == 2
+    assert rows[0]["lane"] == "local:ollama:gpu:chat:llama3%3A8b"
+    assert rows[0]["prompt_tokens"] > 0
+    assert rows[0]["completion_tokens"] > 0
+
+
+@pytest.mark.anyio
+async def test_a_404_marks_the_lane_stale_and_the_next_lane_serves(
+    gateway_factory: Any, sim_factory: Any, tmp_path: Path
+) -> None:
+    gone = sim_factory(family="openai")
+    good = sim_factory(family="openai")
+    gw = gateway_factory(
+        {
+            "auth": ADMIN,
+            "backends": {
+                "gone": {"provider": "openai", "base_url": gone.url, "tier": "local", "weight": 1000},
+                "good": {"provider": "openai", "base_url": good.url, "tier": "local"},
+            },
+        }
+    )
+    gone.options.models = ["text-embedding-3-small"]  # gpt-4o-mini vanished since discovery
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as client:
+        raw = await client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+    assert raw.headers["x-laneway-backend"] == "good"
+    assert raw.headers["x-laneway-attempts"] == "2"
+    for _ in range(500):  # the stale lane's backend is refreshed at once: the lane goes
+        lanes = (await admin_get(gw.url, "/admin/lanes?backend=gone&model=gpt-4o-mini"))["lanes"]
+        if not lanes:
+            break
+        await asyncio.sleep(0.02)
+    assert lanes == []
