@@ -31,7 +31,10 @@ async def post(
 
 def assert_openai_error(body: Any, *, param: str | None = None) -> None:
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
+    # A request that reached the router also says who it was for and where it failed.
+    assert set(body["error"]) - {"laneway"} == {"message", "type", "param", "code"}
+    if "laneway" in body["error"]:
+        assert {"caller", "request_id", "run_id", "lane", "attempt"} <= set(body["error"]["laneway"])
     assert body["error"]["message"]
     if param is not None:
         assert body["error"]["param"] == param

@@ -3,7 +3,9 @@ headers: what Prometheus would scrape, parsed with prometheus_client's own parse
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from tests.conftest import CLIENT_KEY, OPENAI_KEY, RunningGateway, Sim
 RPM, TPM = 5, 10_000
 ADMIN_KEY = "lw-test-admin-key"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+# Monotonic counts are counters (``..._total``); everything else is a gauge.
+COUNTERS = frozenset(f"laneway_pool_{name}" for name in ("served", "rejected", "timed_out", "cancelled"))
 
 
 def config(sims: dict[str, Sim]) -> dict[str, Any]:
@@ -65,7 +69,7 @@ async def scrape(gw: RunningGateway) -> tuple[str, Samples]:
         content_type, text = r.headers["content-type"], await r.text()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
-        assert family.type == "gauge", family.name
+        assert family.type == ("counter" if family.name in COUNTERS else "gauge"), family.name
         for s in family.samples:
             samples[s.name, frozenset(s.labels.items())] = s.value
     return content_type, samples
@@ -201,3 +205,119 @@ def test_every_app_has_its_own_registry(tmp_path: Path) -> None:
     build_app(Gateway(settings))
     names = {m.name for m in prometheus_client.REGISTRY.collect()}
     assert not any(name.startswith("laneway") for name in names)
+
+
+async def scrape_until(gw: RunningGateway, ready: Callable[[Samples], bool], what: str) -> Samples:
+    """Scrape until ``ready`` holds: bounded by a number of scrapes, not by a time."""
+    for _ in range(500):
+        _, samples = await scrape(gw)
+        if ready(samples):
+            return samples
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never saw {what}")
+
+
+# --- pools, breakers, failover records ------------------------------------------------------------
+
+SLOW_LANE = "cloud:openai:slow:chat:gpt-4o-mini"
+
+
+def one_backend(sim: Sim, **extra: Any) -> dict[str, Any]:
+    return {
+        "auth": {
+            "keys": [{"name": "ops", "key": ADMIN_KEY, "admin": True}, {"name": "app", "key": CLIENT_KEY}]
+        },
+        "backends": {
+            "slow": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": OPENAI_KEY, "slots": 1}
+        },
+        **extra,
+    }
+
+
+async def post_chat(session: aiohttp.ClientSession, gw: RunningGateway) -> int:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hold the slot"}]}
+    headers = {"authorization": f"Bearer {gw.key}"}
+    async with session.post(gw.v1 + "/chat/completions", json=body, headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+@pytest.mark.anyio
+async def test_pool_gauges_show_who_holds_the_slot_and_who_waits(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    """One slot: a first request holds it (the sim takes a minute to answer), a second waits. The
+    waiter's client leaves first (cancelled while queued), then the holder's (the slot comes back)."""
+    sim = sim_factory(family="openai", api_key=OPENAI_KEY, latency=60)
+    gw: RunningGateway = gateway_factory(one_backend(sim), {"openai": sim})
+    _, before = await scrape(gw)
+    assert not series(before, "laneway_pool_slots")  # a pool appears with its first request
+
+    async with aiohttp.ClientSession() as session:
+        holder = asyncio.create_task(post_chat(session, gw))
+        await scrape_until(gw, lambda s: value(s, "laneway_pool_active", pool="slow") == 1, "the slot held")
+        waiter = asyncio.create_task(post_chat(session, gw))
+        samples = await scrape_until(
+            gw, lambda s: value(s, "laneway_pool_queued", pool="slow") == 1, "a queued request"
+        )
+        assert value(samples, "laneway_pool_slots", pool="slow") == 1
+        assert value(samples, "laneway_pool_active", pool="slow") == 1
+        assert value(samples, "laneway_pool_queued_by_caller", pool="slow", caller="app") == 1
+        assert value(samples, "laneway_pool_served_total", pool="slow") == 1
+        # The one request served waited for nothing; the window has that one sample.
+        assert value(samples, "laneway_pool_wait_seconds", pool="slow", quantile="0.5") == 0
+        assert value(samples, "laneway_pool_wait_seconds", pool="slow", quantile="0.95") == 0
+        for name in ("rejected", "timed_out", "cancelled"):
+            assert value(samples, f"laneway_pool_{name}_total", pool="slow") == 0
+        assert value(samples, "laneway_failover_records") == 0
+        assert not series(samples, "laneway_breaker_state")
+
+        waiter.cancel()
+        samples = await scrape_until(
+            gw, lambda s: value(s, "laneway_pool_cancelled_total", pool="slow") == 1, "the waiter gone"
+        )
+        assert value(samples, "laneway_pool_queued", pool="slow") == 0
+        assert not series(samples, "laneway_pool_queued_by_caller")  # only callers queued now
+        assert value(samples, "laneway_pool_active", pool="slow") == 1
+
+        holder.cancel()
+        samples = await scrape_until(
+            gw, lambda s: value(s, "laneway_pool_active", pool="slow") == 0, "the slot back"
+        )
+        await asyncio.gather(holder, waiter, return_exceptions=True)
+
+    assert value(samples, "laneway_pool_served_total", pool="slow") == 1
+    assert value(samples, "laneway_pool_cancelled_total", pool="slow") == 1
+    (stats,) = gw.gateway.pools.statistics()
+    assert (stats.active, stats.queued) == (0, 0)
+
+
+@pytest.mark.anyio
+async def test_breaker_gauges_follow_a_failing_lane(gateway_factory: Any, sim_factory: Any) -> None:
+    sim = sim_factory(family="openai", api_key=OPENAI_KEY, fail_status=500)
+    config = one_backend(sim, routing={"breaker": {"failures": 2, "cooldown": 30}})
+    gw: RunningGateway = gateway_factory(config, {"openai": sim})
+
+    async with aiohttp.ClientSession() as session:
+        assert await post_chat(session, gw) == 502
+        _, samples = await scrape(gw)
+        # One failure: still closed, but no longer plainly so.
+        states = series(samples, "laneway_breaker_state", lane=SLOW_LANE)
+        assert {dict(k)["state"]: v for k, v in states.items()} == {"closed": 1, "open": 0, "half-open": 0}
+        assert value(samples, "laneway_breaker_recent_failures", lane=SLOW_LANE) == 1
+        assert value(samples, "laneway_breaker_open_seconds", lane=SLOW_LANE) == 0
+
+        assert await post_chat(session, gw) == 502
+        _, samples = await scrape(gw)
+
+    states = series(samples, "laneway_breaker_state", lane=SLOW_LANE)
+    assert {dict(k)["state"]: v for k, v in states.items()} == {"closed": 0, "open": 1, "half-open": 0}
+    assert value(samples, "laneway_breaker_recent_failures", lane=SLOW_LANE) == 0  # cleared on opening
+    open_for = value(samples, "laneway_breaker_open_seconds", lane=SLOW_LANE)
+    assert open_for is not None
+    assert 0 < open_for <= 30
+    assert {dict(k)["lane"] for k in series(samples, "laneway_breaker_state")} == {SLOW_LANE}
+    # Both requests failed: each left a record. The pool served both attempts.
+    assert value(samples, "laneway_failover_records") == 2
+    assert value(samples, "laneway_pool_served_total", pool="slow") == 2
+    assert value(samples, "laneway_lanes", backend="slow", family="openai", health="open") == 1

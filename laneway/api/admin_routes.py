@@ -158,7 +158,8 @@ class AdminRoutes:
         if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
             raise InvalidRequest("limit must be a whole number from 1 to 10000", param="limit")
         records = self.gateway.failovers.recent(int(raw))
-        return self._json({"failovers": [r.as_dict() for r in records], "kept": len(self.gateway.failovers)})
+        log = self.gateway.failovers
+        return self._json({"failovers": [r.as_dict() for r in records], "kept": len(log), "total": log.total})
 
     async def breakers(self, request: Request) -> Response:
         self._admin(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -15,18 +16,24 @@ from laneway.routing.failover import attribution_of
 log = logging.getLogger("laneway.api")
 
 
+def error_body(err: LanewayError) -> dict[str, Any]:
+    """The OpenAI error shape, plus ``error.laneway``: who the request was for, and which lane and
+    attempt the error came from, when it went through the router (SDKs pass it through)."""
+    body = err.to_openai()
+    attribution = attribution_of(err)
+    if attribution is not None:
+        body["error"]["laneway"] = attribution.as_dict()
+    return body
+
+
 def error_response(err: LanewayError, request_id: str | None = None) -> Response:
     """The OpenAI error shape; a routed request's error also says who it was for and which lane
     and attempt it came from (``error.laneway``), which SDKs pass through untouched."""
     headers = err.headers()
     if request_id:
         headers["x-request-id"] = request_id
-    body = err.to_openai()
-    attribution = attribution_of(err)
-    if attribution is not None:
-        body["error"]["laneway"] = attribution.as_dict()
     return Response(
-        orjson.dumps(body),
+        orjson.dumps(error_body(err)),
         status_code=http_status(err),
         headers=headers,
         media_type="application/json",

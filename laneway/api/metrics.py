@@ -11,9 +11,17 @@ names, quotas, latencies and refresh outcomes, never a key, prompt or reply; kee
 that should not see backend names (bind ``server.host`` to a private address, or filter ``/metrics``
 at the reverse proxy).
 
-Every gauge is labelled by ``backend`` and ``family``. Times are in seconds, ``..._seconds``
-durations count down on the gateway's injected clock, and a value that was never reported (a
-counter the provider does not send, a window without samples) is absent rather than zero.
+The signal and inventory gauges are labelled by ``backend`` and ``family``; the pool metrics by
+``pool`` (a backend's name, or a lane id for a backend with ``pool: lane``); the breaker gauges by
+``lane`` (its id). Times are in seconds, ``..._seconds`` durations count down on the gateway's
+injected clock, and a value that was never reported (a counter the provider does not send, a
+window without samples) is absent rather than zero. A pool appears once a request first went
+through it, and a breaker only while it is not plainly closed (it holds recent failures, or is
+open or half-open).
+
+The pools' served, rejected, timed-out and cancelled counts are counters (``..._total``): they
+start at 0 with the pool, so they start over when a pool is created again (its backend switched
+``pool:`` mode, or was removed and declared again), which ``rate()`` treats as any counter reset.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +39,8 @@ from starlette.responses import Response
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Health, Lane
 from laneway.inventory.refresher import BackendStatus
+from laneway.pools import PoolStatistics
+from laneway.routing.breaker import CLOSED, HALF_OPEN, OPEN
 from laneway.signals.state import Status
 
 # The classic text format, which ``generate_latest`` writes. Spelled out because from
@@ -40,6 +50,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"))
 QUOTA_KINDS = ("requests", "tokens")
 BACKEND = ("backend", "family")
+BREAKER_STATES = (CLOSED, OPEN, HALF_OPEN)
 
 
 class Metrics:
@@ -69,6 +80,9 @@ class GatewayCollector(Collector):
         # A declared backend nothing was observed about yet is "unknown", not missing.
         yield from signal_metrics(snapshot, {st.name: st.family for st in statuses}, now)
         yield from inventory_metrics(statuses, gw.inventory.lanes(), now)
+        yield from pool_metrics(gw.pools.statistics())
+        yield from breaker_metrics(gw.breakers.snapshot())
+        yield from failover_metrics(len(gw.failovers))
 
 
 def signal_metrics(snapshot: list[dict[str, Any]], declared: Mapping[str, str], now: float) -> list[Metric]:
@@ -151,3 +165,94 @@ def inventory_metrics(statuses: list[BackendStatus], inventory: Iterable[Lane], 
         cooldown.add_metric(labels, max(0.0, until - now) if until is not None else 0.0)
         error.add_metric(labels, 1.0 if st.last_error else 0.0)
     return [lanes, refreshed, cooldown, error]
+
+
+def pool_metrics(pools: Iterable[PoolStatistics]) -> list[Metric]:
+    """Slots, who holds and who waits for them, and what became of the requests, per pool.
+
+    Cardinality: ``laneway_pool_queued_by_caller`` has a series only for the callers queued at
+    the moment of the scrape, so it is bounded by the callers waiting at once, not by every caller
+    ever seen; a caller whose requests all got a slot simply has no series. That bound matters: a
+    caller is an API key's name, but a trusted key may name sub-callers (``x-laneway-caller``), so
+    the values are partly the clients' choice. Summed over ``caller`` it is ``laneway_pool_queued``."""
+    pool = ["pool"]
+    slots = GaugeMetricFamily("laneway_pool_slots", "Calls the pool lets run at once", labels=pool)
+    active = GaugeMetricFamily(
+        "laneway_pool_active", "Slots held (by running calls, or granted to waiters waking up)", labels=pool
+    )
+    queued = GaugeMetricFamily("laneway_pool_queued", "Requests waiting for a slot", labels=pool)
+    by_caller = GaugeMetricFamily(
+        "laneway_pool_queued_by_caller",
+        "Requests waiting for a slot, per caller; only callers queued now",
+        labels=[*pool, "caller"],
+    )
+    wait = GaugeMetricFamily(
+        "laneway_pool_wait_seconds",
+        "Time served requests waited for a slot, over the recent window",
+        labels=[*pool, "quantile"],
+    )
+    served = CounterMetricFamily("laneway_pool_served_total", "Requests that got a slot", labels=pool)
+    rejected = CounterMetricFamily(
+        "laneway_pool_rejected_total", "Requests refused at once because the queue was full", labels=pool
+    )
+    timed_out = CounterMetricFamily(
+        "laneway_pool_timed_out_total", "Requests that waited queue_timeout without a slot", labels=pool
+    )
+    cancelled = CounterMetricFamily(
+        "laneway_pool_cancelled_total", "Requests whose caller left while they were queued", labels=pool
+    )
+    for st in pools:
+        labels = [st.name]
+        slots.add_metric(labels, st.slots)
+        active.add_metric(labels, st.active)
+        queued.add_metric(labels, st.queued)
+        for caller, count in sorted(st.queued_by_caller.items()):
+            by_caller.add_metric([st.name, caller], count)
+        _quantiles(wait, labels, {"p50": st.wait_p50, "p95": st.wait_p95})
+        served.add_metric(labels, st.served)
+        rejected.add_metric(labels, st.rejected)
+        timed_out.add_metric(labels, st.timed_out)
+        cancelled.add_metric(labels, st.cancelled)
+    return [slots, active, queued, by_caller, wait, served, rejected, timed_out, cancelled]
+
+
+def breaker_metrics(snapshot: Mapping[str, Mapping[str, object]]) -> list[Metric]:
+    """The lanes whose breaker is not plainly closed, from ``Breakers.snapshot()``: its state one
+    hot, how long it stays open, and the failures it holds (a closed breaker with failures is on
+    its way to opening). A lane whose breaker closed again has no series."""
+    lane = ["lane"]
+    state = GaugeMetricFamily(
+        "laneway_breaker_state", "1 for the lane's breaker state, 0 for the others", labels=[*lane, "state"]
+    )
+    open_for = GaugeMetricFamily(
+        "laneway_breaker_open_seconds",
+        "Seconds until an open breaker lets a trial call through (0 unless open)",
+        labels=lane,
+    )
+    failures = GaugeMetricFamily(
+        "laneway_breaker_recent_failures",
+        "Failures counted toward opening a closed breaker (/admin/breakers' recent_failures)",
+        labels=lane,
+    )
+    for lane_id, breaker in snapshot.items():
+        current = breaker["state"]
+        for value in BREAKER_STATES:
+            state.add_metric([lane_id, value], 1.0 if value == current else 0.0)
+        open_for.add_metric([lane_id], _number(breaker["open_for"]))
+        failures.add_metric([lane_id], _number(breaker["recent_failures"]))
+    return [state, open_for, failures]
+
+
+def failover_metrics(kept: int) -> list[Metric]:
+    records = GaugeMetricFamily(
+        "laneway_failover_records",
+        "Failover records kept in memory (GET /admin/failovers); at most routing.failover_records",
+    )
+    records.add_metric([], kept)
+    return [records]
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)

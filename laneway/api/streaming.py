@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from laneway.api.errors import error_body
 from laneway.errors import LanewayError
 from laneway.providers.base import ReplyStream
 
@@ -53,7 +54,7 @@ class ReplyStreamResponse:
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
             except LanewayError as exc:
                 log.warning("stream failed after it started: %s", exc.message)
-                frame = b"data: " + orjson.dumps(exc.to_openai()) + b"\n\n"
+                frame = b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             state["done"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -190,7 +190,11 @@ class Reconciler:
         self.ctx.inventory.set_health([lane_id], Health.STALE)
         log.warning("lane stale", extra={"lane": lane_id})
         if lane.backend in self.refreshers:
-            task = asyncio.create_task(self.cycle([lane.backend]), name=f"refresh-stale-{lane.backend}")
+            # The backend itself must answer: a cached model list would "confirm" the lane it
+            # just disowned and put it back in rotation for up to the cache's TTL.
+            task = asyncio.create_task(
+                self.cycle([lane.backend], use_cache=False), name=f"refresh-stale-{lane.backend}"
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

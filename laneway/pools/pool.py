@@ -151,6 +151,11 @@ class Pool:
     def queue_timeout(self) -> float:
         return self._queue_timeout
 
+    @property
+    def queued(self) -> int:
+        """Waiting now: what ranking reads on every request (``statistics()`` is for people)."""
+        return len(self._queue)
+
     def configure(self, *, slots: int, queue_size: int, queue_timeout: float) -> None:
         """Resize in place. More slots serve waiters at once; fewer slots take effect as held ones
         come back (nobody is interrupted). A smaller ``queue_size`` refuses newcomers but keeps

@@ -54,7 +54,7 @@ class Breakers:
 
     def advance(self) -> None:
         """Move open breakers whose cooldown passed to half-open. O(1) when none is open: it runs
-        before every dispatch."""
+        before every dispatch (and before every snapshot, so what is shown is current)."""
         if not self._open:
             return
         now = self.clock.monotonic()
@@ -93,8 +93,7 @@ class Breakers:
             self._open_breaker(lane_id, breaker, now)
             return
         breaker.failures.append(now)
-        while breaker.failures and breaker.failures[0] <= now - self.config.window:
-            breaker.failures.popleft()
+        self._forget_old(breaker, now)
         if breaker.state == CLOSED and len(breaker.failures) >= self.config.failures:
             self._open_breaker(lane_id, breaker, now)
 
@@ -119,5 +118,20 @@ class Breakers:
             self.inventory.set_health([lane_id], health)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
+        """Every breaker that is not plainly closed and quiet, as of now: due half-opens done,
+        failures older than the window forgotten, breakers of lanes gone from the inventory dropped."""
+        self.advance()
         now = self.clock.monotonic()
+        for lane_id, breaker in list(self._breakers.items()):
+            if self.inventory.get(lane_id) is None:
+                del self._breakers[lane_id]
+                self._open.pop(lane_id, None)
+                continue
+            self._forget_old(breaker, now)
+            if breaker.state == CLOSED and not breaker.failures:
+                del self._breakers[lane_id]
         return {lane_id: b.as_dict(now) for lane_id, b in sorted(self._breakers.items())}
+
+    def _forget_old(self, breaker: Breaker, now: float) -> None:
+        while breaker.failures and breaker.failures[0] <= now - self.config.window:
+            breaker.failures.popleft()

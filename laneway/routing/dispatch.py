@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -46,7 +46,15 @@ from laneway.inventory.lanes import Lane
 from laneway.pools import PoolRegistry, Slot
 from laneway.providers.base import Call, Provider, Reply, ReplyStream, Usage
 from laneway.routing.breaker import Breakers
-from laneway.routing.failover import Attempt, Attribution, FailoverLog, FailoverRecord, RequestInfo, attribute
+from laneway.routing.failover import (
+    Attempt,
+    Attribution,
+    FailoverLog,
+    FailoverRecord,
+    RequestInfo,
+    attribute,
+    attribution_of,
+)
 from laneway.routing.rank import Facts, rank
 from laneway.routing.resolve import Candidate, Resolver
 from laneway.routing.streams import ObservedStream, open_stream
@@ -138,9 +146,13 @@ class Router:
         return found
 
     def ranked(self, candidates: tuple[Candidate, ...]) -> list[Candidate]:
-        """Best first; exhausted lanes (until their reset) left out."""
-        if len(candidates) == 1 and self.signals is None:
-            return list(candidates)
+        """Best first; exhausted lanes (until their reset) left out. A lone candidate (the common
+        case: one lane serves the name) needs only the exhaustion check, not the facts."""
+        signals = self.signals
+        if len(candidates) == 1:
+            lane = candidates[0].lane
+            exhausted = signals is not None and signals.status(lane.backend) == "exhausted"
+            return [] if exhausted else list(candidates)
         return rank(candidates, self._facts, self.seed)
 
     def _facts(self, candidate: Candidate) -> Facts:
@@ -160,7 +172,7 @@ class Router:
         if self.pools is not None and self.backends is not None:
             config = self.backends.config(lane.backend)
             if config is not None:
-                queued = self.pools.pool_for(lane.backend, lane.id, config).statistics().queued
+                queued = self.pools.pool_for(lane.backend, lane.id, config).queued
         return Facts(lane.id, lane.weight, status, p50, share, queued, candidate.group)
 
     # -- attempts ----------------------------------------------------------------------------
@@ -187,6 +199,29 @@ class Router:
         info: RequestInfo,
         send: Callable[[Provider, Lane, Call, Slot | None, float], Awaitable[T]],
     ) -> Served[T]:
+        """Every error that leaves carries its attribution, whether it came from resolving the
+        name (404, 403, 503: no routable lane, 429: all exhausted) or from the attempts."""
+        try:
+            return await self._attempts(op, body, raw, info, send)
+        except LanewayError as exc:
+            if attribution_of(exc) is None:
+                attribute(exc, self._attribution(info, body, None, 0))
+            raise
+
+    def _attribution(
+        self, info: RequestInfo, body: dict[str, Any], lane: str | None, attempt: int
+    ) -> Attribution:
+        prompt = _prompt(body) if self.settings.record_prompts else None
+        return Attribution(info.caller, info.request_id, info.run_id, lane, attempt, prompt)
+
+    async def _attempts(
+        self,
+        op: Operation,
+        body: dict[str, Any],
+        raw: bytes,
+        info: RequestInfo,
+        send: Callable[[Provider, Lane, Call, Slot | None, float], Awaitable[T]],
+    ) -> Served[T]:
         clock = self.clock
         started = clock.monotonic()
         deadline = started + self.settings.deadline
@@ -204,9 +239,7 @@ class Router:
             requested=requested,
             operation=op.value,
             started_at=clock.now(),
-            prompt=(body.get("messages") or body.get("prompt") or body.get("input"))
-            if self.settings.record_prompts
-            else None,
+            prompt=_prompt(body) if self.settings.record_prompts else None,
         )
         last: LanewayError | None = None
         attempt = 0
@@ -218,7 +251,8 @@ class Router:
             if attempt >= self.settings.attempts or clock.monotonic() >= deadline:
                 break
             if self.breakers is not None and not self.breakers.allow(lane.id):
-                record.attempts.append(Attempt(attempt, lane.id, lane.backend, "skipped", "breaker open"))
+                # Not an attempt (number 0): the lane was passed over, nothing was sent to it.
+                record.attempts.append(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
                 continue
             attempt += 1
             queued_at = clock.monotonic()
@@ -226,7 +260,9 @@ class Router:
                 slot = await self._acquire(lane, info)
             except (QueueFull, QueueTimeout) as exc:
                 self._no_verdict(lane)
-                record.attempts.append(self._attempt(attempt, lane, "failed", exc, queued_at, queued_at))
+                record.attempts.append(
+                    self._attempt(attempt, lane, "failed", exc, queued_at, clock.monotonic())
+                )
                 last = exc
                 continue
             except BaseException:
@@ -277,9 +313,8 @@ class Router:
             last = NoLaneAvailable(f"No lane could take '{requested}' now (breakers open); try again shortly")
         if self.failovers is not None and record.attempts:
             self.failovers.add(record)
-        prompt = record.prompt
-        tried = record.attempts[-1].lane if record.attempts else None
-        raise attribute(last, Attribution(info.caller, info.request_id, info.run_id, tried, attempt, prompt))
+        tried = [a.lane for a in record.attempts if a.outcome != "skipped"]
+        raise attribute(last, self._attribution(info, body, tried[-1] if tried else None, attempt))
 
     def _exhausted(self, requested: str, found: tuple[Candidate, ...]) -> QuotaExhausted:
         """Every candidate is exhausted: answer 429, retry after the earliest reset."""
@@ -393,6 +428,7 @@ class Router:
         """Returns once a lane's stream is established and its first frame read: failures before
         the first byte reached the client have been failed over here already."""
         start = _STREAMS[op]
+        info = info or RequestInfo()
 
         async def attempt(
             provider: Provider, lane: Lane, c: Call, slot: Slot | None, called_at: float
@@ -405,17 +441,23 @@ class Router:
                 if slot is not None and held is None:
                     slot.release()  # established: the slot goes back, unless the backend wants it held
             observed = ObservedStream(stream, first, provider, lane.id, held)
+            observed.attribution = self._attribution(info, body, lane.id, 0)
             if self.signals is not None:
                 observed.observe(self.signals, self.clock, called_at)
             return observed
 
-        info = info or RequestInfo()
         served = await self._try(op, body, raw, info, attempt)
         result = served.result
+        if isinstance(result, ObservedStream) and result.attribution is not None:
+            result.attribution = replace(result.attribution, attempt=served.attempts)
         if self.usage is not None and isinstance(result, ObservedStream):
             lane, attempts = served.lane, served.attempts
             result.on_end = lambda usage: self._record_usage(info, body, lane, attempts, usage, streamed=True)
         return served
+
+
+def _prompt(body: dict[str, Any]) -> Any:
+    return body.get("messages") or body.get("prompt") or body.get("input")
 
 
 _CALLS: dict[Operation, Callable[[Provider, Call], Awaitable[Reply]]] = {

@@ -95,9 +95,11 @@ class FailoverLog:
 
     def __init__(self, size: int = 1000) -> None:
         self._records: deque[FailoverRecord] = deque(maxlen=size)
+        self.total = 0  # every record ever added, kept or not (a counter for rates)
 
     def add(self, record: FailoverRecord) -> None:
         self._records.append(record)
+        self.total += 1
         log.warning(
             "failover",
             extra={

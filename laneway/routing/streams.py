@@ -15,6 +15,7 @@ from laneway.clock import Clock
 from laneway.errors import LanewayError
 from laneway.pools import Slot
 from laneway.providers.base import Provider, ReplyStream, Usage
+from laneway.routing.failover import Attribution, attribute, attribution_of
 from laneway.signals.store import Signals
 
 
@@ -49,6 +50,8 @@ class ObservedStream:
         # Called once when the stream ends for any reason, with what the upstream reported of
         # its token usage (complete only if it ran to its end).
         self.on_end: Callable[[Usage | None], None] | None = None
+        # Stamped on an error that breaks the stream after it was handed out (the error event).
+        self.attribution: Attribution | None = None
 
     def observe(self, signals: Signals, clock: Clock, started: float) -> None:
         """Report to ``signals``: the stream's headers now, its first byte (already read) now, and
@@ -69,6 +72,8 @@ class ObservedStream:
         except LanewayError as exc:
             if signals is not None:
                 signals.failure(self._provider.name, self._provider.family, self._lane, exc)
+            if self.attribution is not None and attribution_of(exc) is None:
+                attribute(exc, self.attribution)
             raise
         finally:
             self._release()
