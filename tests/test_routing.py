@@ -248,3 +248,66 @@ async def test_a_404_marks_the_lane_stale_and_the_next_lane_serves(
             break
         await asyncio.sleep(0.02)
     assert lanes == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("holds", [False, True])
+async def test_a_stream_holds_its_slot_while_starting_or_to_its_end_as_configured(
+    gateway_factory: Any, sim_factory: Any, holds: bool
+) -> None:
+    sim = sim_factory(family="openai", tokens_per_second=20)  # a stream that takes a while
+    gw = gateway_factory(
+        {
+            "auth": ADMIN,
+            "backends": {
+                "gpu": {
+                    "provider": "openai",
+                    "base_url": sim.url,
+                    "tier": "local",
+                    "stream_holds_slot": holds,
+                }
+            },
+        }
+    )
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as client:
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT, stream=True)  # type: ignore[arg-type]
+        first = await anext(aiter(stream))  # established, and streaming
+        assert first.choices is not None
+        (pool,) = (await admin_get(gw.url, "/admin/pools"))["pools"]
+        assert pool["active"] == (1 if holds else 0)
+        async for _ in stream:
+            pass
+    for _ in range(500):
+        (pool,) = (await admin_get(gw.url, "/admin/pools"))["pools"]
+        if pool["active"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert pool["active"] == 0  # released at the end either way
+
+
+@pytest.mark.anyio
+async def test_a_call_refused_for_its_credentials_starts_the_cooldown(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    sim = sim_factory(family="openai", api_key="good")
+    gw = gateway_factory(
+        {
+            "auth": ADMIN,
+            "backends": {
+                "oai": {"provider": "openai", "base_url": sim.url, "api_key": "good", "tier": "local"}
+            },
+        }
+    )
+    sim.options.api_key = "rotated-upstream"
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+        assert refused.value.status_code == 502  # our credential, not the client's fault
+        (backend,) = (await admin_get(gw.url, "/admin/backends"))["backends"]
+        assert backend["cooldown_until"] is not None
+        lanes = (await admin_get(gw.url, "/admin/lanes?backend=oai"))["lanes"]
+        assert {ln["health"] for ln in lanes} == {"denied"}
+        with pytest.raises(openai.APIStatusError) as out:  # out of rotation: not even asked
+            await client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+        assert out.value.status_code == 503
+    assert sim.stats.requests_by_path["/v1/chat/completions"] == 1  # the refused one only
