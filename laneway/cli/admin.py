@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import http.client
+import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -198,3 +200,49 @@ def admin_options(func: Callable[..., T]) -> Callable[..., T]:
 
 def print_json(body: Any) -> None:
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+
+
+def redraw(
+    fetch: Callable[[], dict[str, Any]],
+    pause: Callable[[], bool],
+    *,
+    key: str,
+    draw: Callable[[dict[str, Any], dict[str, Any] | None, float], None],
+    header: str,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Draw, pause, draw again (``laneway lanes --watch``, ``pools --watch``). ``key`` names the
+    list in the answer; ``draw(body, previous body, now)`` prints one. A gateway that goes away
+    after the first draw (a restart) is reported and retried; at the first draw it is an error,
+    as without --watch."""
+    previous: dict[str, Any] | None = None
+    clear = sys.stdout.isatty() and not as_json
+    draws = 0
+    while True:
+        now = time.time()
+        try:
+            body = fetch()
+        except GatewayUnreachable as exc:
+            if previous is None:
+                raise
+            body = {"error": exc.message}
+        if as_json:
+            click.echo(orjson.dumps({"at": now, **body}).decode())
+        else:
+            if clear:
+                click.clear()
+            elif draws:
+                click.echo()
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            shown = f"{len(body[key])} {key}" if key in body else "unreachable"
+            click.echo(f"{stamp}  {header}  ({shown}; Ctrl-C to stop)")
+            if key in body:
+                draw(body, previous, now)
+            else:
+                click.echo(f"! {body['error']}")
+        if key in body:
+            previous = body
+        draws += 1
+        if (count is not None and draws >= count) or not pause():
+            return

@@ -13,9 +13,8 @@ from typing import Any, get_args
 from urllib.parse import urlencode
 
 import click
-import orjson
 
-from laneway.cli.admin import AdminClient, GatewayUnreachable, admin_options, print_json
+from laneway.cli.admin import AdminClient, admin_options, print_json, redraw
 from laneway.cli.common import format_remaining, print_table
 from laneway.config.schema import Family
 from laneway.inventory.lanes import Health, LaneType, Tier
@@ -200,38 +199,12 @@ def _watch(
     as_json: bool,
     wide: bool,
 ) -> None:
-    """Draw, pause, draw again. A gateway that goes away after the first draw (a restart) is
-    reported and retried; at the first draw it is an error, as without --watch."""
-    previous: Lanes | None = None
-    clear = sys.stdout.isatty() and not as_json
-    draws = 0
-    while True:
-        now = time.time()
-        try:
-            body = fetch()
-        except GatewayUnreachable as exc:
-            if previous is None:
-                raise
-            body = {"error": exc.message}
-        if as_json:
-            click.echo(orjson.dumps({"at": now, **body}).decode())
-        else:
-            if clear:
-                click.clear()
-            elif draws:
-                click.echo()
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-            shown = f"{body['count']} lanes" if "lanes" in body else "unreachable"
-            click.echo(f"{stamp}  {header}  ({shown}; Ctrl-C to stop)")
-            if "lanes" not in body:
-                click.echo(f"! {body['error']}")
-            else:
-                print_lanes(body["lanes"], body.get("now", now), wide=wide)
-                if previous is not None:
-                    changes = lane_changes(previous, body["lanes"])
-                    click.echo("\n".join(changes) if changes else "no changes")
-        if "lanes" in body:
-            previous = body["lanes"]
-        draws += 1
-        if (count is not None and draws >= count) or not pause():
-            return
+    """The lanes, drawn again and again, with what changed since the last draw."""
+
+    def draw(body: dict[str, Any], previous: dict[str, Any] | None, now: float) -> None:
+        print_lanes(body["lanes"], body.get("now", now), wide=wide)
+        if previous is not None:
+            changes = lane_changes(previous["lanes"], body["lanes"])
+            click.echo("\n".join(changes) if changes else "no changes")
+
+    redraw(fetch, pause, key="lanes", draw=draw, header=header, count=count, as_json=as_json)

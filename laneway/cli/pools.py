@@ -6,15 +6,13 @@ request first went through it, so a gateway that has served nothing shows none.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import click
-import orjson
 
-from laneway.cli.admin import AdminClient, GatewayUnreachable, admin_options, print_json
+from laneway.cli.admin import AdminClient, admin_options, print_json, redraw
 from laneway.cli.common import format_duration, print_table
 
 HEADERS = [
@@ -121,45 +119,14 @@ def pools(as_json: bool, watch: bool, interval: float, count: int | None, client
         return True
 
     try:
-        watch_pools(fetch, pause, header=f"{client.base_url}/admin/pools", count=count, as_json=as_json)
+        redraw(
+            fetch,
+            pause,
+            key="pools",
+            draw=lambda body, _previous, _now: print_pools(body["pools"]),
+            header=f"{client.base_url}/admin/pools",
+            count=count,
+            as_json=as_json,
+        )
     except KeyboardInterrupt:  # Ctrl-C is how a watch ends
         pass
-
-
-def watch_pools(
-    fetch: Callable[[], dict[str, Any]],
-    pause: Callable[[], bool],
-    *,
-    header: str,
-    count: int | None,
-    as_json: bool,
-) -> None:
-    """Draw, pause, draw again. A gateway that goes away after the first draw (a restart) is
-    reported and retried; at the first draw it is an error, as without --watch."""
-    clear = sys.stdout.isatty() and not as_json
-    draws = 0
-    while True:
-        now = time.time()
-        try:
-            body = fetch()
-        except GatewayUnreachable as exc:
-            if not draws:
-                raise
-            body = {"error": exc.message}
-        if as_json:
-            click.echo(orjson.dumps({"at": now, **body}).decode())
-        else:
-            if clear:
-                click.clear()
-            elif draws:
-                click.echo()
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-            shown = f"{len(body['pools'])} pools" if "pools" in body else "unreachable"
-            click.echo(f"{stamp}  {header}  ({shown}; Ctrl-C to stop)")
-            if "pools" in body:
-                print_pools(body["pools"])
-            else:
-                click.echo(f"! {body['error']}")
-        draws += 1
-        if (count is not None and draws >= count) or not pause():
-            return
