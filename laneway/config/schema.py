@@ -210,10 +210,6 @@ class BackendConfig(_Strict):
             for spec in self.models
         }
 
-    @property
-    def model_names(self) -> list[str]:
-        return [spec if isinstance(spec, str) else spec.name for spec in self.models]
-
     def model_weight(self, model: str) -> float:
         """A declared model's weight, else the first matching ``model_weights`` glob, else 100."""
         spec = self.declared.get(model)

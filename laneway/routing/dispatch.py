@@ -232,15 +232,26 @@ class Router:
         candidates = self.ranked(found)
         if not candidates:
             raise self._exhausted(requested, found)
-        record = FailoverRecord(
-            request_id=info.request_id,
-            run_id=info.run_id,
-            caller=info.caller,
-            requested=requested,
-            operation=op.value,
-            started_at=clock.now(),
-            prompt=_prompt(body) if self.settings.record_prompts else None,
-        )
+        started_at = clock.now()
+        # The failover record exists only once something went wrong: most requests are served by
+        # their first lane and should not pay for a record they would throw away.
+        record: FailoverRecord | None = None
+
+        def note(entry: Attempt) -> FailoverRecord:
+            nonlocal record
+            if record is None:
+                record = FailoverRecord(
+                    request_id=info.request_id,
+                    run_id=info.run_id,
+                    caller=info.caller,
+                    requested=requested,
+                    operation=op.value,
+                    started_at=started_at,
+                    prompt=_prompt(body) if self.settings.record_prompts else None,
+                )
+            record.attempts.append(entry)
+            return record
+
         last: LanewayError | None = None
         attempt = 0
         for candidate in candidates:
@@ -252,7 +263,7 @@ class Router:
                 break
             if self.breakers is not None and not self.breakers.allow(lane.id):
                 # Not an attempt (number 0): the lane was passed over, nothing was sent to it.
-                record.attempts.append(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
+                note(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
                 continue
             attempt += 1
             queued_at = clock.monotonic()
@@ -260,9 +271,7 @@ class Router:
                 slot = await self._acquire(lane, info)
             except (QueueFull, QueueTimeout) as exc:
                 self._no_verdict(lane)
-                record.attempts.append(
-                    self._attempt(attempt, lane, "failed", exc, queued_at, clock.monotonic())
-                )
+                note(self._attempt(attempt, lane, "failed", exc, queued_at, clock.monotonic()))
                 last = exc
                 continue
             except BaseException:
@@ -283,7 +292,7 @@ class Router:
                 if slot is not None:
                     slot.release()
                 await self._failed(provider, lane, exc)
-                record.attempts.append(self._attempt(attempt, lane, "failed", exc, queued_at, called_at))
+                note(self._attempt(attempt, lane, "failed", exc, queued_at, called_at))
                 last = exc
                 if not exc.retryable:
                     break
@@ -304,16 +313,16 @@ class Router:
                 raise
             if self.breakers is not None:
                 self.breakers.success(lane.id)
-            record.attempts.append(self._attempt(attempt, lane, "served", None, queued_at, called_at))
-            if len(record.attempts) > 1 and self.failovers is not None:
-                record.outcome, record.served_by = "served", lane.id
-                self.failovers.add(record)
+            if record is not None and self.failovers is not None:  # served, but not at the first try
+                served = note(self._attempt(attempt, lane, "served", None, queued_at, called_at))
+                served.outcome, served.served_by = "served", lane.id
+                self.failovers.add(served)
             return Served(result, lane, attempt)
         if last is None:
             last = NoLaneAvailable(f"No lane could take '{requested}' now (breakers open); try again shortly")
-        if self.failovers is not None and record.attempts:
+        if self.failovers is not None and record is not None:
             self.failovers.add(record)
-        tried = [a.lane for a in record.attempts if a.outcome != "skipped"]
+        tried = [a.lane for a in (record.attempts if record else []) if a.outcome != "skipped"]
         raise attribute(last, self._attribution(info, body, tried[-1] if tried else None, attempt))
 
     def _exhausted(self, requested: str, found: tuple[Candidate, ...]) -> QuotaExhausted:
