@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings
+from laneway.errors import UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -31,6 +33,7 @@ from laneway.routing.selectors import parse_routes, validate_routes
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore
 from laneway.usage import UsageRecorder
+from laneway.virtual import Fleet
 
 log = logging.getLogger("laneway")
 
@@ -64,6 +67,7 @@ class Gateway:
         self.failovers = FailoverLog(self.settings.routing.failover_records)
         self.usage: UsageRecorder | None = None
         self.router: Router | None = None
+        self.fleet: Fleet | None = None
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._shadowed: set[str] = set()  # in both the config and the database: warned about once
@@ -84,6 +88,13 @@ class Gateway:
         self.runtime, cache_store = open_stores(settings, self.clock)
         self.signals = Signals(cache_store, self.clock, settings.signals)
         await self.signals.load()
+        self.fleet = Fleet(
+            self.inventory,
+            self.clock,
+            settings,
+            declared=lambda: self.reconciler.refreshers.keys() if self.reconciler else (),
+            pools=self.pools,
+        )
         inv = settings.inventory
         ctx = RefreshContext(
             inventory=self.inventory,
@@ -110,6 +121,7 @@ class Gateway:
         if self.options.schedule:
             self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
+            self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
         self.ready = True
         log.info("laneway ready: %d backends, %d lanes", len(self.backends), len(self.inventory))
 
@@ -143,6 +155,7 @@ class Gateway:
         """Selectors read ``backend/model`` against the declared backend names: re-parse them when
         the set of backends changes."""
         assert self.reconciler is not None
+        assert self.fleet is not None
         resolver = Resolver(self.inventory, parse_routes(self.settings, names), names)
         for gone in self._names - names:
             self.pools.remove_backend(gone)
@@ -151,8 +164,8 @@ class Gateway:
             routing = self.settings.routing
             self.router = Router(
                 resolver,
-                self.reconciler.providers,
-                backends=self.reconciler,
+                ChainMap(self.reconciler.providers, self.fleet.providers),
+                backends=AllBackends(self.reconciler, self.fleet),
                 signals=self.signals,
                 pools=self.pools,
                 breakers=self.breakers,
@@ -186,6 +199,8 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.fleet is not None:
+            await self.fleet.aclose()  # ends the publishers' control streams
         if self.usage is not None:
             await self.usage.aclose()  # the last batch, before the database goes
         if self.signals is not None:
@@ -196,6 +211,37 @@ class Gateway:
             await self.runtime.aclose()
         if self.db is not None:
             await self.db.aclose()
+
+
+class AllBackends:
+    """What the router asks of the backends: the declared ones (the reconciler) and the
+    publishers' (the fleet). A publisher's lanes are scoped by its token when it registers, and a
+    404 or 401 from one is about its own machine: neither marks lanes stale nor starts a cooldown."""
+
+    def __init__(self, reconciler: Reconciler, fleet: Fleet) -> None:
+        self.reconciler = reconciler
+        self.fleet = fleet
+
+    def config(self, backend: str) -> BackendConfig | None:
+        return self.reconciler.config(backend) or self.fleet.config(backend)
+
+    def allows(self, backend: str, model: str) -> bool:
+        if backend not in self.reconciler.refreshers and self.fleet.is_virtual(backend):
+            return True
+        return self.reconciler.allows(backend, model)
+
+    async def refresh_local(self) -> bool:
+        return await self.reconciler.refresh_local()
+
+    async def credential_refused(self, backend: str, exc: UpstreamError) -> None:
+        await self.reconciler.credential_refused(backend, exc)
+
+    def lane_stale(self, lane_id: str) -> None:
+        lane = self.reconciler.ctx.inventory.get(lane_id)
+        if lane is not None and self.fleet.is_virtual(lane.backend):
+            log.warning("publisher answered 404 for its own lane", extra={"lane": lane_id})
+            return
+        self.reconciler.lane_stale(lane_id)
 
 
 def open_stores(settings: Settings, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:

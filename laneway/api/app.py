@@ -16,6 +16,7 @@ from laneway.api.admin_routes import AdminRoutes
 from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
 from laneway.api.openai_routes import OpenAIRoutes
+from laneway.api.publisher_routes import PublisherRoutes
 from laneway.api.usage_routes import usage_routes
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
@@ -26,6 +27,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
     ``laneway serve`` starts it itself first, so a start-up error is one clear line."""
     api = OpenAIRoutes(gateway)
     admin = AdminRoutes(gateway)
+    publishers = PublisherRoutes(gateway)
     metrics = Metrics(gateway)  # its own registry: open, read at scrape time (see laneway.api.metrics)
 
     async def healthz(request: Request) -> Response:
@@ -63,6 +65,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *admin.routes(),
+            *publishers.routes(),
             *usage_routes(gateway),
         ],
         exception_handlers={

@@ -83,6 +83,35 @@ class GatewayCollector(Collector):
         yield from pool_metrics(gw.pools.statistics())
         yield from breaker_metrics(gw.breakers.snapshot())
         yield from failover_metrics(len(gw.failovers))
+        if gw.fleet is not None:
+            yield from publisher_metrics(gw.fleet.snapshot(), gw.fleet.pending())
+
+
+def publisher_metrics(sessions: list[dict[str, Any]], pending: int) -> list[Metric]:
+    """Publisher sessions (``Fleet.snapshot()``): control stream, heartbeat age, tasks; and the
+    tasks parked until their publisher comes back. One series per session, not per caller."""
+    labels = ["publisher", "session"]
+    control = GaugeMetricFamily(
+        "laneway_publisher_connected", "1 while the publisher's control stream is open", labels=labels
+    )
+    age = GaugeMetricFamily(
+        "laneway_publisher_heartbeat_age_seconds",
+        "Seconds since the publisher's last heartbeat",
+        labels=labels,
+    )
+    tasks = GaugeMetricFamily(
+        "laneway_publisher_tasks_in_flight", "Tasks sent and not yet answered", labels=labels
+    )
+    for s in sessions:
+        ids = [str(s["name"]), str(s["session_id"])]
+        control.add_metric(ids, 1.0 if s["control"] else 0.0)
+        age.add_metric(ids, float(s["heartbeat_age"]))
+        tasks.add_metric(ids, float(s["tasks_in_flight"]))
+    parked = GaugeMetricFamily(
+        "laneway_publisher_pending_tasks", "Tasks waiting for their publisher to come back"
+    )
+    parked.add_metric([], float(pending))
+    return [control, age, tasks, parked]
 
 
 def signal_metrics(snapshot: list[dict[str, Any]], declared: Mapping[str, str], now: float) -> list[Metric]:

@@ -14,6 +14,9 @@ signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_
 routing:   {attempts, deadline, seed, record_prompts, failover_records, breaker: {failures, window, cooldown}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
+publishers: {tokens: [{name, token | token_env | token_hash, names, models}], heartbeat_interval,
+            heartbeat_timeout, inactive_retention, sweep_interval, ping_interval, timeout,
+            wake_timeout, redispatch_wait, queue_size, queue_timeout, weight}
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-Family = Literal["openai", "ollama", "anthropic"]
+Family = Literal["openai", "ollama", "anthropic", "virtual"]
 TierName = Literal["local", "fleet", "cloud", "frontier", "direct"]
 Effort = Literal["low", "medium", "high"]
 Capability = Literal["chat", "completion", "embedding", "tools", "vision", "reasoning"]
@@ -43,7 +46,15 @@ Weight = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(gt=0)]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-DEFAULT_TIER: dict[str, TierName] = {"openai": "cloud", "anthropic": "frontier", "ollama": "local"}
+DEFAULT_TIER: dict[str, TierName] = {
+    "openai": "cloud",
+    "anthropic": "frontier",
+    "ollama": "local",
+    "virtual": "fleet",
+}
+# Virtual backends are made by the fleet registry for publishers (validated with this context);
+# declaring one in the config or the database is a mistake.
+VIRTUAL_CONTEXT = {"virtual": True}
 
 
 class _Strict(BaseModel):
@@ -113,6 +124,52 @@ class AuthConfig(_Strict):
     keys: list[KeyConfig] = []
 
 
+class PublisherTokenConfig(_Strict):
+    """A publisher token (``laneway publish --token``): not a client key. ``names`` are globs over
+    the publisher names it may register, ``models`` over the model names it may publish."""
+
+    name: str = Field(min_length=1)  # the owner of the sessions it opens
+    token: str | None = Field(default=None, repr=False)
+    token_env: str | None = None
+    token_hash: str | None = None
+    names: list[str] = Field(min_length=1)
+    models: list[str] = ["*"]
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> PublisherTokenConfig:
+        given = [k for k in ("token", "token_env", "token_hash") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token, token_env, token_hash")
+        if self.token_hash and not re.fullmatch(r"sha256:[0-9a-f]{64}", self.token_hash):
+            raise ValueError("token_hash must look like sha256:<64 hex digits>")
+        return self
+
+
+class PublishersConfig(_Strict):
+    """Virtual lanes: who may publish, and the lifecycle of what they publish (docs/publishers.md)."""
+
+    tokens: list[PublisherTokenConfig] = []
+    heartbeat_interval: Seconds = 30.0  # what publishers are told to keep
+    heartbeat_timeout: Seconds = 90.0  # no heartbeat this long: the publisher's lanes go inactive
+    inactive_retention: Seconds = 4 * 3600.0  # inactive this long: deleted
+    sweep_interval: Seconds = 15.0
+    ping_interval: Seconds = 15.0  # keep-alive events on the control stream
+    timeout: Seconds = 600.0  # a relayed call, never past the request's deadline
+    wake_timeout: Seconds = 300.0
+    # A call whose publisher dropped (or is offline) waits this long for it to come back, unless
+    # another lane of the same model can serve it at once; then it fails over (or gets 503).
+    redispatch_wait: Seconds = 30.0
+    queue_size: int = Field(1000, ge=0, le=1_000_000)
+    queue_timeout: Seconds = 60.0
+    weight: Weight = 100.0  # the instance weight of every virtual lane
+
+    @model_validator(mode="after")
+    def _timeout_after_interval(self) -> PublishersConfig:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        return self
+
+
 class DeclaredModel(_Strict):
     """A model declared on a backend. What is given here wins over what the backend reports."""
 
@@ -173,6 +230,16 @@ class BackendConfig(_Strict):
             if name in seen:
                 raise ValueError(f"model '{name}' is declared twice")
             seen.add(name)
+        return v
+
+    @field_validator("provider")
+    @classmethod
+    def _not_virtual(cls, v: str, info: ValidationInfo) -> str:
+        if v == "virtual" and not (info.context or {}).get("virtual"):
+            raise ValueError(
+                "'virtual' lanes are registered by publishers (laneway publish), not declared; "
+                "use openai, ollama or anthropic"
+            )
         return v
 
     @field_validator("base_url")
@@ -241,7 +308,7 @@ SelectorSpec = Annotated[
     Discriminator(_str_or_mapping),
 ]
 
-DEFAULT_INTERVALS: dict[str, float] = {"ollama": 15.0, "openai": 60.0, "anthropic": 300.0}
+DEFAULT_INTERVALS: dict[str, float] = {"ollama": 15.0, "openai": 60.0, "anthropic": 300.0, "virtual": 30.0}
 
 
 class WeightsConfig(_Strict):
@@ -337,6 +404,7 @@ class Settings(_Strict):
     routing: RoutingConfig = RoutingConfig()
     routes: dict[str, list[SelectorSpec]] = {}
     defaults: DefaultsConfig = DefaultsConfig()
+    publishers: PublishersConfig = PublishersConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
 
     @field_validator("defaults")

@@ -38,6 +38,13 @@ class Health(StrEnum):
     OPEN = "open"
     DENIED = "denied"
     STALE = "stale"  # the backend said 404 for it; a refresh decides
+    # Virtual lanes (laneway.virtual): their publisher's state, set by the fleet registry only.
+    INACTIVE = "inactive"  # the publisher is gone (no heartbeat, or its control stream closed)
+    HIBERNATING = "hibernating"  # routable, but woken first: an awake lane is preferred
+
+
+# Healths that only their owner changes: a breaker's verdict never overwrites them.
+HELD = frozenset({Health.DENIED, Health.INACTIVE})
 
 
 # What a lane's health does to its weight: 0 takes it out of rotation.
@@ -47,6 +54,8 @@ HEALTH_FACTOR: dict[str, float] = {
     Health.OPEN: 0.0,
     Health.DENIED: 0.0,
     Health.STALE: 0.0,
+    Health.INACTIVE: 0.0,
+    Health.HIBERNATING: 0.5,
 }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from laneway.clock import Clock
 from laneway.config.schema import BreakerConfig
-from laneway.inventory.lanes import Health
+from laneway.inventory.lanes import HELD, Health
 from laneway.inventory.store import Inventory
 
 log = logging.getLogger("laneway.routing")
@@ -114,7 +114,7 @@ class Breakers:
 
     def _mirror(self, lane_id: str, health: str) -> None:
         lane = self.inventory.get(lane_id)
-        if lane is not None and lane.health != Health.DENIED:
+        if lane is not None and lane.health not in HELD:
             self.inventory.set_health([lane_id], health)
 
     def snapshot(self) -> dict[str, dict[str, object]]:

@@ -1,0 +1,132 @@
+"""The publisher endpoints (docs/publishers.md): where ``laneway publish`` dials in.
+
+    POST   /v1/publishers/register                                   the sticky upsert → session id
+    GET    /v1/publishers/sessions/{session_id}/control              SSE: hello, task, wake, cancel, ping
+    POST   /v1/publishers/sessions/{session_id}/heartbeat            {"state": "active"|"hibernating"}
+    POST   /v1/publishers/sessions/{session_id}/tasks/{task_id}/chunks   {"seq", "chunks": [...]}
+    POST   /v1/publishers/sessions/{session_id}/tasks/{task_id}/result   {"status": 200, "body"} | {"error"}
+    DELETE /v1/publishers/sessions/{session_id}                      stopping: lanes inactive at once
+    GET    /admin/publishers                                         sessions, lanes, tasks (admin key)
+
+Every publisher endpoint needs a publisher token (not a client key) and answers errors in the
+OpenAI shape; the token is checked before the body is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from laneway.api.openai_routes import read_body
+from laneway.api.wire import parse_body
+from laneway.clock import within
+from laneway.errors import NoLaneAvailable
+from laneway.gateway import Gateway
+from laneway.virtual import Fleet
+from laneway.virtual.relay import ControlChannel, control_frame
+from laneway.virtual.tokens import PublisherGrant
+
+PING = control_frame("ping", {})
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+class PublisherRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[Route]:
+        base = "/v1/publishers/sessions/{session_id}"
+        return [
+            Route("/v1/publishers/register", self.register, methods=["POST"]),
+            Route(base + "/control", self.control, methods=["GET"]),
+            Route(base + "/heartbeat", self.heartbeat, methods=["POST"]),
+            Route(base + "/tasks/{task_id}/chunks", self.chunks, methods=["POST"]),
+            Route(base + "/tasks/{task_id}/result", self.result, methods=["POST"]),
+            Route(base, self.unregister, methods=["DELETE"]),
+            Route("/admin/publishers", self.admin, methods=["GET"]),
+        ]
+
+    def _fleet(self) -> Fleet:
+        fleet = self.gateway.fleet
+        if fleet is None:
+            raise NoLaneAvailable("laneway is starting up; try again in a moment")
+        return fleet
+
+    def _caller(self, request: Request) -> tuple[Fleet, PublisherGrant]:
+        fleet = self._fleet()
+        return fleet, fleet.identify(request.headers.get("authorization"))
+
+    async def _body(self, request: Request, *, optional: bool = False) -> dict[str, Any]:
+        raw = await read_body(request, self.gateway.settings.server.max_body_bytes)
+        if optional and not raw.strip():
+            return {}
+        return parse_body(raw)
+
+    async def register(self, request: Request) -> Response:
+        fleet, grant = self._caller(request)
+        return _json(fleet.register(grant, await self._body(request)))
+
+    async def heartbeat(self, request: Request) -> Response:
+        fleet, grant = self._caller(request)
+        body = await self._body(request, optional=True)
+        return _json(fleet.heartbeat(grant, request.path_params["session_id"], body))
+
+    async def chunks(self, request: Request) -> Response:
+        fleet, grant = self._caller(request)
+        p = request.path_params
+        accepted = fleet.chunks(grant, p["session_id"], p["task_id"], await self._body(request))
+        return _json({"accepted": accepted})
+
+    async def result(self, request: Request) -> Response:
+        fleet, grant = self._caller(request)
+        p = request.path_params
+        fleet.result(grant, p["session_id"], p["task_id"], await self._body(request))
+        return _json({"ok": True})
+
+    async def unregister(self, request: Request) -> Response:
+        fleet, grant = self._caller(request)
+        fleet.unregister(grant, request.path_params["session_id"])
+        return _json({"ok": True})
+
+    async def control(self, request: Request) -> Response:
+        fleet, grant = self._caller(request)
+        channel = fleet.open_control(grant, request.path_params["session_id"])
+        return StreamingResponse(
+            self._events(fleet, channel),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _events(self, fleet: Fleet, channel: ControlChannel) -> AsyncIterator[bytes]:
+        """The control stream: events as the fleet queues them, a ping when there were none for
+        ``ping_interval``. Ends when the channel is closed (replaced, unregistered, shutting down);
+        however it ends, the session is told (inactive at once, unless replaced)."""
+        clock, interval = fleet.clock, fleet.settings.ping_interval
+        try:
+            while True:
+                try:
+                    frame = await within(clock, interval, channel.events.get())
+                except TimeoutError:
+                    yield PING
+                    continue
+                if frame is None:
+                    return
+                yield frame
+        finally:
+            fleet.close_control(channel)
+
+    async def admin(self, request: Request) -> Response:
+        gw = self.gateway
+        gw.keys.require_admin(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        fleet = self._fleet()
+        return _json(
+            {"now": gw.clock.now(), "publishers": fleet.snapshot(), "pending_tasks": fleet.pending()}
+        )

@@ -1,0 +1,378 @@
+"""Publisher sessions and their virtual lanes: the lifecycle state machine.
+
+A *row* is one virtual lane as registered: which session owns it and its state (active,
+hibernating, inactive). The lane itself lives in the inventory (tier ``fleet``, provider
+``virtual``, instance = the publisher's name), with the state mirrored into its health so the
+router needs nothing special: inactive lanes weigh 0, hibernating ones half.
+
+Register is an upsert honouring the sticky session id (the reference's rules):
+
+- the same session reactivates its rows in place;
+- rows of another session may be adopted only when that session is inactive;
+- a declared backend's name, or a name another live session publishes, is never taken (409).
+
+Heartbeats bump a session and revive it if its control stream is open; a missing heartbeat for
+``heartbeat_timeout`` makes its rows inactive, a closed control stream at once; rows inactive
+for ``inactive_retention`` are deleted. Every transition is driven by the injected clock and every
+sweep is idempotent. No I/O here: the relay carries tasks, the fleet wires the two together.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from laneway.clock import Clock
+from laneway.config.schema import InventoryConfig, PublishersConfig
+from laneway.errors import InvalidRequest, PermissionDenied
+from laneway.inventory.lanes import Health, Lane, LaneType, Tier, compose_lane_id
+from laneway.inventory.store import Inventory
+from laneway.virtual.errors import Conflict, UnknownSession
+from laneway.virtual.tokens import PublisherGrant
+
+log = logging.getLogger("laneway.virtual")
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+FAMILY = "virtual"
+
+
+class State(StrEnum):
+    ACTIVE = "active"
+    HIBERNATING = "hibernating"
+    INACTIVE = "inactive"
+
+
+_HEALTH = {
+    State.ACTIVE: Health.HEALTHY,
+    State.HIBERNATING: Health.HIBERNATING,
+    State.INACTIVE: Health.INACTIVE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSpec:
+    """One lane a publisher registers."""
+
+    model: str
+    type: str
+    capabilities: frozenset[str] = frozenset()
+    context_length: int | None = None
+
+
+@dataclass(slots=True)
+class Row:
+    lane_id: str
+    session_id: str
+    state: State
+    inactive_since: float | None = None
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    owner: str  # the publisher token's name
+    name: str  # the publisher's name: the lanes' instance id and backend name
+    max_concurrency: int
+    state: State  # what the publisher last said: active or hibernating
+    last_heartbeat: float
+    bound: bool = False  # its control stream is open
+    rows: set[str] = field(default_factory=set)  # lane ids it owns
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        return {
+            "session_id": self.id,
+            "owner": self.owner,
+            "name": self.name,
+            "state": self.state,
+            "control": self.bound,
+            "max_concurrency": self.max_concurrency,
+            "last_heartbeat": self.last_heartbeat,
+            "heartbeat_age": round(now - self.last_heartbeat, 3),
+            "lanes": sorted(self.rows),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    inactivated: list[str]  # sessions that went inactive (heartbeat timeout)
+    deleted: list[str]  # lane ids deleted (inactive too long)
+
+
+class Registry:
+    def __init__(
+        self,
+        inventory: Inventory,
+        clock: Clock,
+        settings: PublishersConfig,
+        *,
+        weights: InventoryConfig | None = None,
+        declared: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
+        self.inventory = inventory
+        self.clock = clock
+        self.settings = settings
+        self.weights = weights or InventoryConfig()
+        self.declared = declared  # the declared backends' names: never shadowed
+        self.sessions: dict[str, Session] = {}
+        self.rows: dict[str, Row] = {}
+        # Called with a session that went inactive (its tasks in flight go back to pending).
+        self.on_inactive: Callable[[Session], None] | None = None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def session(self, session_id: str, grant: PublisherGrant) -> Session:
+        """The caller's session; 404 if unknown, 403 if another token's."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(f"no publisher session '{session_id}': register again")
+        if session.owner != grant.owner:
+            raise PermissionDenied(f"publisher session '{session_id}' belongs to another publisher token")
+        return session
+
+    def owner_of(self, lane_id: str) -> Session | None:
+        row = self.rows.get(lane_id)
+        return self.sessions.get(row.session_id) if row is not None else None
+
+    def state_of(self, lane_id: str) -> State | None:
+        row = self.rows.get(lane_id)
+        return row.state if row is not None else None
+
+    def names(self) -> set[str]:
+        """Publisher names that have rows (the virtual backends)."""
+        return {s.name for s in self.sessions.values() if s.rows}
+
+    def lanes_of(self, session: Session) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for lane_id in sorted(session.rows):
+            lane, row = self.inventory.get(lane_id), self.rows[lane_id]
+            if lane is not None:
+                out.append({"id": lane_id, "model": lane.model, "type": lane.type, "state": row.state})
+        return out
+
+    # -- register ------------------------------------------------------------------------------
+
+    def register(
+        self,
+        grant: PublisherGrant,
+        *,
+        name: str,
+        session_id: str | None,
+        lanes: list[LaneSpec],
+        max_concurrency: int,
+        state: State,
+    ) -> Session:
+        """The sticky upsert; all or nothing: every rule is checked before anything is written."""
+        grant.check_name(name)
+        if not lanes:
+            raise InvalidRequest("register at least one lane", param="lanes")
+        for spec in lanes:
+            grant.check_model(spec.model)
+        if name in self.declared():
+            raise Conflict(
+                f"'{name}' is a declared backend of this gateway; a publisher may not shadow it "
+                "(publish under another --name)",
+                param="name",
+            )
+        now = self.clock.now()
+        session = self._session_for(grant, name, session_id, max_concurrency, state, now)
+        for other in self.sessions.values():
+            if other.name == name and other.id != session.id and other.rows and self._alive(other):
+                raise Conflict(
+                    f"'{name}' is published by another session that is still active (last heartbeat "
+                    f"{now - other.last_heartbeat:.0f}s ago); it can be adopted once that session "
+                    f"has been silent for {self.settings.heartbeat_timeout:g}s",
+                    param="name",
+                )
+        wanted = {self._lane_id(name, spec): spec for spec in lanes}
+        # Checked: now write. A new session object is only kept from here on.
+        self.sessions[session.id] = session
+        session.max_concurrency, session.state, session.last_heartbeat = max_concurrency, state, now
+        row_state = state
+        written: list[Lane] = []
+        for lane_id, spec in wanted.items():
+            row = self.rows.get(lane_id)
+            if row is not None and row.session_id != session.id:  # adopted from an inactive session
+                previous = self.sessions.get(row.session_id)
+                if previous is not None:
+                    previous.rows.discard(lane_id)
+                    self._forget_if_empty(previous)
+                log.info(
+                    "virtual lane adopted", extra={"lane": lane_id, "from": row.session_id, "to": session.id}
+                )
+            self.rows[lane_id] = Row(lane_id, session.id, row_state)
+            session.rows.add(lane_id)
+            written.append(self._lane(name, spec, row_state, now))
+        self.inventory.write_lanes(written)
+        dropped = [lane_id for lane_id in session.rows if lane_id not in wanted]
+        for lane_id in dropped:  # no longer served by this publisher: write first, then delete
+            session.rows.discard(lane_id)
+            self.rows.pop(lane_id, None)
+        self.inventory.delete_lanes(dropped, reason="publisher no longer registers it")
+        log.info(
+            "publisher registered",
+            extra={"publisher": name, "session": session.id, "lanes": len(wanted), "state": state},
+        )
+        return session
+
+    def _session_for(
+        self,
+        grant: PublisherGrant,
+        name: str,
+        session_id: str | None,
+        max_concurrency: int,
+        state: State,
+        now: float,
+    ) -> Session:
+        if session_id is None:
+            session_id = "ps_" + secrets.token_hex(16)
+        elif not SESSION_ID_RE.match(session_id):
+            raise InvalidRequest("session_id must be 8 to 64 of [A-Za-z0-9_-]", param="session_id")
+        existing = self.sessions.get(session_id)
+        if existing is None:  # new, or one the gateway forgot (it restarted): taken as is
+            return Session(session_id, grant.owner, name, max_concurrency, state, now)
+        if existing.owner != grant.owner:
+            raise PermissionDenied(f"publisher session '{session_id}' belongs to another publisher token")
+        if existing.name != name:
+            raise Conflict(
+                f"session '{session_id}' publishes as '{existing.name}', not '{name}'", param="session_id"
+            )
+        return existing
+
+    def _lane_id(self, name: str, spec: LaneSpec) -> str:
+        if spec.type not in LaneType.__members__.values():
+            raise InvalidRequest(
+                f"lane type '{spec.type}' is not chat, completion or embedding", param="lanes"
+            )
+        return compose_lane_id(
+            tier=Tier.FLEET, provider_family=FAMILY, instance_id=name, type=spec.type, model=spec.model
+        )
+
+    def _lane(self, name: str, spec: LaneSpec, state: State, now: float) -> Lane:
+        # tier x provider x instance x model, as for declared lanes (every virtual model weighs 100)
+        w = self.weights.weights
+        weight = w.tiers.get("fleet", 100.0) * w.providers.get("virtual", 100.0) * self.settings.weight
+        weight *= 100.0
+        return Lane(
+            tier=Tier.FLEET,
+            family=FAMILY,
+            backend=name,
+            type=spec.type,
+            model=spec.model,
+            capabilities=spec.capabilities | {spec.type},
+            context_length=spec.context_length,
+            base_weight=weight,
+            health=_HEALTH[state],
+            observed_at=now,
+            expires_at=None,  # the registry ends a virtual lane, never the inventory's expiry sweep
+        )
+
+    def _alive(self, session: Session) -> bool:
+        return any(self.rows[i].state != State.INACTIVE for i in session.rows if i in self.rows)
+
+    # -- life signs ----------------------------------------------------------------------------
+
+    def heartbeat(self, grant: PublisherGrant, session_id: str, state: State) -> Session:
+        """A sign of life: bumps the session; revives its rows if its control stream is open
+        (without one no task could reach it); ``state`` says if it hibernates."""
+        session = self.session(session_id, grant)
+        session.last_heartbeat = self.clock.now()
+        session.state = state
+        if session.bound:
+            self._set_rows(session, state)
+        return session
+
+    def bind(self, session: Session) -> None:
+        """Its control stream opened: a sign of life, and tasks can reach it."""
+        session.bound = True
+        session.last_heartbeat = self.clock.now()
+        self._set_rows(session, session.state)
+
+    def unbind(self, session: Session, *, reason: str) -> None:
+        """Its control stream closed (or it said goodbye): inactive at once."""
+        session.bound = False
+        self._inactivate(session, reason)
+
+    def awake(self, session: Session) -> None:
+        """A wake succeeded: active, with a fresh heartbeat."""
+        session.state = State.ACTIVE
+        session.last_heartbeat = self.clock.now()
+        self._set_rows(session, State.ACTIVE)
+
+    def _set_rows(self, session: Session, state: State) -> None:
+        changed = [self.rows[i] for i in session.rows if i in self.rows and self.rows[i].state != state]
+        for row in changed:
+            row.state, row.inactive_since = state, None
+        if changed:
+            self.inventory.set_health([r.lane_id for r in changed], _HEALTH[state])
+            log.info("publisher lanes %s", state, extra={"publisher": session.name, "session": session.id})
+
+    def _inactivate(self, session: Session, reason: str) -> None:
+        now = self.clock.now()
+        changed = [
+            self.rows[i] for i in session.rows if i in self.rows and self.rows[i].state != State.INACTIVE
+        ]
+        for row in changed:
+            row.state, row.inactive_since = State.INACTIVE, now
+        if changed:
+            self.inventory.set_health([r.lane_id for r in changed], Health.INACTIVE)
+            log.warning(
+                "publisher lanes inactive",
+                extra={"publisher": session.name, "session": session.id, "reason": reason},
+            )
+        if self.on_inactive is not None:
+            self.on_inactive(session)
+
+    # -- the sweep -----------------------------------------------------------------------------
+
+    def sweep(self) -> SweepResult:
+        """Heartbeat-stale sessions go inactive; rows inactive past the retention are deleted.
+        Idempotent: a second sweep at the same time changes nothing."""
+        now = self.clock.now()
+        cutoff = now - self.settings.heartbeat_timeout
+        inactivated: list[str] = []
+        for session in list(self.sessions.values()):
+            if session.last_heartbeat <= cutoff and self._alive(session):
+                self._inactivate(session, f"no heartbeat for {now - session.last_heartbeat:.0f}s")
+                inactivated.append(session.id)
+        expired = now - self.settings.inactive_retention
+        deleted = [
+            row.lane_id
+            for row in self.rows.values()
+            if row.state == State.INACTIVE
+            and row.inactive_since is not None
+            and row.inactive_since <= expired
+        ]
+        for lane_id in deleted:
+            row = self.rows.pop(lane_id)
+            owner = self.sessions.get(row.session_id)
+            if owner is not None:
+                owner.rows.discard(lane_id)
+                self._forget_if_empty(owner)
+        if deleted:
+            self.inventory.delete_lanes(deleted, reason="publisher inactive too long")
+        return SweepResult(inactivated, deleted)
+
+    def _forget_if_empty(self, session: Session) -> None:
+        if not session.rows and not session.bound:
+            self.sessions.pop(session.id, None)
+
+    def forget(self, name: str) -> list[str]:
+        """Drop every row published as ``name`` (it became a declared backend: declared wins)."""
+        gone = [
+            row.lane_id
+            for row in self.rows.values()
+            if (s := self.sessions.get(row.session_id)) and s.name == name
+        ]
+        for lane_id in gone:
+            row = self.rows.pop(lane_id)
+            owner = self.sessions.get(row.session_id)
+            if owner is not None:
+                owner.rows.discard(lane_id)
+        for session in [s for s in self.sessions.values() if s.name == name]:
+            self.sessions.pop(session.id, None)
+        self.inventory.delete_lanes(gone, reason="a declared backend took the name")
+        return gone

@@ -1,0 +1,397 @@
+"""The fleet's state machine on a manual clock: the sticky register rules, heartbeats, the 90 s
+timeout, the 4 h deletion, wake dedup and re-dispatch, with no HTTP in between (the endpoints
+are tested in test_publisher_api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from laneway.clock import ManualClock
+from laneway.config import settings_from_data
+from laneway.errors import InvalidRequest, PermissionDenied, UpstreamTimeout
+from laneway.inventory.lanes import Health, Lane
+from laneway.inventory.store import Inventory
+from laneway.providers.base import Call
+from laneway.virtual import Fleet
+from laneway.virtual.errors import Conflict, PublisherUnavailable, UnknownSession, UnknownTask, WakeFailed
+from laneway.virtual.registry import State
+from laneway.virtual.relay import ControlChannel
+from laneway.virtual.tokens import PublisherGrant
+
+pytestmark = pytest.mark.anyio
+
+ALICE = PublisherGrant("alice", ("alice-*",), ("*",))
+BOB = PublisherGrant("bob", ("*",), ("*",))
+LANE = "fleet:virtual:alice-laptop:chat:llama3.2%3A3b"
+
+
+def make_fleet(declared: tuple[str, ...] = (), **publishers: Any) -> tuple[Fleet, Inventory, ManualClock]:
+    settings = settings_from_data({"publishers": publishers}, source="test.yaml")
+    inventory, clock = Inventory(), ManualClock()
+    return Fleet(inventory, clock, settings, declared=lambda: declared), inventory, clock
+
+
+def register(fleet: Fleet, grant: PublisherGrant = ALICE, **body: Any) -> dict[str, Any]:
+    body.setdefault("name", "alice-laptop")
+    body.setdefault("lanes", [{"model": "llama3.2:3b", "type": "chat"}])
+    return fleet.register(grant, body)
+
+
+def events(channel: ControlChannel) -> list[tuple[str, str]]:
+    out = []
+    while not channel.events.empty():
+        frame = channel.events.get_nowait()
+        if frame is not None:
+            head, data = frame.decode().split("\n", 1)
+            out.append((head.removeprefix("event: "), data.removeprefix("data: ").strip()))
+    return out
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# -- register -------------------------------------------------------------------------------------
+
+
+async def test_register_creates_fleet_lanes_and_a_session() -> None:
+    fleet, inventory, _ = make_fleet()
+    answer = register(fleet, max_concurrency=3)
+    assert answer["session_id"].startswith("ps_")
+    assert [lane["id"] for lane in answer["lanes"]] == [LANE]
+    lane = inventory.get(LANE)
+    assert lane is not None
+    assert (lane.tier, lane.family, lane.backend, lane.health) == (
+        "fleet",
+        "virtual",
+        "alice-laptop",
+        "healthy",
+    )
+    assert lane.routable
+    config = fleet.config("alice-laptop")
+    assert config is not None
+    assert (config.provider, config.pool_slots, config.stream_holds_slot) == ("virtual", 3, True)
+
+
+async def test_same_session_reactivates_its_rows_in_place() -> None:
+    fleet, inventory, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    fleet.close_control(channel)
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+    again = register(fleet, session_id=sid)
+    assert again["session_id"] == sid
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
+    assert len(fleet.registry.sessions) == 1
+
+
+async def test_another_sessions_active_lane_is_never_overwritten() -> None:
+    fleet, _inventory, _ = make_fleet()
+    first = register(fleet)["session_id"]
+    with pytest.raises(Conflict, match="another session that is still active"):
+        register(fleet)  # a second process, no session id
+    assert fleet.registry.owner_of(LANE).id == first  # type: ignore[union-attr]
+
+
+async def test_an_inactive_lane_of_another_session_is_adopted() -> None:
+    fleet, inventory, clock = make_fleet()
+    first = register(fleet, lanes=[{"model": "llama3.2:3b"}, {"model": "qwen2.5:7b"}])["session_id"]
+    clock.advance(91)
+    fleet.sweep()
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+    second = register(fleet)["session_id"]  # lost its state file: a new session, adopts llama
+    assert second != first
+    assert fleet.registry.owner_of(LANE).id == second  # type: ignore[union-attr]
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
+    qwen = LANE.replace("llama3.2%3A3b", "qwen2.5%3A7b")
+    assert fleet.registry.owner_of(qwen).id == first  # type: ignore[union-attr]  # not listed: left as it was
+    assert inventory.get(qwen).health == Health.INACTIVE  # type: ignore[union-attr]
+
+
+async def test_a_declared_backend_is_never_shadowed() -> None:
+    fleet, inventory, _ = make_fleet(declared=("alice-laptop",))
+    with pytest.raises(Conflict, match="declared backend"):
+        register(fleet)
+    assert len(inventory) == 0
+    assert fleet.registry.sessions == {}
+
+
+async def test_scope_of_the_token_is_enforced_all_or_nothing() -> None:
+    fleet, inventory, _ = make_fleet()
+    narrow = PublisherGrant("carol", ("carol-*",), ("llama*",))
+    with pytest.raises(PermissionDenied, match="may not publish as 'alice-laptop'"):
+        register(fleet, narrow)
+    with pytest.raises(PermissionDenied, match=r"may not publish the model 'qwen2\.5:7b'"):
+        register(fleet, narrow, name="carol-box", lanes=[{"model": "llama3"}, {"model": "qwen2.5:7b"}])
+    assert len(inventory) == 0
+
+
+async def test_a_session_of_another_token_is_refused() -> None:
+    fleet, _, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    with pytest.raises(PermissionDenied):
+        register(fleet, BOB, session_id=sid)
+    with pytest.raises(PermissionDenied):
+        fleet.heartbeat(BOB, sid, {})
+    with pytest.raises(Conflict, match="publishes as 'alice-laptop'"):
+        register(fleet, session_id=sid, name="alice-desktop")
+
+
+async def test_reregister_drops_lanes_no_longer_listed() -> None:
+    fleet, inventory, _ = make_fleet()
+    sid = register(fleet, lanes=[{"model": "llama3.2:3b"}, {"model": "qwen2.5:7b"}])["session_id"]
+    assert len(inventory) == 2
+    register(fleet, session_id=sid)
+    assert [lane.model for lane in inventory.lanes()] == ["llama3.2:3b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"name": ""}, "name"),
+        ({"lanes": "llama"}, "lanes"),
+        ({"lanes": []}, "lanes"),
+        ({"lanes": [{"model": "m", "type": "image"}]}, "lanes"),
+        ({"lanes": [{"model": "m", "context_length": -1}]}, "lanes"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"state": "asleep"}, "state"),
+        ({"session_id": "x y"}, "session_id"),
+    ],
+)
+async def test_malformed_registrations_name_the_field(body: dict[str, Any], param: str) -> None:
+    fleet, inventory, _ = make_fleet()
+    with pytest.raises(InvalidRequest) as err:
+        register(fleet, **body)
+    assert err.value.param == param
+    assert len(inventory) == 0
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+async def test_heartbeat_timeout_then_four_hour_deletion_idempotent() -> None:
+    fleet, inventory, clock = make_fleet()
+    sid = register(fleet)["session_id"]
+    fleet.open_control(ALICE, sid)
+    clock.advance(60)
+    fleet.heartbeat(ALICE, sid, {})
+    clock.advance(89)
+    fleet.sweep()
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]  # 89 s since the heartbeat
+    clock.advance(1)
+    fleet.sweep()
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+    fleet.sweep()  # idempotent
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+    clock.advance(4 * 3600 - 1)
+    fleet.sweep()
+    assert inventory.get(LANE) is not None
+    clock.advance(1)
+    fleet.sweep()
+    assert inventory.get(LANE) is None
+    assert fleet.registry.rows == {}
+    assert "alice-laptop" not in fleet.providers
+    fleet.sweep()  # idempotent
+    assert len(inventory) == 0
+    with pytest.raises(UnknownSession):
+        fleet.heartbeat(ALICE, sid, {})
+
+
+async def test_heartbeat_revives_only_with_the_control_stream_open() -> None:
+    fleet, inventory, clock = make_fleet()
+    sid = register(fleet)["session_id"]
+    clock.advance(100)
+    fleet.sweep()
+    assert fleet.heartbeat(ALICE, sid, {})["control"] is False
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]  # no way to reach it
+    channel = fleet.open_control(ALICE, sid)
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
+    assert fleet.heartbeat(ALICE, sid, {"state": "hibernating"})["control"] is True
+    assert inventory.get(LANE).health == Health.HIBERNATING  # type: ignore[union-attr]
+    clock.advance(100)
+    fleet.sweep()
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+    # Silent too long with its stream open: the stream is closed too, so a live publisher reconnects.
+    assert channel.closed
+    assert fleet.heartbeat(ALICE, sid, {})["control"] is False
+    fleet.open_control(ALICE, sid)
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
+
+
+async def test_disconnect_is_inactive_at_once_and_a_replaced_stream_is_not() -> None:
+    fleet, inventory, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    first = fleet.open_control(ALICE, sid)
+    second = fleet.open_control(ALICE, sid)  # it reconnected before the old stream noticed
+    assert first.closed
+    fleet.close_control(first)
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
+    fleet.close_control(second)
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+
+
+async def test_a_declared_backend_appearing_later_takes_the_name() -> None:
+    declared: list[str] = []
+    settings = settings_from_data({}, source="test.yaml")
+    inventory, clock = Inventory(), ManualClock()
+    fleet = Fleet(inventory, clock, settings, declared=lambda: declared)
+    register(fleet)
+    declared.append("alice-laptop")
+    fleet.sweep()
+    assert len(inventory) == 0
+    assert "alice-laptop" not in fleet.providers
+
+
+# -- relaying -------------------------------------------------------------------------------------
+
+
+def chat_call(model: str = "llama3.2:3b", timeout: float = 60) -> Call:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return Call(model=model, body=body, timeout=timeout)
+
+
+async def test_a_call_is_a_task_and_its_result_the_reply() -> None:
+    fleet, _, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    (hello, _), (kind, data) = events(channel)
+    assert (hello, kind) == ("hello", "task")
+    task = orjson.loads(data)
+    assert (task["lane"], task["operation"], task["stream"]) == (LANE, "chat", False)
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": [],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4},
+    }
+    fleet.result(ALICE, sid, task["task_id"], {"status": 200, "body": body})
+    reply = await call
+    assert orjson.loads(reply.body) == body
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 4
+    with pytest.raises(UnknownTask):  # posted twice: the task is gone
+        fleet.result(ALICE, sid, task["task_id"], {"status": 200, "body": body})
+
+
+async def test_a_task_in_flight_goes_back_to_pending_and_is_resent_on_reconnect() -> None:
+    fleet, _, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    first = orjson.loads(events(channel)[-1][1])["task_id"]
+    fleet.close_control(channel)  # the publisher dropped mid-task
+    assert fleet.pending() == 1
+    with pytest.raises(UnknownTask):  # its result, late, for the old id: refused
+        fleet.result(ALICE, sid, first, {"status": 200, "body": {}})
+    channel = fleet.open_control(ALICE, sid)
+    resent = orjson.loads(events(channel)[-1][1])
+    assert resent["task_id"] != first
+    fleet.result(ALICE, sid, resent["task_id"], {"status": 200, "body": {"ok": 1}})
+    assert orjson.loads((await call).body) == {"ok": 1}
+    assert fleet.pending() == 0
+
+
+async def test_a_parked_task_gives_up_after_the_redispatch_wait() -> None:
+    fleet, _, clock = make_fleet(redispatch_wait=30)
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    fleet.close_control(channel)
+    await settle()  # the give-up timer is sleeping on the clock
+    clock.advance(30)
+    with pytest.raises(PublisherUnavailable, match="did not come back within 30s"):
+        await call
+    assert fleet.pending() == 0
+
+
+async def test_a_dropped_task_fails_over_at_once_when_another_lane_serves_the_model() -> None:
+    fleet, inventory, _ = make_fleet()
+    inventory.write_lanes([Lane("local", "ollama", "gpu-1", "chat", "llama3.2:3b")])
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    fleet.close_control(channel)
+    with pytest.raises(PublisherUnavailable, match="another lane serves"):
+        await call
+    assert fleet.pending() == 0
+
+
+async def test_a_call_times_out_on_the_injected_clock_and_cancels_its_task() -> None:
+    fleet, _, clock = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call(timeout=20)))
+    await settle()
+    clock.advance(20)
+    with pytest.raises(UpstreamTimeout):
+        await call
+    assert [name for name, _ in events(channel)] == ["hello", "task", "cancel"]
+
+
+async def test_ten_concurrent_calls_share_one_wake() -> None:
+    fleet, inventory, _ = make_fleet()
+    sid = register(fleet, state="hibernating", max_concurrency=10)["session_id"]
+    assert inventory.get(LANE).health == Health.HIBERNATING  # type: ignore[union-attr]
+    channel = fleet.open_control(ALICE, sid)
+    calls = [asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call())) for _ in range(10)]
+    await settle()
+    sent = events(channel)
+    wakes = [orjson.loads(d) for name, d in sent if name == "wake"]
+    assert len(wakes) == 1
+    assert not [name for name, _ in sent if name == "task"]  # nothing runs before it is awake
+    fleet.result(ALICE, sid, wakes[0]["task_id"], {"status": 200})
+    await settle()
+    tasks = [orjson.loads(d) for name, d in events(channel) if name == "task"]
+    assert len(tasks) == 10
+    assert fleet.registry.state_of(LANE) == State.ACTIVE
+    for t in tasks:
+        fleet.result(ALICE, sid, t["task_id"], {"status": 200, "body": {"n": 1}})
+    assert len(await asyncio.gather(*calls)) == 10
+
+
+async def test_a_failed_wake_fails_every_waiter_and_stays_hibernating() -> None:
+    fleet, _, _ = make_fleet()
+    sid = register(fleet, state="hibernating", max_concurrency=10)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    calls = [asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call())) for _ in range(10)]
+    await settle()
+    (wake,) = [orjson.loads(d) for name, d in events(channel) if name == "wake"]
+    fleet.result(ALICE, sid, wake["task_id"], {"error": {"status": 500, "message": "GPU on fire"}})
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, WakeFailed) and "GPU on fire" in r.message for r in results)
+    assert fleet.registry.state_of(LANE) == State.HIBERNATING
+    nxt = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    assert [name for name, _ in events(channel)] == ["wake"]  # the next request tries again
+    nxt.cancel()
+
+
+async def test_bogus_posts_change_nothing() -> None:
+    fleet, _, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    real = orjson.loads(events(channel)[-1][1])["task_id"]
+    for i in range(500):
+        with pytest.raises(UnknownTask):
+            fleet.result(ALICE, sid, f"t_bogus{i}", {"status": 200, "body": {}})
+        with pytest.raises(UnknownTask):
+            fleet.chunks(ALICE, sid, f"t_bogus{i}", {"seq": 0, "chunks": []})
+    with pytest.raises(Conflict):  # not a streamed call
+        fleet.chunks(ALICE, sid, real, {"seq": 0, "chunks": [{}]})
+    with pytest.raises(InvalidRequest):
+        fleet.result(ALICE, sid, real, {"status": 200})  # no body for a non-streamed call
+    assert not call.done()
+    fleet.result(ALICE, sid, real, {"status": 200, "body": {"fine": True}})
+    assert orjson.loads((await call).body) == {"fine": True}
