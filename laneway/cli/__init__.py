@@ -18,6 +18,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "lanes": ("laneway.cli.lanes", "lanes"),
     "models": ("laneway.cli.models", "models"),
     "pools": ("laneway.cli.pools", "pools"),
+    "publishers": ("laneway.cli.publishers", "publishers"),
+    "publish": ("laneway.cli.publish", "publish"),
     "refresh": ("laneway.cli.refresh", "refresh"),
     "serve": ("laneway.cli.serve", "serve"),
     "signals": ("laneway.cli.signals", "signals"),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import signal
+import socket
+from collections.abc import Iterator
 
 import click
 
@@ -30,7 +34,29 @@ async def serve_gateway(settings: Settings, host: str, port: int) -> None:
             log_config=None,
             timeout_graceful_shutdown=10,
         )
-        server = uvicorn.Server(config)
+        fleet = gateway.fleet
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                # uvicorn's own re-raises SIGTERM once it has stopped serving, which kills the
+                # process before the gateway's shutdown below (the last usage batch, the signals).
+                handled = (signal.SIGINT, signal.SIGTERM)
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                # Publishers' control streams never end by themselves: end them first, or the
+                # graceful shutdown waits its whole timeout for them.
+                if fleet is not None:
+                    fleet.close_streams()
+                await super().shutdown(sockets)
+
+        server = Server(config)
         # Everything built at start-up lives as long as the process: move it out of the cyclic
         # collector's sight, and collect less often. Measured with bench.overhead at concurrency
         # 64: p99 fell from ~100 ms (full collections of the start-up heap) to ~36 ms.

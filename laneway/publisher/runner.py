@@ -1,0 +1,472 @@
+"""The publisher's loops: stay registered and connected, run the tasks the gateway sends, wake the
+backend, announce idleness.
+
+Shape of a run (``Publisher.run``)::
+
+    serve:      register → control stream + heartbeats + tasks → lost → backoff → register ...
+    hibernate:  no task for ``hibernate_after`` seconds → state "hibernating", heartbeat at once
+
+A *connection* is one register plus one control stream. Tasks belong to their connection: when
+the stream is lost the gateway re-dispatches what was in flight, so the copies still running here
+could only post results it refuses; they are cancelled, which frees their slots for the
+re-dispatched ones. Everything that waits on time waits on the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from laneway.clock import Clock, SystemClock, within
+from laneway.errors import UpstreamError
+from laneway.publisher.client import GatewayClient, GatewayError
+from laneway.publisher.local import Lane, LocalBackend, WakeFailed, WakeRecipe, error_result
+from laneway.publisher.state import PublisherState, save_state, session_for
+
+# A register refused with one of these will be refused again: a wrong token, a name or model
+# outside its scope, a malformed body, no publisher endpoint at all. Other failures are retried.
+FATAL_REGISTER = frozenset({400, 401, 403, 404, 413, 422})
+# A chunk or result post refused with one of these: the gateway no longer wants the task.
+TASK_GONE = frozenset({404, 409})
+
+
+def backoff_delay(failures: int, base: float = 5.0, cap: float = 60.0) -> float:
+    """Seconds before the next connection attempt after ``failures`` failed ones in a row
+    (counting from 1): 5, 10, 20, 40, 60, 60... for the defaults."""
+    return float(min(base * 2 ** max(failures - 1, 0), cap))
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStatus:
+    """What the publisher shows its user. ``lanes`` are the lane ids the gateway gave (published
+    names until it answered); ``retry_in`` is set while waiting to reconnect."""
+
+    gateway: str
+    name: str
+    connected: bool = False
+    session_id: str | None = None
+    lanes: tuple[str, ...] = ()
+    state: str = "active"
+    in_flight: int = 0
+    done: int = 0
+    last_error: str | None = None
+    retry_in: float | None = None
+
+
+class _SessionLost(Exception):
+    """The gateway no longer knows the session (a heartbeat got 404): register again at once."""
+
+
+class _TaskGone(Exception):
+    """The gateway refused a post for a task: it was cancelled, timed out or re-dispatched."""
+
+
+class ChunkSender:
+    """Posts one streamed task's chunks in order, one post in flight: chunks that arrive during a
+    post go together in the next one, so a slow gateway link batches instead of queueing posts."""
+
+    def __init__(self, post: Callable[[int, list[dict[str, Any]]], Awaitable[None]]) -> None:
+        self._post = post
+        self._pending: list[dict[str, Any]] = []
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.posts = 0  # the seq of the next post
+
+    def put(self, chunks: list[dict[str, Any]]) -> None:
+        self._pending.extend(chunks)
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more chunks: ``run`` returns once what is pending has been posted."""
+        self._closed = True
+        self._ready.set()
+
+    async def run(self) -> None:
+        while True:
+            if self._pending:
+                batch, self._pending = self._pending, []
+                await self._post(self.posts, batch)
+                self.posts += 1
+            elif self._closed:
+                return
+            else:
+                await self._ready.wait()
+                self._ready.clear()
+
+
+async def _cancel_all(*tasks: asyncio.Future[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Publisher:
+    """Publishes ``lanes`` of ``backend`` on the gateway at ``gateway`` as ``name``.
+
+    ``run()`` returns after ``stop()`` (having unregistered, best effort) and raises
+    ``GatewayError`` only when the gateway refuses the registration for good (see
+    ``FATAL_REGISTER``). ``status`` is a snapshot; ``on_status`` gets every new one. The caller
+    owns ``backend``; the publisher owns its gateway client and closes it when ``run`` ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        gateway: str,
+        token: str,
+        backend: LocalBackend,
+        lanes: Sequence[Lane],
+        name: str,
+        max_concurrency: int = 1,
+        state_file: Path | None = None,
+        wake: WakeRecipe | None = None,
+        hibernate_after: float | None = None,
+        heartbeat_interval: float = 30.0,
+        backoff_base: float = 5.0,
+        backoff_cap: float = 60.0,
+        task_timeout: float = 600.0,
+        unregister_timeout: float = 5.0,
+        clock: Clock | None = None,
+        on_status: Callable[[PublisherStatus], None] | None = None,
+    ) -> None:
+        self._client = GatewayClient(gateway, token)
+        self._backend = backend
+        self._lanes = list(lanes)
+        self._by_name: dict[tuple[str, str], Lane] = {(lane.published, lane.type): lane for lane in lanes}
+        self._name = name
+        self._max_concurrency = max_concurrency
+        self._state_file = state_file
+        self._wake = wake or WakeRecipe()
+        self._hibernate_after = hibernate_after
+        self._heartbeat_interval = heartbeat_interval
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._task_timeout = task_timeout
+        self._unregister_timeout = unregister_timeout
+        self._clock: Clock = clock or SystemClock()
+        self._on_status = on_status
+        self._session_id = (
+            session_for(state_file, gateway=self._client.url, name=name) if state_file else None
+        )
+        self._status = PublisherStatus(
+            gateway=self._client.url,
+            name=name,
+            session_id=self._session_id,
+            lanes=tuple(f"{lane.type}:{lane.published}" for lane in lanes),  # ids once registered
+        )
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self._beat_now = asyncio.Event()  # the hibernate loop asks for a heartbeat at once
+        self._awake = asyncio.Event()  # set while the state is "active"
+        self._awake.set()
+        self._good = False  # this connection got as far as the control stream's hello
+        self._registered = False
+        self._last_activity = 0.0
+
+    # --- the public face ------------------------------------------------------------------------
+
+    @property
+    def status(self) -> PublisherStatus:
+        return self._status
+
+    def stop(self) -> None:
+        """Ask ``run`` to unregister and return (safe from a signal handler on the loop)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        self._last_activity = self._clock.monotonic()
+        serve = asyncio.create_task(self._serve())
+        stopping = asyncio.create_task(self._stopping.wait())
+        helpers: list[asyncio.Task[Any]] = [stopping]
+        if self._hibernate_after is not None:
+            helpers.append(asyncio.create_task(self._hibernate(self._hibernate_after)))
+        try:
+            done, _ = await asyncio.wait((serve, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if serve in done:
+                serve.result()  # it ends on its own only by a fatal refusal
+        finally:
+            await _cancel_all(serve, *helpers)
+            try:
+                if self._stopping.is_set():
+                    await self._unregister()
+            finally:
+                await self._client.aclose()
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def _update(self, **changes: Any) -> None:
+        new = replace(self._status, **changes)
+        if new != self._status:
+            self._status = new
+            if self._on_status is not None:
+                self._on_status(new)
+
+    def _note_error(self, message: str) -> None:
+        self._update(last_error=message)
+
+    def _set_state(self, state: str) -> None:
+        if state == "active":
+            self._awake.set()
+        else:
+            self._awake.clear()
+        self._update(state=state)
+
+    def _activity(self) -> None:
+        """A task arrived or a wake succeeded: not idle any more."""
+        self._last_activity = self._clock.monotonic()
+        if self._status.state != "active":
+            self._set_state("active")
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        failures = 0
+        while True:
+            self._good = False
+            try:
+                await self._connection()
+                self._note_error("the gateway closed the control stream")
+            except _SessionLost:
+                self._note_error("the gateway no longer knew this session; registered again")
+                failures = 0
+                continue
+            except GatewayError as exc:
+                if not self._registered and exc.status_code in FATAL_REGISTER:
+                    raise
+                self._note_error(exc.message)
+            failures = 1 if self._good else failures + 1
+            delay = backoff_delay(failures, self._backoff_base, self._backoff_cap)
+            self._update(connected=False, retry_in=delay)
+            await self._clock.sleep(delay)
+            self._update(retry_in=None)
+
+    async def _register(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": self._name,
+            "max_concurrency": self._max_concurrency,
+            "state": self._status.state,
+            "lanes": [lane.wire() for lane in self._lanes],
+        }
+        if self._session_id is not None:
+            body["session_id"] = self._session_id
+        self._registered = False
+        answer = await self._client.register(body)
+        session_id = answer.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            raise GatewayError("register: the gateway's answer has no session_id")
+        self._registered = True
+        if session_id != self._session_id and self._state_file is not None:
+            state = PublisherState(session_id=session_id, gateway=self._client.url, name=self._name)
+            try:
+                save_state(self._state_file, state)
+            except OSError as exc:  # only a restart's re-adoption is lost: keep publishing
+                self._note_error(f"cannot write the state file {self._state_file}: {exc.strerror or exc}")
+        self._session_id = session_id
+        lanes = answer.get("lanes")
+        ids = tuple(str(lane["id"]) for lane in (lanes or []) if isinstance(lane, dict) and "id" in lane)
+        self._update(session_id=session_id, lanes=ids or self._status.lanes)
+        return answer
+
+    async def _connection(self) -> None:
+        answer = await self._register()
+        session_id = str(answer["session_id"])
+        interval = self._heartbeat_interval
+        offered = answer.get("heartbeat_interval")
+        if isinstance(offered, int | float) and offered > 0:
+            interval = min(interval, float(offered))  # beat more often than asked, never less
+        beats = asyncio.create_task(self._heartbeats(session_id, interval))
+        listen = asyncio.create_task(self._listen(session_id))
+        try:
+            done, _ = await asyncio.wait((beats, listen), return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                finished.result()
+        finally:
+            await _cancel_all(beats, listen, *self._tasks.values())
+            self._tasks.clear()
+            self._update(connected=False)
+
+    async def _listen(self, session_id: str) -> None:
+        async with contextlib.aclosing(self._client.control(session_id)) as events:
+            async for event, data in events:
+                if event == "hello":
+                    self._good = True
+                    self._update(connected=True, retry_in=None)
+                elif event in ("task", "wake"):
+                    task_id = data.get("task_id")
+                    if not isinstance(task_id, str) or not task_id:
+                        self._note_error(f"the gateway sent a {event} without a task_id")
+                        continue
+                    if event == "task":
+                        self._spawn(task_id, self._run_task(session_id, task_id, data))
+                    else:
+                        self._spawn(task_id, self._run_wake(session_id, task_id))
+                elif event == "cancel":
+                    running = self._tasks.get(str(data.get("task_id")))
+                    if running is not None:
+                        running.cancel()
+
+    def _spawn(self, task_id: str, work: Coroutine[Any, Any, None]) -> None:
+        previous = self._tasks.pop(task_id, None)
+        if previous is not None:  # sent again: the gateway refuses the old copy's posts anyway
+            previous.cancel()
+        task = asyncio.create_task(work, name=f"publisher-task-{task_id}")
+        self._tasks[task_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tasks.get(task_id) is done:
+                del self._tasks[task_id]
+
+        task.add_done_callback(forget)
+
+    async def _heartbeats(self, session_id: str, interval: float) -> None:
+        while True:
+            await self._next_beat(interval)
+            try:
+                answer = await self._client.heartbeat(session_id, self._status.state)
+            except GatewayError as exc:
+                if exc.status_code == 404:
+                    raise _SessionLost from None
+                self._note_error(exc.message)  # the control stream tells whether the link is gone
+                continue
+            if answer.get("control") is False:
+                raise GatewayError("heartbeat: the gateway says this session's control stream is closed")
+
+    async def _next_beat(self, interval: float) -> None:
+        """Wait ``interval`` on the clock, or less when the hibernate loop wants a beat now."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(interval))
+        poked = asyncio.ensure_future(self._beat_now.wait())
+        try:
+            await asyncio.wait((sleeper, poked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _cancel_all(sleeper, poked)
+        self._beat_now.clear()
+
+    async def _unregister(self) -> None:
+        if self._session_id is None or not self._registered:
+            return
+        try:
+            await self._client.unregister(self._session_id, timeout=self._unregister_timeout)
+        except GatewayError as exc:
+            self._note_error(exc.message)
+        self._registered = False
+
+    # --- idleness -------------------------------------------------------------------------------
+
+    async def _hibernate(self, after: float) -> None:
+        """Announce hibernation once nothing ran for ``after`` seconds; wait for a wake or a task."""
+        while True:
+            if not self._awake.is_set():
+                await self._awake.wait()
+                continue
+            idle = self._clock.monotonic() - self._last_activity
+            if not self._tasks and idle >= after:
+                self._set_state("hibernating")
+                self._beat_now.set()
+                continue
+            await self._clock.sleep(after if self._tasks else after - idle)  # then look again
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def _post_result(self, session_id: str, task_id: str, result: Mapping[str, Any]) -> None:
+        await self._to_gateway(self._client.post_result(session_id, task_id, result))
+
+    @staticmethod
+    async def _to_gateway(call: Awaitable[None]) -> None:
+        try:
+            await call
+        except GatewayError as exc:
+            if exc.status_code in TASK_GONE:
+                raise _TaskGone from None
+            raise
+
+    async def _run_task(self, session_id: str, task_id: str, data: Mapping[str, Any]) -> None:
+        self._activity()
+        operation, model, body = data.get("operation"), data.get("model"), data.get("body")
+        lane = self._by_name.get((str(model), str(operation)))
+        try:
+            if lane is None or not isinstance(body, dict):
+                problem = "no body" if lane is not None else f"no {operation} lane for model '{model}' here"
+                status = 400 if lane is not None else 404
+                await self._post_result(
+                    session_id, task_id, {"error": {"status": status, "message": problem}}
+                )
+                return
+            async with self._slots:
+                self._update(in_flight=self._status.in_flight + 1)
+                try:
+                    await self._call_backend(session_id, task_id, lane, body, bool(data.get("stream")))
+                    self._update(done=self._status.done + 1)
+                finally:
+                    self._last_activity = self._clock.monotonic()
+                    self._update(in_flight=self._status.in_flight - 1)
+        except _TaskGone:
+            pass  # cancelled, timed out or re-dispatched on the gateway: nothing more to say
+        except GatewayError as exc:
+            self._note_error(exc.message)
+
+    async def _call_backend(
+        self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any], stream: bool
+    ) -> None:
+        try:
+            if stream and lane.type != "embedding":
+                await self._relay_stream(session_id, task_id, lane, body)
+                result: dict[str, Any] = {"status": 200}
+            else:
+                answer = await self._backend.reply(lane, body, timeout=self._task_timeout)
+                result = {"status": 200, "body": answer}
+        except UpstreamError as exc:
+            result = error_result(exc)
+        await self._post_result(session_id, task_id, result)
+
+    async def _relay_stream(self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any]) -> None:
+        """Read the backend's stream and post its chunks as they come (see ``ChunkSender``).
+        Returns once every chunk is posted; raises ``UpstreamError`` when the backend fails
+        (after posting what it sent before) and ``_TaskGone`` when the gateway drops the task."""
+
+        async def post(seq: int, chunks: list[dict[str, Any]]) -> None:
+            await self._to_gateway(self._client.post_chunks(session_id, task_id, seq, chunks))
+
+        sender = ChunkSender(post)
+        async with self._backend.stream(lane, body, timeout=self._task_timeout) as batches:
+
+            async def pump() -> None:
+                async for chunks in batches:
+                    sender.put(chunks)
+
+            sending = asyncio.create_task(sender.run())
+            reading = asyncio.create_task(pump())
+            try:
+                await asyncio.wait((sending, reading), return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():  # the sender stopped first: only ever by an error
+                    sending.result()
+                sender.close()
+                await sending  # flush what is pending, even when the backend failed
+                reading.result()
+            finally:
+                await _cancel_all(sending, reading)
+
+    # --- wake -----------------------------------------------------------------------------------
+
+    async def _run_wake(self, session_id: str, task_id: str) -> None:
+        timeout = self._wake.timeout
+        try:
+            await within(self._clock, timeout, self._backend.wake(self._wake, self._clock))
+        except TimeoutError:
+            message = f"the local backend did not answer within {timeout:g}s of the wake"
+            result: dict[str, Any] = {"error": {"status": 504, "message": message}}
+        except WakeFailed as exc:
+            result = {"error": {"status": 502, "message": str(exc)}}
+        else:
+            result = {"status": 200}
+            self._activity()
+        try:
+            await self._post_result(session_id, task_id, result)
+        except _TaskGone:
+            pass
+        except GatewayError as exc:
+            self._note_error(exc.message)
