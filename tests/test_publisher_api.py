@@ -449,3 +449,16 @@ async def test_laneway_publishers_shows_the_sessions(
     out = await asyncio.to_thread(run)
     assert "closed" in out
     assert "2 inactive" in out
+
+
+async def test_a_published_model_by_publisher_slash_model(
+    pub_gw: RunningGateway, publisher: ScriptedPublisher
+) -> None:
+    await publisher.register(lanes=[{"model": "llama3.2:3b"}])  # the declared gpu-1 serves it too
+    await publisher.connect()
+    worker = asyncio.create_task(answer_tasks(publisher, 1))
+    raw = await client(pub_gw).chat.completions.with_raw_response.create(
+        model="alice-laptop/llama3.2:3b", messages=CHAT
+    )
+    assert raw.headers["x-laneway-backend"] == "alice-laptop"
+    assert len(await worker) == 1

@@ -14,6 +14,8 @@ import yaml
 from laneway.cli.common import friendly_errors, run_async
 
 DEMO_KEY = "lw-demo-key"
+PUBLISH_TOKEN = "lw-demo-publish-token"
+LAPTOP_MODEL = "qwen2.5:0.5b"  # served by a fourth sim, published into the gateway by a publisher
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -47,6 +49,7 @@ def demo_config(ports: dict[str, int], data_dir: str, host: str, port: int) -> d
                 "api_key": "sim-anthropic-key",
             },
         },
+        "publishers": {"tokens": [{"name": "demo", "token": PUBLISH_TOKEN, "names": ["*"]}]},
         "routes": {
             "smart": ["frontier-anthropic/claude-sonnet-*", "cloud-openai/gpt-4o-mini"],
             "fast": ["local-ollama/llama3.2:*", "cloud-openai/gpt-4o-mini"],
@@ -59,7 +62,7 @@ def demo_config(ports: dict[str, int], data_dir: str, host: str, port: int) -> d
     }
 
 
-def instructions(url: str, config_path: Path) -> str:
+def instructions(url: str, config_path: Path, laptop: str) -> str:
     return f"""
 laneway demo is running at {url}  (config: {config_path})
 
@@ -76,7 +79,11 @@ print(c.chat.completions.create(model="llama3.2:3b", messages=[{{"role": "user",
 Models: llama3.2:3b and nomic-embed-text:latest (simulated Ollama), gpt-4o-mini and
 text-embedding-3-small (simulated OpenAI), claude-sonnet-4-6 and claude-haiku-4-5 (simulated
 Anthropic); also by backend (local-ollama/llama3.2:3b), by route (smart, fast) and by role
-(chat, task, embed).
+(chat, task, embed). {LAPTOP_MODEL} is published by "demo-laptop", a `laneway publish` running
+inside the demo in front of a fourth simulated Ollama ({laptop}): a virtual lane of tier fleet.
+Publish it once more under another name, from another terminal:
+
+  .venv/bin/laneway publish --gateway {url} --token {PUBLISH_TOKEN} --backend {laptop} --name my-box
 
 The demo key is also an admin key: watch the live inventory with
 
@@ -84,6 +91,7 @@ The demo key is also an admin key: watch the live inventory with
   .venv/bin/laneway lanes          # every lane (add --watch to follow changes)
   .venv/bin/laneway backends       # each backend's last refresh, error and auth cooldown
   .venv/bin/laneway refresh        # refresh every backend now
+  .venv/bin/laneway publishers     # publisher sessions, their lanes and tasks in flight
 
 Press Ctrl-C to stop.
 """
@@ -94,6 +102,7 @@ async def _run(host: str, port: int, data_dir: str) -> None:
 
     from laneway import logs
     from laneway.api.app import build_app
+    from laneway.cli.serve import gateway_server
     from laneway.config import settings_from_data
     from laneway.gateway import Gateway
     from laneway.sim.app import build_sim_app
@@ -106,6 +115,7 @@ async def _run(host: str, port: int, data_dir: str) -> None:
         "anthropic": SimOptions(
             family="anthropic", api_key="sim-anthropic-key", latency=0.05, tokens_per_second=50
         ),
+        "laptop": SimOptions(family="ollama", models=[LAPTOP_MODEL], latency=0.05, tokens_per_second=50),
     }
     servers: list[tuple[uvicorn.Server, socket.socket]] = []
     ports: dict[str, int] = {}
@@ -135,14 +145,43 @@ async def _run(host: str, port: int, data_dir: str) -> None:
             log_config=None,
             access_log=False,
         )
-        gw_server = uvicorn.Server(gw_config)
-        click.echo(instructions(f"http://{host}:{gw_sock.getsockname()[1]}", config_path))
-        await gw_server.serve(sockets=[gw_sock])
+        gw_server = gateway_server(gw_config, gateway)
+        url = f"http://{host}:{gw_sock.getsockname()[1]}"
+        serving = asyncio.create_task(gw_server.serve(sockets=[gw_sock]))
+        while not gw_server.started and not serving.done():  # noqa: ASYNC110 - no started event
+            await asyncio.sleep(0.01)
+        laptop = f"http://127.0.0.1:{ports['laptop']}"
+        backend, publisher = await _publisher(url, laptop)
+        publishing = asyncio.create_task(publisher.run())
+        click.echo(instructions(url, config_path, laptop))
+        try:
+            await serving
+        finally:
+            publisher.stop()
+            await asyncio.gather(publishing, return_exceptions=True)
+            await backend.aclose()
     finally:
         for server, _ in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         await gateway.aclose()
+
+
+async def _publisher(url: str, laptop: str) -> tuple[Any, Any]:
+    """The demo's own ``laneway publish``: the laptop sim's model, published as demo-laptop.
+    Returns (its local backend, the publisher); the caller closes the backend."""
+    from laneway.publisher.local import LocalBackend, select_lanes
+    from laneway.publisher.runner import Publisher
+
+    backend, models = await LocalBackend.connect(laptop, "ollama")
+    return backend, Publisher(
+        gateway=url,
+        token=PUBLISH_TOKEN,
+        backend=backend,
+        lanes=select_lanes(models),
+        name="demo-laptop",
+        max_concurrency=4,
+    )
 
 
 @click.command()

@@ -55,7 +55,8 @@ class Resolver:
             lanes = [Candidate(lane) for lane in self.inventory.by_model(name)]
             if not lanes:
                 backend, sep, model = name.partition("/")
-                if sep and backend in self.backends:
+                # A declared backend, or a publisher's name (its lanes are in the inventory).
+                if sep and (backend in self.backends or self.inventory.by_backend(backend)):
                     lanes = [Candidate(ln) for ln in self.inventory.by_model(model) if ln.backend == backend]
         if not lanes:
             raise ModelNotFound(

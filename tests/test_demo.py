@@ -1,0 +1,53 @@
+"""``laneway demo``, the README's first command, as a process: it serves the three simulated
+families and a published model, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import openai
+
+from tests.test_inventory_e2e import free_port
+from tests.test_publish_e2e import ENV, LANEWAY, get, wait_for
+
+DEMO_KEY = "lw-demo-key"
+CHAT: list[dict[str, str]] = [{"role": "user", "content": "hi"}]
+
+
+def test_demo_serves_every_family_and_a_published_model(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*LANEWAY, "demo", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
+    try:
+        lane = "fleet:virtual:demo-laptop:chat:qwen2.5%3A0.5b"
+
+        def published() -> bool:
+            status, body = get(url + "/admin/lanes", DEMO_KEY)
+            return status == 200 and any(ln["id"] == lane and ln["routable"] for ln in body["lanes"])
+
+        wait_for(published, "the demo's publisher has published its model")
+        with openai.OpenAI(base_url=url + "/v1", api_key=DEMO_KEY, max_retries=0) as sdk:
+            smart = sdk.chat.completions.with_raw_response.create(model="smart", messages=CHAT)  # type: ignore[arg-type]
+            assert smart.headers["x-laneway-backend"] == "frontier-anthropic"
+            raw = sdk.chat.completions.with_raw_response.create(model="qwen2.5:0.5b", messages=CHAT)  # type: ignore[arg-type]
+            assert raw.headers["x-laneway-lane"] == lane
+            assert raw.parse().choices[0].message.content
+            emb = sdk.embeddings.create(model="embed", input="x")
+            assert emb.data[0].embedding
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    text = log.read_text(errors="replace")
+    assert code == 0, text
+    assert "Traceback" not in text
+    assert "laneway demo is running at" in text
+    assert "laneway publish --gateway" in text
