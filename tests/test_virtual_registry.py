@@ -395,3 +395,33 @@ async def test_bogus_posts_change_nothing() -> None:
     assert not call.done()
     fleet.result(ALICE, sid, real, {"status": 200, "body": {"fine": True}})
     assert orjson.loads((await call).body) == {"fine": True}
+
+
+async def test_a_draining_publisher_takes_no_new_task_and_finishes_its_own() -> None:
+    fleet, inventory, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    task = orjson.loads(events(channel)[-1][1])
+    fleet.heartbeat(ALICE, sid, {"state": "draining"})
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
+    assert fleet.pending() == 0  # its task was not taken back
+    fleet.result(ALICE, sid, task["task_id"], {"status": 200, "body": {"done": True}})
+    assert orjson.loads((await call).body) == {"done": True}
+    with pytest.raises(InvalidRequest):  # draining is announced by a heartbeat, not registered
+        register(fleet, session_id=sid, state="draining")
+
+
+async def test_a_draining_publisher_gone_silent_gives_its_tasks_back() -> None:
+    fleet, _, clock = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call(timeout=600)))
+    await settle()
+    fleet.heartbeat(ALICE, sid, {"state": "draining"})
+    clock.advance(90)
+    fleet.sweep()
+    assert channel.closed
+    assert fleet.pending() == 1  # back to pending, for when it (or its restart) returns
+    call.cancel()

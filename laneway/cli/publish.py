@@ -161,6 +161,15 @@ class StatusView:
     metavar="SECONDS",
     help="Announce hibernation after this long without a task.",
 )
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On Ctrl-C or SIGTERM, let tasks in flight finish for this long (no new ones come); "
+    "a second Ctrl-C stops at once.",
+)
 @click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=30.0, hidden=True)
 def publish(
     gateway: str | None,
@@ -177,6 +186,7 @@ def publish(
     wake_url: str | None,
     wake_timeout: float,
     hibernate_after: float | None,
+    drain_timeout: float,
     heartbeat_interval: float,
 ) -> None:
     """Publish this machine's models on a laneway gateway, as lanes of tier fleet.
@@ -218,6 +228,7 @@ def publish(
             state_file=state_file or default_state_path(name),
             wake=recipe,
             hibernate_after=hibernate_after,
+            drain_timeout=drain_timeout,
             heartbeat_interval=heartbeat_interval,
         )
     )
@@ -237,6 +248,7 @@ async def _publish(
     state_file: Path,
     wake: WakeRecipe,
     hibernate_after: float | None,
+    drain_timeout: float,
     heartbeat_interval: float,
 ) -> None:
     from laneway.publisher.client import GatewayError
@@ -270,6 +282,7 @@ async def _publish(
             state_file=state_file,
             wake=wake,
             hibernate_after=hibernate_after,
+            drain_timeout=drain_timeout,
             heartbeat_interval=heartbeat_interval,
             on_status=view,
         )

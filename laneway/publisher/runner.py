@@ -130,6 +130,7 @@ class Publisher:
         backoff_cap: float = 60.0,
         task_timeout: float = 600.0,
         unregister_timeout: float = 5.0,
+        drain_timeout: float = 30.0,
         clock: Clock | None = None,
         on_status: Callable[[PublisherStatus], None] | None = None,
     ) -> None:
@@ -147,6 +148,7 @@ class Publisher:
         self._backoff_cap = backoff_cap
         self._task_timeout = task_timeout
         self._unregister_timeout = unregister_timeout
+        self._drain_timeout = drain_timeout
         self._clock: Clock = clock or SystemClock()
         self._on_status = on_status
         self._session_id = (
@@ -161,6 +163,7 @@ class Publisher:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._stop_now = asyncio.Event()  # a second stop(): no draining
         self._beat_now = asyncio.Event()  # the hibernate loop asks for a heartbeat at once
         self._awake = asyncio.Event()  # set while the state is "active"
         self._awake.set()
@@ -175,7 +178,10 @@ class Publisher:
         return self._status
 
     def stop(self) -> None:
-        """Ask ``run`` to unregister and return (safe from a signal handler on the loop)."""
+        """Ask ``run`` to drain, unregister and return (safe from a signal handler on the loop).
+        A second call skips what is left of the drain."""
+        if self._stopping.is_set():
+            self._stop_now.set()
         self._stopping.set()
 
     async def run(self) -> None:
@@ -189,6 +195,7 @@ class Publisher:
             done, _ = await asyncio.wait((serve, stopping), return_when=asyncio.FIRST_COMPLETED)
             if serve in done:
                 serve.result()  # it ends on its own only by a fatal refusal
+            await self._drain()
         finally:
             await _cancel_all(serve, *helpers)
             try:
@@ -196,6 +203,31 @@ class Publisher:
                     await self._unregister()
             finally:
                 await self._client.aclose()
+
+    async def _drain(self) -> None:
+        """Stopping with tasks in flight: say "draining" (the gateway sends nothing new and leaves
+        these tasks here), then let them finish, for at most ``drain_timeout`` or until a second
+        ``stop()``. What is still running after that is cancelled; the gateway re-dispatches it."""
+        session_id = self._session_id
+        if not self._tasks or not self._status.connected or session_id is None or self._drain_timeout <= 0:
+            return
+        self._set_state("draining")
+        try:
+            await self._client.heartbeat(session_id, "draining")
+        except GatewayError as exc:
+            self._note_error(exc.message)
+            return
+
+        async def finished() -> None:
+            while self._tasks:
+                await asyncio.wait(list(self._tasks.values()))
+
+        draining = asyncio.ensure_future(within(self._clock, self._drain_timeout, finished()))
+        hurry = asyncio.ensure_future(self._stop_now.wait())
+        try:
+            await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await _cancel_all(draining, hurry)
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -219,7 +251,7 @@ class Publisher:
     def _activity(self) -> None:
         """A task arrived or a wake succeeded: not idle any more."""
         self._last_activity = self._clock.monotonic()
-        if self._status.state != "active":
+        if self._status.state != "active" and not self._stopping.is_set():  # never undo "draining"
             self._set_state("active")
 
     # --- connections ----------------------------------------------------------------------------

@@ -99,7 +99,7 @@ class Fleet:
         return self._answer(session)
 
     def heartbeat(self, grant: PublisherGrant, session_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        session = self.registry.heartbeat(grant, session_id, _state(body.get("state")))
+        session = self.registry.heartbeat(grant, session_id, _state(body.get("state"), draining=True))
         if session.bound:
             self._flush(session)
         return {"lanes": self.registry.lanes_of(session), "control": session.bound}
@@ -442,11 +442,15 @@ def _lane_id(backend: str, operation: str, model: str) -> str:
     )
 
 
-def _state(value: Any) -> State:
+def _state(value: Any, *, draining: bool = False) -> State:
+    """A state a publisher may announce: active or hibernating; draining in a heartbeat."""
     if value is None:
         return State.ACTIVE
-    if value not in (State.ACTIVE, State.HIBERNATING):
-        raise InvalidRequest("'state' must be 'active' or 'hibernating'", param="state")
+    allowed = (
+        (State.ACTIVE, State.HIBERNATING, State.DRAINING) if draining else (State.ACTIVE, State.HIBERNATING)
+    )
+    if value not in allowed:
+        raise InvalidRequest(f"'state' must be one of: {', '.join(allowed)}", param="state")
     return State(value)
 
 

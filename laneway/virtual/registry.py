@@ -44,6 +44,9 @@ class State(StrEnum):
     ACTIVE = "active"
     HIBERNATING = "hibernating"
     INACTIVE = "inactive"
+    # A publisher that is stopping: its lanes take no new task (inactive) but the tasks it is
+    # running are left to finish (a session state; its rows are inactive).
+    DRAINING = "draining"
 
 
 _HEALTH = {
@@ -281,15 +284,22 @@ class Registry:
         session = self.session(session_id, grant)
         session.last_heartbeat = self.clock.now()
         session.state = state
-        if session.bound:
-            self._set_rows(session, state)
+        if session.bound or state == State.DRAINING:
+            self._apply(session)
         return session
 
     def bind(self, session: Session) -> None:
         """Its control stream opened: a sign of life, and tasks can reach it."""
         session.bound = True
         session.last_heartbeat = self.clock.now()
-        self._set_rows(session, session.state)
+        self._apply(session)
+
+    def _apply(self, session: Session) -> None:
+        """The session's own state onto its rows. Draining: inactive, its tasks left running."""
+        if session.state == State.DRAINING:
+            self._inactivate(session, "draining", redispatch=False)
+        else:
+            self._set_rows(session, session.state)
 
     def unbind(self, session: Session, *, reason: str) -> None:
         """Its control stream closed (or it said goodbye): inactive at once."""
@@ -310,7 +320,7 @@ class Registry:
             self.inventory.set_health([r.lane_id for r in changed], _HEALTH[state])
             log.info("publisher lanes %s", state, extra={"publisher": session.name, "session": session.id})
 
-    def _inactivate(self, session: Session, reason: str) -> None:
+    def _inactivate(self, session: Session, reason: str, *, redispatch: bool = True) -> None:
         now = self.clock.now()
         changed = [
             self.rows[i] for i in session.rows if i in self.rows and self.rows[i].state != State.INACTIVE
@@ -323,7 +333,7 @@ class Registry:
                 "publisher lanes inactive",
                 extra={"publisher": session.name, "session": session.id, "reason": reason},
             )
-        if self.on_inactive is not None:
+        if redispatch and self.on_inactive is not None:
             self.on_inactive(session)
 
     # -- the sweep -----------------------------------------------------------------------------
@@ -335,7 +345,9 @@ class Registry:
         cutoff = now - self.settings.heartbeat_timeout
         inactivated: list[str] = []
         for session in list(self.sessions.values()):
-            if session.last_heartbeat <= cutoff and self._alive(session):
+            # A draining session whose heartbeats stopped while its control stream looks open
+            # counts too: its tasks in flight must go back to pending.
+            if session.last_heartbeat <= cutoff and (self._alive(session) or session.bound):
                 self._inactivate(session, f"no heartbeat for {now - session.last_heartbeat:.0f}s")
                 inactivated.append(session.id)
         expired = now - self.settings.inactive_retention

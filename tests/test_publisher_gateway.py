@@ -1,0 +1,121 @@
+"""``laneway publish``'s Publisher, in this process, against the real gateway (on loopback) and a
+real simulated Ollama: what needs both sides at once: a caller who leaves stops the work at the
+sim, and a stopping publisher drains its tasks in flight before it says goodbye."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from laneway.publisher.local import LocalBackend, select_lanes
+from laneway.publisher.runner import Publisher
+from tests.conftest import CLIENT_KEY, RunningGateway, Sim
+from tests.test_publisher_api import ADMIN, TOKEN, eventually, lane_health
+
+pytestmark = pytest.mark.anyio
+
+REPLY = " ".join(f"word{i}" for i in range(12))
+LANE = "fleet:virtual:alice-box:chat:slow-llama"
+CHAT: Any = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def gw(gateway_factory: Any, tmp_path: Path) -> RunningGateway:
+    config = {
+        "storage": {"data_dir": str(tmp_path / "gw")},
+        "auth": {"keys": [{"name": "app", "key": CLIENT_KEY}, {"name": "ops", "key": ADMIN, "admin": True}]},
+        "publishers": {"tokens": [{"name": "alice", "token": TOKEN, "names": ["alice-*"]}]},
+    }
+    running: RunningGateway = gateway_factory(config)
+    return running
+
+
+@pytest.fixture
+def slow(sim_factory: Any) -> Sim:
+    """12 words at 20 tokens/s: a stream that lasts long enough to act in its middle."""
+    sim: Sim = sim_factory(family="ollama", models=["slow-llama"], reply=REPLY, tokens_per_second=20)
+    return sim
+
+
+@pytest.fixture
+async def publisher(gw: RunningGateway, slow: Sim, tmp_path: Path) -> AsyncIterator[Publisher]:
+    backend, models = await LocalBackend.connect(slow.url, "ollama")
+    pub = Publisher(
+        gateway=gw.url,
+        token=TOKEN,
+        backend=backend,
+        lanes=select_lanes(models),
+        name="alice-box",
+        max_concurrency=4,
+        state_file=tmp_path / "state.json",
+        drain_timeout=30,
+    )
+    running = asyncio.create_task(pub.run())
+    try:
+        await eventually(lambda: _health(gw, "healthy"), "the publisher's lane is routable")
+        yield pub
+    finally:
+        pub.stop()
+        pub.stop()  # no draining at teardown
+        await asyncio.gather(running, return_exceptions=True)
+        await backend.aclose()
+
+
+async def _health(gw: RunningGateway, wanted: str) -> bool:
+    return await lane_health(gw, LANE) == wanted
+
+
+async def test_a_stopping_publisher_finishes_its_stream_then_goes(
+    gw: RunningGateway, slow: Sim, publisher: Publisher
+) -> None:
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as sdk:
+        stream = await sdk.chat.completions.create(model="slow-llama", messages=CHAT, stream=True)
+        text = ""
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                if not text:
+                    publisher.stop()  # mid-stream: Ctrl-C on the publisher's machine
+                    await eventually(lambda: _health(gw, "inactive"), "no new task while draining")
+                    assert publisher.status.state == "draining"
+                text += chunk.choices[0].delta.content
+        assert text.split() == REPLY.split()  # the whole answer, no error event
+    assert (slow.stats.streams_completed, slow.stats.streams_cancelled) == (1, 0)
+    await eventually(lambda: _no_session(gw), "unregistered once drained")
+
+
+async def _no_session(gw: RunningGateway) -> bool:
+    from tests.test_publisher_api import admin
+
+    sessions = (await admin(gw, "/admin/publishers"))["publishers"]
+    return all(not s["control"] for s in sessions)
+
+
+async def test_a_caller_who_leaves_stops_the_work_at_the_local_backend(
+    gw: RunningGateway, slow: Sim, publisher: Publisher
+) -> None:
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as sdk:
+        stream = await sdk.chat.completions.create(model="slow-llama", messages=CHAT, stream=True)
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        assert slow.stats.active_streams == 1
+        await stream.close()  # the caller leaves mid-answer
+    await eventually(_stream_stopped(slow), "the sim's stream ended early: the cancel reached it")
+    assert (slow.stats.streams_cancelled, slow.stats.streams_completed) == (1, 0)
+    await eventually(lambda: _in_flight(publisher, 0), "the publisher has nothing in flight")
+
+
+def _stream_stopped(sim: Sim) -> Any:
+    async def check() -> bool:
+        return bool(sim.stats.active_streams == 0 and sim.stats.streams_started == 1)
+
+    return check
+
+
+async def _in_flight(publisher: Publisher, n: int) -> bool:
+    return publisher.status.in_flight == n
