@@ -635,7 +635,7 @@ async def test_cli_publishes_and_unregisters_on_sigterm(
                 seen.append((await proc.stdout.readline()).decode())
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
-            _, err = await proc.communicate()
+            out, err = await proc.communicate()
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -649,4 +649,5 @@ async def test_cli_publishes_and_unregisters_on_sigterm(
         == f"connected to {gateway.url} as cli-box · 2 lanes · 0 in flight · 0 done\n"
     )
     assert seen[0].split(" ", 1)[1].startswith(f"connecting to {gateway.url} as cli-box")
+    assert out.decode().splitlines()[-1] == f"stopped: cli-box left {gateway.url} (0 tasks done)"
     assert "Traceback" not in err.decode()

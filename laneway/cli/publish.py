@@ -83,9 +83,11 @@ class StatusView:
         self._out.flush()
 
     def close(self) -> None:
+        """End the redrawn line (once)."""
         if self._tty and self._last:
             self._out.write("\n")
             self._out.flush()
+        self._last = ""
 
 
 @click.command("publish")
@@ -302,6 +304,9 @@ async def _publish(
         finally:
             for signum in handled:
                 loop.remove_signal_handler(signum)
+        view.close()
+        done = publisher.status.done
+        click.echo(f"stopped: {name} left {gateway} ({done} task{'' if done == 1 else 's'} done)")
     finally:
         view.close()
         await backend.aclose()
