@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint typecheck check bench clean
+.PHONY: demo serve test lint typecheck check bench bench-publish clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead $(ARGS)
+
+bench-publish: $(STAMP)
+	$(BIN)/python -m bench.publish $(ARGS)
 
 clean:
 	rm -rf $(VENV)

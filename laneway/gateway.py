@@ -34,6 +34,7 @@ from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore
 from laneway.usage import UsageRecorder
 from laneway.virtual import Fleet
+from laneway.virtual.tokens import PublisherGrant
 
 log = logging.getLogger("laneway")
 
@@ -179,18 +180,30 @@ class Gateway:
             self.router.resolver = resolver
 
     async def reload_keys(self) -> None:
+        """Client keys and publisher tokens from the database, beside the config file's. Both are
+        read before either is applied: a failed read leaves both as they were.
+
+        A revoked publisher token is refused from then on by every publisher endpoint, and the
+        sessions it opened are cut off: their control streams close, their lanes go inactive."""
         assert self.db is not None
+        assert self.fleet is not None  # built by start() before its first reload
         stored = await self.db.keys.active_hashes()
+        tokens = await self.db.publisher_tokens.active()
         self.keys.replace({**stored, **self._config_keys}, admins=self._admin_keys, grants=self._grants)
+        self.fleet.tokens.replace_stored(
+            {h: PublisherGrant(t.name, t.names, t.models) for h, t in tokens.items()}
+        )
+        self.fleet.cut_off()
 
     async def _reload_keys_forever(self) -> None:
-        # Keys created or revoked with the CLI reach a running server within one interval.
+        # Keys and publisher tokens created or revoked with the CLI reach a running server within
+        # one interval.
         while True:
             await self.clock.sleep(self.options.key_reload_interval)
             try:
                 await self.reload_keys()
             except Exception:  # the database may be briefly away; keep the keys we have
-                log.exception("could not reload API keys")
+                log.exception("could not reload API keys and publisher tokens")
 
     async def aclose(self) -> None:
         self.ready = False

@@ -300,6 +300,23 @@ def test_status_view_redraws_on_a_terminal_and_logs_otherwise() -> None:
     assert [line.split(" ", 1)[1] for line in lines] == [render(first), render(second)]
 
 
+def test_a_log_gets_no_line_per_task_but_a_terminal_shows_the_counts() -> None:
+    tty, log = io.StringIO(), io.StringIO()
+    for out, is_tty in ((tty, True), (log, False)):
+        view = StatusView(out, tty=is_tty)
+        for n in range(50):  # 50 tasks start and end on a connected publisher
+            view(PublisherStatus(gateway="https://gw", name="box", connected=True, in_flight=1, done=n))
+            view(PublisherStatus(gateway="https://gw", name="box", connected=True, in_flight=0, done=n + 1))
+        view(PublisherStatus(gateway="https://gw", name="box", done=50, last_error="lost"))
+        view.close()
+    assert tty.getvalue().count("\r\x1b[2K") == 101
+    lines = [line.split(" ", 1)[1] for line in log.getvalue().splitlines()]
+    assert lines == [
+        "connected to https://gw as box · 0 lanes · 1 in flight · 0 done",
+        "connecting to https://gw as box · 0 lanes · 0 in flight · 50 done · last error: lost",
+    ]
+
+
 def test_default_name_is_the_sanitised_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "gethostname", lambda: "Alice's MacBook Pro.local")
     assert default_name() == "Alice-s-MacBook-Pro.local"

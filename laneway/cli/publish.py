@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
@@ -62,7 +63,8 @@ def render(status: PublisherStatus) -> str:
 
 
 class StatusView:
-    """Shows each new status: redrawn in place on a terminal, else a line when it changed."""
+    """Shows each new status: redrawn in place on a terminal, else a line when it changed (task
+    counts alone do not make a new line)."""
 
     def __init__(self, out: TextIO, *, tty: bool) -> None:
         self._out = out
@@ -71,9 +73,13 @@ class StatusView:
 
     def __call__(self, status: PublisherStatus) -> None:
         line = render(status)
-        if line == self._last:
+        # A log (not a terminal) gets a line when the connection, the state or the last error
+        # changes, not for every task started or done: at hundreds of calls a second that was
+        # megabytes of log a minute. The line still carries the counts as they are.
+        key = line if self._tty else render(replace(status, in_flight=0, done=0))
+        if key == self._last:
             return
-        self._last = line
+        self._last = key
         if self._tty:
             width = shutil.get_terminal_size().columns
             # Cut to the width: a wrapped line could not be redrawn by a carriage return.

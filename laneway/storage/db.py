@@ -23,6 +23,7 @@ from sqlalchemy.pool import StaticPool
 
 from laneway.clock import Clock, SystemClock
 from laneway.storage.errors import DatabaseUnavailable
+from laneway.storage.publisher_tokens import PublisherTokenRepo
 from laneway.storage.repos import BackendRepo, Inflight, KeyRepo
 from laneway.storage.urls import (
     is_sqlite,
@@ -147,6 +148,9 @@ class Database:
         self._inflight = Inflight()
         self.backends = BackendRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
         self.keys = KeyRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
+        self.publisher_tokens = PublisherTokenRepo(
+            self._sessions, clock=clock, url=url, inflight=self._inflight
+        )
         self.usage = UsageRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
 
     @classmethod

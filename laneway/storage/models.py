@@ -1,5 +1,6 @@
-"""The declared-state tables and the usage records. ``migrations/versions`` must produce exactly
-this schema; a test compares the two with Alembic's autogenerate so they cannot drift apart.
+"""The declared-state tables (backends, client keys, publisher tokens) and the usage records.
+``migrations/versions`` must produce exactly this schema; a test compares the two with Alembic's
+autogenerate so they cannot drift apart.
 
 ORM rows never leave ``laneway.storage``: the repositories hand out frozen dataclasses.
 """
@@ -103,6 +104,33 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class PublisherTokenRow(Base):
+    """A publisher token issued with ``laneway publishers tokens create`` (the config file's live in
+    the file). Like a client key: only ``sha256:<hex>`` of the secret and its first characters are
+    kept. ``names`` and ``models`` are the globs it may publish as and publish."""
+
+    __tablename__ = "publisher_tokens"
+    __table_args__ = (
+        # A name picks one token while it is active (``tokens revoke NAME``); revoked ones keep theirs.
+        Index(
+            "uq_publisher_tokens_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))  # owns the sessions the token opens
+    token_hash: Mapped[str] = mapped_column(String(71), unique=True)  # "sha256:" + 64 hex digits
+    prefix: Mapped[str] = mapped_column(String(12))
+    names: Mapped[list[str]] = mapped_column()
+    models: Mapped[list[str]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
 
 
 class UsageRow(Base):

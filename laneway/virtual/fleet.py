@@ -220,6 +220,19 @@ class Fleet:
             except Exception:  # a bug in one sweep must not stop the lifecycle for good
                 log.exception("fleet sweep failed")
 
+    def cut_off(self) -> list[str]:
+        """End the sessions whose owner no longer has a valid token (it was revoked): their
+        control streams close and their lanes go inactive at once, their tasks in flight back to
+        pending. Returns the session ids."""
+        owners = self.tokens.owners()
+        gone = [s for s in self.registry.sessions.values() if s.owner not in owners and s.bound]
+        for session in gone:
+            channel = self.relay.channels.get(session.id)
+            if channel is not None:
+                self.relay.unbind(channel)
+            self.registry.unbind(session, reason="its publisher token was revoked")
+        return [s.id for s in gone]
+
     def close_streams(self) -> None:
         """End every control stream (shutting down): publishers see it and reconnect elsewhere."""
         for channel in list(self.relay.channels.values()):
@@ -294,7 +307,8 @@ class Fleet:
             self.relay.forget(task, cancel=False)
             task.fail(
                 PublisherUnavailable(
-                    f"publisher '{task.backend}' is offline; another lane serves '{task.model}'"
+                    f"publisher '{task.backend}' is offline; another lane serves '{task.model}'",
+                    backend=task.backend,
                 )
             )
             return

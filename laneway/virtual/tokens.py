@@ -2,11 +2,16 @@
 
 They are a separate ring from client keys: a client key is not a publisher token, and a
 publisher token lets nobody call a model.
+
+They come from two places: the config file's ``publishers.tokens`` (fixed for the process's life)
+and the database (``laneway publishers tokens create``), whose active tokens the gateway reloads
+every few seconds with ``replace_stored``. A hash both hold is the config file's grant.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -39,7 +44,7 @@ class PublisherGrant:
 
 class PublisherTokens:
     def __init__(self, tokens: list[PublisherTokenConfig], source: str | None = None) -> None:
-        self._grants: dict[str, PublisherGrant] = {}
+        self._config: dict[str, PublisherGrant] = {}
         for i, t in enumerate(tokens):
             if t.token_hash:
                 digest = t.token_hash
@@ -54,7 +59,20 @@ class PublisherTokens:
                 digest = hash_key(secret)
             else:
                 digest = hash_key(t.token or "")
-            self._grants[digest] = PublisherGrant(t.name, tuple(t.names), tuple(t.models))
+            self._config[digest] = PublisherGrant(t.name, tuple(t.names), tuple(t.models))
+        # What ``identify`` reads: both sources merged, rebuilt on each change so a lookup stays
+        # one dict access. Replaced whole, never mutated, so no caller sees it half-built.
+        self._grants: dict[str, PublisherGrant] = dict(self._config)
+
+    def replace_stored(self, grants: Mapping[str, PublisherGrant]) -> None:
+        """Make ``grants`` (``token_hash -> grant``: the database's active tokens) the stored ones,
+        dropping those no longer given. A token revoked since the last call is refused from now
+        on, on every endpoint; the config file's tokens are kept and win a hash both hold."""
+        self._grants = {**grants, **self._config}
+
+    def owners(self) -> set[str]:
+        """The names that own sessions through a valid token."""
+        return {grant.owner for grant in self._grants.values()}
 
     def identify(self, authorization: str | None) -> PublisherGrant:
         """The grant of a ``Bearer`` publisher token; 401 for a missing or unknown one."""
@@ -62,7 +80,8 @@ class PublisherTokens:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationFailed(
                 "Missing publisher token: send 'Authorization: Bearer <token>' "
-                "(a publisher token from the gateway's publishers.tokens, not a client key)"
+                "(a publisher token from the gateway's publishers.tokens or "
+                "`laneway publishers tokens create`, not a client key)"
             )
         grant = self._grants.get(hash_key(token.strip()))
         if grant is None:
