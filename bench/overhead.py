@@ -164,10 +164,14 @@ HEADER = [
 ]
 
 
-def table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
+
+
+def table(rows: list[Row]) -> str:
+    return markdown_table(HEADER, [r.cells() for r in rows])
 
 
 async def measure(args: argparse.Namespace) -> list[Row]:

@@ -37,7 +37,7 @@ import orjson
 import yaml
 
 from bench.loadgen import Result, run
-from bench.overhead import KEY, MODEL, body, free_port, pinned, wait_http
+from bench.overhead import KEY, MODEL, body, free_port, markdown_table, pinned, wait_http
 
 ADMIN_KEY = "lw-bench-admin"
 PUBLISH_TOKEN = "lw-bench-publish-token"
@@ -249,9 +249,7 @@ HEADER = [
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(HEADER, [r.cells() for r in rows])
 
 
 def publisher_errors(log: Path) -> list[str]:

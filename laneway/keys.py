@@ -21,6 +21,21 @@ class Grant:
 NO_GRANT = Grant()
 
 
+def secret_digest(
+    inline: str | None, env: str | None, digest: str | None, *, where: str, source: str | None
+) -> str:
+    """The ``sha256:<hex>`` of a secret the config gives inline, by environment variable, or as
+    its hash; an unset variable is a config error naming ``where``."""
+    if digest:
+        return digest
+    if env:
+        secret = os.environ.get(env)
+        if not secret:
+            raise ConfigError(f"environment variable '{env}' is not set", key=where, file=source)
+        return hash_key(secret)
+    return hash_key(inline or "")
+
+
 def config_key_hashes(
     keys: list[KeyConfig], source: str | None
 ) -> tuple[dict[str, str], frozenset[str], dict[str, Grant]]:
@@ -29,19 +44,7 @@ def config_key_hashes(
     admins: set[str] = set()
     grants: dict[str, Grant] = {}
     for i, k in enumerate(keys):
-        if k.key_hash:
-            digest = k.key_hash
-        elif k.key_env:
-            secret = os.environ.get(k.key_env)
-            if not secret:
-                raise ConfigError(
-                    f"environment variable '{k.key_env}' is not set",
-                    key=f"auth.keys[{i}].key_env",
-                    file=source,
-                )
-            digest = hash_key(secret)
-        else:
-            digest = hash_key(k.key or "")
+        digest = secret_digest(k.key, k.key_env, k.key_hash, where=f"auth.keys[{i}].key_env", source=source)
         out[digest] = k.caller or k.name
         if k.admin:
             admins.add(digest)

@@ -4,6 +4,7 @@ and the real PostgreSQL of this machine. Nothing of laneway's own is mocked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -129,10 +130,9 @@ def gw(gateway_factory: Any, three_sims: dict[str, Sim], tmp_path: Path) -> Runn
     return running
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end. Never skipped:
-    PostgreSQL runs on this machine and in CI, and a test run without it is a failed run."""
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database on this machine's server; dropped when the block ends."""
     import asyncpg
 
     name = f"laneway_test_{uuid.uuid4().hex[:12]}"
@@ -149,3 +149,11 @@ def pg_url() -> Iterator[str]:
         yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end. Never skipped:
+    PostgreSQL runs on this machine and in CI, and a test run without it is a failed run."""
+    with fresh_pg_database() as url:
+        yield url

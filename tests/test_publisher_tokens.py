@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from laneway.gateway import GatewayOptions
 from laneway.storage import AlreadyExists, Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
 from laneway.virtual.tokens import PublisherGrant, PublisherTokens
-from tests.conftest import PG_ADMIN_DSN, RunningGateway
+from tests.conftest import RunningGateway, fresh_pg_database
 from tests.scripted_publisher import ScriptedPublisher
 from tests.test_cli_admin import laneway, ok, refused
 
@@ -143,22 +142,8 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/fresh.db"
         return
-    import asyncpg
-
-    name = f"laneway_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_pg_database() as url:
+        yield url
 
 
 async def _alembic(url: str, step: Callable[[Config], None]) -> tuple[str, set[str], set[str]]:

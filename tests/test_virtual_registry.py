@@ -425,3 +425,31 @@ async def test_a_draining_publisher_gone_silent_gives_its_tasks_back() -> None:
     assert channel.closed
     assert fleet.pending() == 1  # back to pending, for when it (or its restart) returns
     call.cancel()
+
+
+def test_publisher_token_config_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from laneway.config.schema import PublisherTokenConfig
+    from laneway.errors import ConfigError
+    from laneway.virtual.tokens import PublisherTokens
+
+    monkeypatch.delenv("LW_TEST_UNSET_TOKEN", raising=False)
+    unset = PublisherTokenConfig(name="a", token_env="LW_TEST_UNSET_TOKEN", names=["*"])
+    with pytest.raises(ConfigError) as err:
+        PublisherTokens([unset], "laneway.yaml")
+    assert "publishers.tokens[0].token_env" in err.value.message
+    assert "'LW_TEST_UNSET_TOKEN' is not set" in err.value.message
+    with pytest.raises(ConfigError) as bad:
+        settings_from_data(
+            {"publishers": {"tokens": [{"name": "a", "token": "x", "token_env": "Y", "names": ["*"]}]}},
+            source="laneway.yaml",
+        )
+    assert "publishers.tokens" in bad.value.message
+    assert "give exactly one of token, token_env, token_hash" in bad.value.message
+    with pytest.raises(ConfigError) as short:
+        settings_from_data({"publishers": {"heartbeat_timeout": 10}}, source="laneway.yaml")
+    assert "key 'publishers.heartbeat_timeout'" in short.value.message
+    assert "must be longer than heartbeat_interval (30s)" in short.value.message
+    with pytest.raises(ConfigError, match="registered by publishers"):
+        settings_from_data(
+            {"backends": {"b": {"provider": "virtual", "base_url": "http://x"}}}, source="laneway.yaml"
+        )

@@ -96,6 +96,16 @@ class StorageConfig(_Strict):
         return self.database_url or f"sqlite:///{Path(self.data_dir) / 'laneway.db'}"
 
 
+def _one_secret(model: BaseModel, field: str) -> None:
+    """A secret is given exactly one way: ``FIELD`` inline, ``FIELD_env`` or ``FIELD_hash``."""
+    given = [f for f in (field, f"{field}_env", f"{field}_hash") if getattr(model, f)]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {field}, {field}_env, {field}_hash")
+    digest = getattr(model, f"{field}_hash")
+    if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise ValueError(f"{field}_hash must look like sha256:<64 hex digits>")
+
+
 class KeyConfig(_Strict):
     """A client API key. Give the secret via an environment variable (``key_env``), as a
     pre-computed ``sha256:<hex>`` hash (``key_hash``), or inline (``key``; for demos)."""
@@ -111,11 +121,7 @@ class KeyConfig(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> KeyConfig:
-        given = [k for k in ("key", "key_env", "key_hash") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of key, key_env, key_hash")
-        if self.key_hash and not re.fullmatch(r"sha256:[0-9a-f]{64}", self.key_hash):
-            raise ValueError("key_hash must look like sha256:<64 hex digits>")
+        _one_secret(self, "key")
         return self
 
 
@@ -137,11 +143,7 @@ class PublisherTokenConfig(_Strict):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> PublisherTokenConfig:
-        given = [k for k in ("token", "token_env", "token_hash") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of token, token_env, token_hash")
-        if self.token_hash and not re.fullmatch(r"sha256:[0-9a-f]{64}", self.token_hash):
-            raise ValueError("token_hash must look like sha256:<64 hex digits>")
+        _one_secret(self, "token")
         return self
 
 
@@ -163,11 +165,13 @@ class PublishersConfig(_Strict):
     queue_timeout: Seconds = 60.0
     weight: Weight = 100.0  # the instance weight of every virtual lane
 
-    @model_validator(mode="after")
-    def _timeout_after_interval(self) -> PublishersConfig:
-        if self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
-        return self
+    @field_validator("heartbeat_timeout")
+    @classmethod
+    def _timeout_after_interval(cls, v: float, info: ValidationInfo) -> float:
+        interval = info.data.get("heartbeat_interval")
+        if interval is not None and v <= interval:
+            raise ValueError(f"must be longer than heartbeat_interval ({interval:g}s)")
+        return v
 
 
 class DeclaredModel(_Strict):

@@ -10,13 +10,13 @@ every few seconds with ``replace_stored``. A hash both hold is the config file's
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from laneway.config.schema import PublisherTokenConfig
-from laneway.errors import AuthenticationFailed, ConfigError, PermissionDenied
+from laneway.errors import AuthenticationFailed, PermissionDenied
+from laneway.keys import secret_digest
 from laneway.storage import hash_key
 
 
@@ -46,19 +46,8 @@ class PublisherTokens:
     def __init__(self, tokens: list[PublisherTokenConfig], source: str | None = None) -> None:
         self._config: dict[str, PublisherGrant] = {}
         for i, t in enumerate(tokens):
-            if t.token_hash:
-                digest = t.token_hash
-            elif t.token_env:
-                secret = os.environ.get(t.token_env)
-                if not secret:
-                    raise ConfigError(
-                        f"environment variable '{t.token_env}' is not set",
-                        key=f"publishers.tokens[{i}].token_env",
-                        file=source,
-                    )
-                digest = hash_key(secret)
-            else:
-                digest = hash_key(t.token or "")
+            where = f"publishers.tokens[{i}].token_env"
+            digest = secret_digest(t.token, t.token_env, t.token_hash, where=where, source=source)
             self._config[digest] = PublisherGrant(t.name, tuple(t.names), tuple(t.models))
         # What ``identify`` reads: both sources merged, rebuilt on each change so a lookup stays
         # one dict access. Replaced whole, never mutated, so no caller sees it half-built.
