@@ -22,6 +22,7 @@ pytestmark = pytest.mark.anyio
 REPLY = " ".join(f"word{i}" for i in range(12))
 LANE = "fleet:virtual:alice-box:chat:slow-llama"
 CHAT: Any = [{"role": "user", "content": "hi"}]
+NARROW = "lw-pub-carol-slow-only"
 
 
 @pytest.fixture
@@ -29,7 +30,12 @@ def gw(gateway_factory: Any, tmp_path: Path) -> RunningGateway:
     config = {
         "storage": {"data_dir": str(tmp_path / "gw")},
         "auth": {"keys": [{"name": "app", "key": CLIENT_KEY}, {"name": "ops", "key": ADMIN, "admin": True}]},
-        "publishers": {"tokens": [{"name": "alice", "token": TOKEN, "names": ["alice-*"]}]},
+        "publishers": {
+            "tokens": [
+                {"name": "alice", "token": TOKEN, "names": ["alice-*"]},
+                {"name": "carol", "token": NARROW, "names": ["carol-*"], "models": ["slow-*"]},
+            ]
+        },
     }
     running: RunningGateway = gateway_factory(config)
     return running
@@ -119,3 +125,120 @@ def _stream_stopped(sim: Sim) -> Any:
 
 async def _in_flight(publisher: Publisher, n: int) -> bool:
     return publisher.status.in_flight == n
+
+
+async def test_a_model_pulled_or_removed_while_publishing_follows_on_the_gateway(
+    gw: RunningGateway, slow: Sim, tmp_path: Path
+) -> None:
+    from laneway.clock import ManualClock
+    from tests.test_publisher_api import admin
+
+    clock = ManualClock()
+    backend, models = await LocalBackend.connect(slow.url, "ollama")
+
+    asked = 0
+
+    async def discover() -> list[Any]:
+        nonlocal asked
+        lanes = select_lanes(await backend.provider.list_models())
+        asked += 1
+        return lanes
+
+    pub = Publisher(
+        gateway=gw.url,
+        token=TOKEN,
+        backend=backend,
+        lanes=select_lanes(models),
+        name="alice-box",
+        rediscover=discover,
+        rediscover_interval=60,
+        clock=clock,
+    )
+    running = asyncio.create_task(pub.run())
+
+    async def published() -> set[str]:
+        lanes = (await admin(gw, "/admin/lanes?backend=alice-box"))["lanes"]
+        return {lane["model"] for lane in lanes}
+
+    try:
+        await eventually(lambda: _health(gw, "healthy"), "published")
+        # Each step moves the clock until it is seen: the loop may still be registering the last
+        # change (not yet asleep) when the clock first moves.
+        slow.options.models.append("qwen2.5:7b")  # `ollama pull` on the publisher's machine
+        await eventually(_after(clock, lambda: _has(published, {"slow-llama", "qwen2.5:7b"})), "a lane")
+        slow.options.models.remove("slow-llama")  # `ollama rm`
+        await eventually(_after(clock, lambda: _has(published, {"qwen2.5:7b"})), "its lanes gone")
+        slow.options.models.clear()  # the backend answers with nothing (restarting): nothing changes
+        looked = asked
+        await eventually(_after(clock, lambda: _true(asked > looked)), "another look at the backend")
+        await asyncio.sleep(0.05)  # what a re-register would have taken, had there been one
+        assert await published() == {"qwen2.5:7b"}
+        assert pub.status.session_id is not None
+    finally:
+        pub.stop()
+        pub.stop()
+        await asyncio.gather(running, return_exceptions=True)
+        await backend.aclose()
+
+
+def _after(clock: Any, check: Any) -> Any:
+    """``check``, with a minute of the publisher's clock passing before each look."""
+
+    async def moved() -> bool:
+        clock.advance(60)
+        await asyncio.sleep(0.01)
+        return bool(await check())
+
+    return moved
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _has(published: Any, wanted: set[str]) -> bool:
+    return bool(await published() == wanted)
+
+
+async def test_a_new_model_outside_the_tokens_scope_leaves_the_published_set_as_it_was(
+    gw: RunningGateway, slow: Sim
+) -> None:
+    from laneway.clock import ManualClock
+    from tests.test_publisher_api import admin
+
+    clock = ManualClock()
+    backend, models = await LocalBackend.connect(slow.url, "ollama")
+
+    async def discover() -> list[Any]:
+        return select_lanes(await backend.provider.list_models())
+
+    pub = Publisher(
+        gateway=gw.url,
+        token=NARROW,
+        backend=backend,
+        lanes=select_lanes(models),
+        name="carol-box",
+        rediscover=discover,
+        rediscover_interval=60,
+        clock=clock,
+    )
+    running = asyncio.create_task(pub.run())
+
+    async def published() -> set[str]:
+        lanes = (await admin(gw, "/admin/lanes?backend=carol-box"))["lanes"]
+        return {lane["model"] for lane in lanes}
+
+    async def refused() -> bool:
+        return "may not publish the model 'qwen2.5:7b'" in (pub.status.last_error or "")
+
+    try:
+        await eventually(lambda: _has(published, {"slow-llama"}), "published")
+        slow.options.models.append("qwen2.5:7b")
+        await eventually(_after(clock, refused), "the new set refused")
+        assert await published() == {"slow-llama"}
+        assert pub.status.connected  # still publishing what it may
+    finally:
+        pub.stop()
+        pub.stop()
+        await asyncio.gather(running, return_exceptions=True)
+        await backend.aclose()

@@ -27,7 +27,7 @@ from laneway.config.schema import NAME_RE
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 if TYPE_CHECKING:  # the command imports the publisher lazily, so `laneway --help` stays fast
-    from laneway.publisher.local import ProviderChoice, WakeRecipe
+    from laneway.publisher.local import Lane, LocalBackend, ProviderChoice, WakeRecipe
     from laneway.publisher.runner import PublisherStatus
 
 
@@ -170,6 +170,15 @@ class StatusView:
     help="Announce hibernation after this long without a task.",
 )
 @click.option(
+    "--refresh-interval",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Ask the backend for its models this often and publish what changed (a model pulled or "
+    "removed); 0: never.",
+)
+@click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
     default=30.0,
@@ -194,6 +203,7 @@ def publish(
     wake_url: str | None,
     wake_timeout: float,
     hibernate_after: float | None,
+    refresh_interval: float,
     drain_timeout: float,
     heartbeat_interval: float,
 ) -> None:
@@ -236,10 +246,18 @@ def publish(
             state_file=state_file or default_state_path(name),
             wake=recipe,
             hibernate_after=hibernate_after,
+            refresh_interval=refresh_interval,
             drain_timeout=drain_timeout,
             heartbeat_interval=heartbeat_interval,
         )
     )
+
+
+async def _lanes_now(backend: LocalBackend, globs: tuple[str, ...], aliases: dict[str, str]) -> list[Lane]:
+    """What the backend serves now, as lanes, with the same filters and aliases as at the start."""
+    from laneway.publisher.local import select_lanes
+
+    return select_lanes(await backend.provider.list_models(), globs, aliases)
 
 
 async def _publish(
@@ -256,6 +274,7 @@ async def _publish(
     state_file: Path,
     wake: WakeRecipe,
     hibernate_after: float | None,
+    refresh_interval: float,
     drain_timeout: float,
     heartbeat_interval: float,
 ) -> None:
@@ -291,6 +310,8 @@ async def _publish(
             wake=wake,
             hibernate_after=hibernate_after,
             drain_timeout=drain_timeout,
+            rediscover=lambda: _lanes_now(backend, model_globs, aliases),
+            rediscover_interval=refresh_interval,
             heartbeat_interval=heartbeat_interval,
             on_status=view,
         )

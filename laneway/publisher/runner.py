@@ -131,13 +131,16 @@ class Publisher:
         task_timeout: float = 600.0,
         unregister_timeout: float = 5.0,
         drain_timeout: float = 30.0,
+        rediscover: Callable[[], Awaitable[Sequence[Lane]]] | None = None,
+        rediscover_interval: float = 60.0,
         clock: Clock | None = None,
         on_status: Callable[[PublisherStatus], None] | None = None,
     ) -> None:
         self._client = GatewayClient(gateway, token)
         self._backend = backend
-        self._lanes = list(lanes)
-        self._by_name: dict[tuple[str, str], Lane] = {(lane.published, lane.type): lane for lane in lanes}
+        self._set_lanes(lanes)
+        self._rediscover = rediscover
+        self._rediscover_interval = rediscover_interval
         self._name = name
         self._max_concurrency = max_concurrency
         self._state_file = state_file
@@ -191,6 +194,10 @@ class Publisher:
         helpers: list[asyncio.Task[Any]] = [stopping]
         if self._hibernate_after is not None:
             helpers.append(asyncio.create_task(self._hibernate(self._hibernate_after)))
+        if self._rediscover is not None and self._rediscover_interval > 0:
+            helpers.append(
+                asyncio.create_task(self._rediscovering(self._rediscover, self._rediscover_interval))
+            )
         try:
             done, _ = await asyncio.wait((serve, stopping), return_when=asyncio.FIRST_COMPLETED)
             if serve in done:
@@ -228,6 +235,38 @@ class Publisher:
             await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
         finally:
             await _cancel_all(draining, hurry)
+
+    # --- the local backend's models -------------------------------------------------------------
+
+    def _set_lanes(self, lanes: Sequence[Lane]) -> None:
+        self._lanes = list(lanes)
+        self._by_name: dict[tuple[str, str], Lane] = {(lane.published, lane.type): lane for lane in lanes}
+
+    async def _rediscovering(self, discover: Callable[[], Awaitable[Sequence[Lane]]], every: float) -> None:
+        """Every ``every`` seconds, ask the local backend what it serves; a model pulled or removed
+        since is registered again (the gateway adds and drops lanes to match). A backend that does
+        not answer, or answers with nothing, changes nothing: it may be restarting."""
+        while True:
+            await self._clock.sleep(every)
+            try:
+                lanes = list(await discover())
+            except (UpstreamError, ValueError) as exc:
+                self._note_error(f"could not list the local models: {exc}")
+                continue
+            if not lanes or set(lanes) == set(self._lanes):
+                continue
+            previous, registered = self._lanes, self._registered
+            self._set_lanes(lanes)
+            if not registered:
+                continue  # the connection loop registers them when it connects
+            try:
+                await self._register()
+            except GatewayError as exc:
+                # Refused (a new model outside the token's scope, say) or not reached: the gateway
+                # still has the previous set, and a reconnect must not offer one it refuses.
+                self._set_lanes(previous)
+                self._registered = True
+                self._note_error(f"could not register the local models as they are now: {exc.message}")
 
     # --- status ---------------------------------------------------------------------------------
 
