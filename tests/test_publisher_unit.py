@@ -24,6 +24,7 @@ from laneway.errors import (
     UpstreamTimeout,
 )
 from laneway.providers.base import ModelInfo
+from laneway.publisher.chunks import ChunkSender
 from laneway.publisher.client import gateway_root
 from laneway.publisher.local import (
     Lane,
@@ -34,7 +35,7 @@ from laneway.publisher.local import (
     select_lanes,
     unknown_aliases,
 )
-from laneway.publisher.runner import ChunkSender, Publisher, PublisherStatus, backoff_delay
+from laneway.publisher.runner import Publisher, PublisherStatus, backoff_delay
 from laneway.publisher.state import PublisherState, default_state_path, load_state, save_state, session_for
 
 CHAT = frozenset({"chat", "completion"})
@@ -172,7 +173,7 @@ async def test_chunks_arriving_during_a_post_go_together_in_the_next() -> None:
     posted: list[tuple[int, list[int]]] = []
     in_flight, release = asyncio.Event(), asyncio.Event()
 
-    async def post(seq: int, chunks: list[dict[str, Any]]) -> None:
+    async def post(seq: int, chunks: list[dict[str, Any]], done: bool) -> None:
         posted.append((seq, [c["n"] for c in chunks]))
         in_flight.set()
         await release.wait()
@@ -188,6 +189,30 @@ async def test_chunks_arriving_during_a_post_go_together_in_the_next() -> None:
     await running
     assert posted == [(0, [0]), (1, [1, 2, 3])]
     assert sender.posts == 2
+    assert not sender.ended  # not final: the caller posts the result
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("pending_at_close", "ended"), [(True, True), (False, False)])
+async def test_a_final_close_ends_the_stream_with_the_last_post(pending_at_close: bool, ended: bool) -> None:
+    posted: list[tuple[int, int, bool]] = []
+    first = asyncio.Event()
+
+    async def post(seq: int, chunks: list[dict[str, Any]], done: bool) -> None:
+        posted.append((seq, len(chunks), done))
+        first.set()
+
+    sender = ChunkSender(post)
+    running = asyncio.create_task(sender.run())
+    sender.put([{"n": 0}])
+    await first.wait()  # post 0 went out; the sender waits for more
+    if pending_at_close:
+        sender.put([{"n": 1}])
+    sender.close(final=True)
+    await running
+    assert sender.ended is ended
+    assert posted[-1][2] is ended  # only the last post may say done, and says it when it can
+    assert all(not done for _, _, done in posted[:-1])
 
 
 @pytest.mark.anyio

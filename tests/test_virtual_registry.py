@@ -453,3 +453,31 @@ def test_publisher_token_config_errors_name_the_key(monkeypatch: pytest.MonkeyPa
         settings_from_data(
             {"backends": {"b": {"provider": "virtual", "base_url": "http://x"}}}, source="laneway.yaml"
         )
+
+
+async def test_a_stream_ends_with_a_chunk_post_that_says_done() -> None:
+    fleet, _, _ = make_fleet()
+    sid = register(fleet)["session_id"]
+    channel = fleet.open_control(ALICE, sid)
+    body = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    stream = await fleet.providers["alice-laptop"].stream_chat(
+        Call(model="llama3.2:3b", body=body, timeout=60)
+    )
+    task = orjson.loads(events(channel)[-1][1])
+    assert task["stream"] is True
+    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    usage = {
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2},
+    }
+    assert fleet.chunks(ALICE, sid, task["task_id"], {"seq": 0, "chunks": [chunk]}) == 1
+    assert fleet.chunks(ALICE, sid, task["task_id"], {"seq": 1, "chunks": [usage], "done": True}) == 1
+    frames = [frame async for frame in stream]
+    assert frames[-1] == b"data: [DONE]\n\n"
+    assert [orjson.loads(f[6:]) for f in frames[:-1]] == [chunk, usage]
+    reported = stream.usage  # type: ignore[attr-defined]
+    assert reported is not None
+    assert reported.completion_tokens == 2
+    with pytest.raises(UnknownTask):  # ended: a result after it is refused
+        fleet.result(ALICE, sid, task["task_id"], {"status": 200})

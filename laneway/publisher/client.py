@@ -121,13 +121,13 @@ class GatewayClient:
         )
 
     async def post_chunks(
-        self, session_id: str, task_id: str, seq: int, chunks: list[dict[str, Any]]
+        self, session_id: str, task_id: str, seq: int, chunks: list[dict[str, Any]], *, done: bool = False
     ) -> None:
+        body: dict[str, Any] = {"seq": seq, "chunks": chunks}
+        if done:
+            body["done"] = True
         await self._call(
-            "POST",
-            self._task_path(session_id, task_id, "chunks"),
-            f"chunks of task {task_id}",
-            {"seq": seq, "chunks": chunks},
+            "POST", self._task_path(session_id, task_id, "chunks"), f"chunks of task {task_id}", body
         )
 
     async def post_result(self, session_id: str, task_id: str, result: Mapping[str, Any]) -> None:

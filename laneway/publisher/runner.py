@@ -23,6 +23,7 @@ from typing import Any
 
 from laneway.clock import Clock, SystemClock, within
 from laneway.errors import UpstreamError
+from laneway.publisher.chunks import ChunkSender
 from laneway.publisher.client import GatewayClient, GatewayError
 from laneway.publisher.local import Lane, LocalBackend, WakeFailed, WakeRecipe, error_result
 from laneway.publisher.state import PublisherState, save_state, session_for
@@ -63,39 +64,6 @@ class _SessionLost(Exception):
 
 class _TaskGone(Exception):
     """The gateway refused a post for a task: it was cancelled, timed out or re-dispatched."""
-
-
-class ChunkSender:
-    """Posts one streamed task's chunks in order, one post in flight: chunks that arrive during a
-    post go together in the next one, so a slow gateway link batches instead of queueing posts."""
-
-    def __init__(self, post: Callable[[int, list[dict[str, Any]]], Awaitable[None]]) -> None:
-        self._post = post
-        self._pending: list[dict[str, Any]] = []
-        self._ready = asyncio.Event()
-        self._closed = False
-        self.posts = 0  # the seq of the next post
-
-    def put(self, chunks: list[dict[str, Any]]) -> None:
-        self._pending.extend(chunks)
-        self._ready.set()
-
-    def close(self) -> None:
-        """No more chunks: ``run`` returns once what is pending has been posted."""
-        self._closed = True
-        self._ready.set()
-
-    async def run(self) -> None:
-        while True:
-            if self._pending:
-                batch, self._pending = self._pending, []
-                await self._post(self.posts, batch)
-                self.posts += 1
-            elif self._closed:
-                return
-            else:
-                await self._ready.wait()
-                self._ready.clear()
 
 
 async def _cancel_all(*tasks: asyncio.Future[Any]) -> None:
@@ -485,7 +453,8 @@ class Publisher:
     ) -> None:
         try:
             if stream and lane.type != "embedding":
-                await self._relay_stream(session_id, task_id, lane, body)
+                if await self._relay_stream(session_id, task_id, lane, body):
+                    return  # its last chunk post said done
                 result: dict[str, Any] = {"status": 200}
             else:
                 answer = await self._backend.reply(lane, body, timeout=self._task_timeout)
@@ -494,13 +463,14 @@ class Publisher:
             result = error_result(exc)
         await self._post_result(session_id, task_id, result)
 
-    async def _relay_stream(self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any]) -> None:
+    async def _relay_stream(self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any]) -> bool:
         """Read the backend's stream and post its chunks as they come (see ``ChunkSender``).
-        Returns once every chunk is posted; raises ``UpstreamError`` when the backend fails
-        (after posting what it sent before) and ``_TaskGone`` when the gateway drops the task."""
+        Returns once every chunk is posted: True if the last post also ended the stream (else a
+        result must); raises ``UpstreamError`` when the backend fails (after posting what it sent
+        before) and ``_TaskGone`` when the gateway drops the task."""
 
-        async def post(seq: int, chunks: list[dict[str, Any]]) -> None:
-            await self._to_gateway(self._client.post_chunks(session_id, task_id, seq, chunks))
+        async def post(seq: int, chunks: list[dict[str, Any]], done: bool) -> None:
+            await self._to_gateway(self._client.post_chunks(session_id, task_id, seq, chunks, done=done))
 
         sender = ChunkSender(post)
         async with self._backend.stream(lane, body, timeout=self._task_timeout) as batches:
@@ -515,11 +485,13 @@ class Publisher:
                 await asyncio.wait((sending, reading), return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():  # the sender stopped first: only ever by an error
                     sending.result()
-                sender.close()
+                # The last post may end the stream, unless the backend failed (a result says so).
+                sender.close(final=not reading.cancelled() and reading.exception() is None)
                 await sending  # flush what is pending, even when the backend failed
                 reading.result()
             finally:
                 await _cancel_all(sending, reading)
+        return sender.ended
 
     # --- wake -----------------------------------------------------------------------------------
 

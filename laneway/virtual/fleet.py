@@ -136,7 +136,7 @@ class Fleet:
 
     def chunks(self, grant: PublisherGrant, session_id: str, task_id: str, body: Mapping[str, Any]) -> int:
         session = self.registry.session(session_id, grant)
-        return self.relay.chunks(session.id, task_id, body.get("seq"), body.get("chunks"))
+        return self.relay.chunks(session.id, task_id, body.get("seq"), body.get("chunks"), body.get("done"))
 
     def result(self, grant: PublisherGrant, session_id: str, task_id: str, body: Mapping[str, Any]) -> None:
         session = self.registry.session(session_id, grant)

@@ -183,7 +183,9 @@ class Relay:
             raise Conflict(f"task '{task_id}' has already ended")
         return task
 
-    def chunks(self, session_id: str, task_id: str, seq: Any, chunks: Any) -> int:
+    def chunks(self, session_id: str, task_id: str, seq: Any, chunks: Any, done: Any = False) -> int:
+        """A streamed task's next chunks, in order; ``done`` ends the stream with them (the same
+        as a ``{"status": 200}`` result after them, one post fewer)."""
         task = self._task(session_id, task_id)
         if not task.stream or task.frames is None:
             raise Conflict(f"task '{task_id}' is not a streamed call: post its result instead")
@@ -198,6 +200,10 @@ class Relay:
             task.frames.put_nowait(sse_frame(chunk))
         if chunks:
             task.produced = True
+        if done is True:
+            task.frames.put_nowait(_END)
+            task.done.set_result(None)
+            self.tasks.pop(task.id, None)
         return len(chunks)
 
     def result(self, session_id: str, task_id: str, payload: Mapping[str, Any]) -> None:
