@@ -5,17 +5,20 @@ sim, and a stopping publisher drains its tasks in flight before it says goodbye.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from laneway.clock import ManualClock
 from laneway.publisher.local import LocalBackend, select_lanes
 from laneway.publisher.runner import Publisher
 from tests.conftest import CLIENT_KEY, RunningGateway, Sim
-from tests.test_publisher_api import ADMIN, TOKEN, eventually, lane_health
+from tests.test_publisher_api import ADMIN, TOKEN, admin, eventually, lane_health
 
 pytestmark = pytest.mark.anyio
 
@@ -95,7 +98,6 @@ async def test_a_stopping_publisher_finishes_its_stream_then_goes(
 
 
 async def _no_session(gw: RunningGateway) -> bool:
-    from tests.test_publisher_api import admin
 
     sessions = (await admin(gw, "/admin/publishers"))["publishers"]
     return all(not s["control"] for s in sessions)
@@ -127,53 +129,64 @@ async def _in_flight(publisher: Publisher, n: int) -> bool:
     return publisher.status.in_flight == n
 
 
-async def test_a_model_pulled_or_removed_while_publishing_follows_on_the_gateway(
-    gw: RunningGateway, slow: Sim, tmp_path: Path
-) -> None:
-    from laneway.clock import ManualClock
-    from tests.test_publisher_api import admin
+@dataclass
+class Rediscovering:
+    """A Publisher on a manual clock whose model list is asked for again every 60 s of it."""
 
+    publisher: Publisher
+    clock: ManualClock
+    gw: RunningGateway
+    name: str
+    asked: int = 0  # how many times it asked its backend
+
+    async def published(self) -> set[str]:
+        lanes = (await admin(self.gw, f"/admin/lanes?backend={self.name}"))["lanes"]
+        return {lane["model"] for lane in lanes}
+
+    def moved(self, check: Callable[[], Awaitable[bool]]) -> Callable[[], Awaitable[bool]]:
+        """``check`` after a minute of the publisher's clock. The loop may still be registering
+        the last change (not yet asleep) when the clock first moves, so each look moves it again."""
+
+        async def look() -> bool:
+            self.clock.advance(60)
+            await asyncio.sleep(0.01)
+            return await check()
+
+        return look
+
+    def has(self, wanted: set[str]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await self.published() == wanted
+
+        return self.moved(check)
+
+
+@contextlib.asynccontextmanager
+async def rediscovering(gw: RunningGateway, sim: Sim, name: str, token: str) -> AsyncIterator[Rediscovering]:
+    backend, models = await LocalBackend.connect(sim.url, "ollama")
     clock = ManualClock()
-    backend, models = await LocalBackend.connect(slow.url, "ollama")
-
-    asked = 0
+    state: Rediscovering
 
     async def discover() -> list[Any]:
-        nonlocal asked
         lanes = select_lanes(await backend.provider.list_models())
-        asked += 1
+        state.asked += 1
         return lanes
 
     pub = Publisher(
         gateway=gw.url,
-        token=TOKEN,
+        token=token,
         backend=backend,
         lanes=select_lanes(models),
-        name="alice-box",
+        name=name,
         rediscover=discover,
         rediscover_interval=60,
         clock=clock,
     )
+    state = Rediscovering(pub, clock, gw, name)
     running = asyncio.create_task(pub.run())
-
-    async def published() -> set[str]:
-        lanes = (await admin(gw, "/admin/lanes?backend=alice-box"))["lanes"]
-        return {lane["model"] for lane in lanes}
-
     try:
-        await eventually(lambda: _health(gw, "healthy"), "published")
-        # Each step moves the clock until it is seen: the loop may still be registering the last
-        # change (not yet asleep) when the clock first moves.
-        slow.options.models.append("qwen2.5:7b")  # `ollama pull` on the publisher's machine
-        await eventually(_after(clock, lambda: _has(published, {"slow-llama", "qwen2.5:7b"})), "a lane")
-        slow.options.models.remove("slow-llama")  # `ollama rm`
-        await eventually(_after(clock, lambda: _has(published, {"qwen2.5:7b"})), "its lanes gone")
-        slow.options.models.clear()  # the backend answers with nothing (restarting): nothing changes
-        looked = asked
-        await eventually(_after(clock, lambda: _true(asked > looked)), "another look at the backend")
-        await asyncio.sleep(0.05)  # what a re-register would have taken, had there been one
-        assert await published() == {"qwen2.5:7b"}
-        assert pub.status.session_id is not None
+        await eventually(lambda: _published_now(state), "published")
+        yield state
     finally:
         pub.stop()
         pub.stop()
@@ -181,64 +194,38 @@ async def test_a_model_pulled_or_removed_while_publishing_follows_on_the_gateway
         await backend.aclose()
 
 
-def _after(clock: Any, check: Any) -> Any:
-    """``check``, with a minute of the publisher's clock passing before each look."""
-
-    async def moved() -> bool:
-        clock.advance(60)
-        await asyncio.sleep(0.01)
-        return bool(await check())
-
-    return moved
+async def _published_now(state: Rediscovering) -> bool:
+    return bool(await state.published())
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _has(published: Any, wanted: set[str]) -> bool:
-    return bool(await published() == wanted)
+async def test_a_model_pulled_or_removed_while_publishing_follows_on_the_gateway(
+    gw: RunningGateway, slow: Sim
+) -> None:
+    async with rediscovering(gw, slow, "alice-box", TOKEN) as pub:
+        slow.options.models.append("qwen2.5:7b")  # `ollama pull` on the publisher's machine
+        await eventually(pub.has({"slow-llama", "qwen2.5:7b"}), "the new model is a lane")
+        slow.options.models.remove("slow-llama")  # `ollama rm`
+        await eventually(pub.has({"qwen2.5:7b"}), "the removed model's lanes are gone")
+        slow.options.models.clear()  # the backend answers with nothing (restarting): nothing changes
+        looked = pub.asked
+        await eventually(pub.moved(lambda: _true(pub.asked > looked)), "another look at the backend")
+        await asyncio.sleep(0.05)  # what a re-register would have taken, had there been one
+        assert await pub.published() == {"qwen2.5:7b"}
 
 
 async def test_a_new_model_outside_the_tokens_scope_leaves_the_published_set_as_it_was(
     gw: RunningGateway, slow: Sim
 ) -> None:
-    from laneway.clock import ManualClock
-    from tests.test_publisher_api import admin
-
-    clock = ManualClock()
-    backend, models = await LocalBackend.connect(slow.url, "ollama")
-
-    async def discover() -> list[Any]:
-        return select_lanes(await backend.provider.list_models())
-
-    pub = Publisher(
-        gateway=gw.url,
-        token=NARROW,
-        backend=backend,
-        lanes=select_lanes(models),
-        name="carol-box",
-        rediscover=discover,
-        rediscover_interval=60,
-        clock=clock,
-    )
-    running = asyncio.create_task(pub.run())
-
-    async def published() -> set[str]:
-        lanes = (await admin(gw, "/admin/lanes?backend=carol-box"))["lanes"]
-        return {lane["model"] for lane in lanes}
-
-    async def refused() -> bool:
-        return "may not publish the model 'qwen2.5:7b'" in (pub.status.last_error or "")
-
-    try:
-        await eventually(lambda: _has(published, {"slow-llama"}), "published")
+    async with rediscovering(gw, slow, "carol-box", NARROW) as pub:
         slow.options.models.append("qwen2.5:7b")
-        await eventually(_after(clock, refused), "the new set refused")
-        assert await published() == {"slow-llama"}
-        assert pub.status.connected  # still publishing what it may
-    finally:
-        pub.stop()
-        pub.stop()
-        await asyncio.gather(running, return_exceptions=True)
-        await backend.aclose()
+
+        async def refused() -> bool:
+            return "may not publish the model 'qwen2.5:7b'" in (pub.publisher.status.last_error or "")
+
+        await eventually(pub.moved(refused), "the new set refused")
+        assert await pub.published() == {"slow-llama"}
+        assert pub.publisher.status.connected  # still publishing what it may
+
+
+async def _true(value: bool) -> bool:
+    return value
