@@ -98,7 +98,6 @@ async def test_a_stopping_publisher_finishes_its_stream_then_goes(
 
 
 async def _no_session(gw: RunningGateway) -> bool:
-
     sessions = (await admin(gw, "/admin/publishers"))["publishers"]
     return all(not s["control"] for s in sessions)
 
