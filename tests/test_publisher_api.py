@@ -462,3 +462,31 @@ async def test_a_published_model_by_publisher_slash_model(
     )
     assert raw.headers["x-laneway-backend"] == "alice-laptop"
     assert len(await worker) == 1
+
+
+async def test_two_publishers_of_one_model_share_the_requests(
+    pub_gw: RunningGateway, publisher: ScriptedPublisher
+) -> None:
+    other = ScriptedPublisher(pub_gw.url, TOKEN)
+    try:
+        await publisher.register(max_concurrency=2)
+        await other.register(name="alice-desktop", max_concurrency=2)
+        await publisher.connect()
+        await other.connect()
+        sdk = client(pub_gw)
+        waiting = {pub: asyncio.create_task(pub.task()) for pub in (publisher, other)}
+        first = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=CHAT))
+        # The first request reached one of them and holds a slot of its pool...
+        await asyncio.wait(waiting.values(), return_when=asyncio.FIRST_COMPLETED)
+        second = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=CHAT))
+        # ...so the second goes to the idle one, not behind it.
+        tasks = {pub: await task for pub, task in waiting.items()}
+        assert {task["lane"] for task in tasks.values()} == {
+            "fleet:virtual:alice-desktop:chat:alice-llama%3A1b",
+            "fleet:virtual:alice-laptop:chat:alice-llama%3A1b",
+        }
+        for pub, task in tasks.items():
+            await pub.result(task["task_id"], {"status": 200, "body": completion(MODEL)})
+        assert len(await asyncio.gather(first, second)) == 2
+    finally:
+        await other.aclose()

@@ -42,6 +42,10 @@ def test_ranking_skips_exhausted_and_orders_by_status_weight_queue_latency_quota
     assert order([Facts("light", 100, "available"), Facts("heavy", 200, "available")]) == ["heavy", "light"]
     assert order([Facts("busy", 100, queued=5), Facts("idle", 100, queued=0)]) == ["idle", "busy"]
     assert order([Facts("slow", 100, p50=0.900), Facts("fast", 100, p50=0.200)]) == ["fast", "slow"]
+    # a small pool already serving yields to an idle equal; a big one lets latency decide
+    assert order([Facts("serving", 100, busy=1 / 2), Facts("idle", 100, busy=0.0)]) == ["idle", "serving"]
+    assert order([Facts("fast", 100, busy=3 / 64, p50=0.2), Facts("slow", 100, p50=0.9)]) == ["fast", "slow"]
+    assert order([Facts("queued", 100, queued=1), Facts("full", 100, busy=1.0)]) == ["full", "queued"]
     # within one 25% latency step, more quota left wins
     assert order(
         [Facts("poor", 100, p50=0.60, quota_share=0.1), Facts("rich", 100, p50=0.62, quota_share=0.9)]

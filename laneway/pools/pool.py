@@ -156,6 +156,11 @@ class Pool:
         """Waiting now: what ranking reads on every request (``statistics()`` is for people)."""
         return len(self._queue)
 
+    @property
+    def active(self) -> int:
+        """Slots held now (ranking reads it too)."""
+        return self._active
+
     def configure(self, *, slots: int, queue_size: int, queue_timeout: float) -> None:
         """Resize in place. More slots serve waiters at once; fewer slots take effect as held ones
         come back (nobody is interrupted). A smaller ``queue_size`` refuses newcomers but keeps

@@ -168,12 +168,13 @@ class Router:
                 quota = sig.requests
                 if quota and quota.limit and quota.remaining is not None:
                     share = quota.remaining / quota.limit
-        queued = 0
+        queued, busy = 0, 0.0
         if self.pools is not None and self.backends is not None:
             config = self.backends.config(lane.backend)
             if config is not None:
-                queued = self.pools.pool_for(lane.backend, lane.id, config).queued
-        return Facts(lane.id, lane.weight, status, p50, share, queued, candidate.group)
+                pool = self.pools.pool_for(lane.backend, lane.id, config)
+                queued, busy = pool.queued, pool.active / pool.slots
+        return Facts(lane.id, lane.weight, status, p50, share, queued, busy, candidate.group)
 
     # -- attempts ----------------------------------------------------------------------------
 

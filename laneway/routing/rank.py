@@ -7,11 +7,14 @@ it is tested on its own. In order of precedence:
 2. available before unknown before degraded;
 3. higher lane weight first (tier x provider x instance x model x health);
 4. shorter queue first;
-5. lower recent p50 first, compared in 25% steps so noise does not reorder equals (a lane without
+5. less busy first: the share of its pool's slots in use, in quarters, so a lane with a few slots
+   (a GPU box, a publisher's laptop) that is already serving yields the next request to an idle
+   equal, while a 64-slot cloud pool lets latency decide until it is a quarter full;
+6. lower recent p50 first, compared in 25% steps so noise does not reorder equals (a lane without
    samples counts as fast, so new lanes get traffic and learn their latency);
-6. more quota remaining first (a share of the limit; unknown counts as full);
-7. a seeded tie-break, so equal lanes share the load instead of the first one taking it all,
-   yet one seed gives one order (tests, reproducible incidents).
+7. more quota remaining first (a share of the limit; unknown counts as full);
+8. a seeded tie-break: one seed gives one order (tests, reproducible incidents), different seeds
+   (replicas) different ones.
 
 A route's selectors stay in their order: ranking happens within each selector's group.
 """
@@ -38,6 +41,7 @@ class Facts:
     p50: float | None = None  # seconds
     quota_share: float | None = None  # remaining / limit, 0..1
     queued: int = 0
+    busy: float = 0.0  # slots in use / slots of its pool, 0..1
     group: int = 0  # the route selector that chose it (0 for a plain model name)
 
 
@@ -51,12 +55,13 @@ def _p50_step(p50: float | None) -> int:
     return math.floor(math.log(p50) / _P50_STEP)
 
 
-def rank_key(facts: Facts, seed: int) -> tuple[int, int, float, int, int, float, bytes]:
+def rank_key(facts: Facts, seed: int) -> tuple[int, int, float, int, int, int, float, bytes]:
     return (
         facts.group,
         _STATUS_ORDER.get(facts.status, 1),
         -facts.weight,
         facts.queued,
+        math.floor(facts.busy * 4),
         _p50_step(facts.p50),
         -(1.0 if facts.quota_share is None else facts.quota_share),
         _tiebreak(seed, facts.lane_id),
