@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -127,6 +128,11 @@ def format_age(at: float | None, now: float, *, never: str = "never") -> str:
     """How long ago ``at`` was: ``12s ago``. A time slightly ahead of ours (clock skew between
     the gateway and this machine) reads ``0s ago``."""
     return never if at is None else f"{format_duration(now - at)} ago"
+
+
+def format_when(at: datetime | None) -> str:
+    """A stored timestamp as people read it: ``2026-11-23 21:58:09Z``; ``-`` for none."""
+    return at.strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else "-"
 
 
 def format_remaining(until: float | None, now: float, *, past: str = "-") -> str:

@@ -7,7 +7,6 @@ gateway picks up new and revoked keys within a few seconds (it reloads the hashe
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -15,6 +14,7 @@ import click
 from laneway.cli.common import (
     config_option,
     database_url_option,
+    format_when,
     friendly_errors,
     print_table,
     settings_or_exit,
@@ -77,7 +77,7 @@ def list_keys(
     print_table(
         ["ID", "NAME", "CALLER", "PREFIX", "CREATED", "REVOKED"],
         [
-            [k.id, k.name, k.caller, k.prefix + "...", _when(k.created_at), _when(k.revoked_at)]
+            [k.id, k.name, k.caller, k.prefix + "...", format_when(k.created_at), format_when(k.revoked_at)]
             for k in stored
         ],
     )
@@ -99,10 +99,6 @@ def revoke_key(id_or_name: str, config_path: str | None, database_url: str | Non
     if not revoked:
         raise click.ClickException(f"no active key with id or name '{id_or_name}' in the database at {url}")
     click.echo(f"revoked key '{id_or_name}'")
-
-
-def _when(at: datetime | None) -> str:
-    return at.strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else "-"
 
 
 def _as_json(k: StoredKey) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -28,6 +27,7 @@ from laneway.cli.common import (
     config_option,
     database_url_option,
     format_age,
+    format_when,
     friendly_errors,
     print_table,
     settings_or_exit,
@@ -197,8 +197,8 @@ def list_tokens(
                 ",".join(t.names),
                 ",".join(t.models),
                 t.prefix + "...",
-                _when(t.created_at),
-                _when(t.revoked_at),
+                format_when(t.created_at),
+                format_when(t.revoked_at),
             ]
             for t in stored
         ],
@@ -213,8 +213,8 @@ def list_tokens(
 def revoke_token(id_or_name: str, config_path: str | None, database_url: str | None) -> None:
     """Revoke a publisher token by id (or, failing that, by name).
 
-    A running gateway refuses it within a few seconds. A control stream it opened before stays
-    open until, its heartbeats refused, its lanes go inactive (publishers.heartbeat_timeout)."""
+    A running gateway refuses it within a few seconds, and cuts off the sessions it opened: their
+    control streams close and their lanes go inactive."""
     settings = settings_or_exit(config_path)
 
     async def revoke(db: Database) -> tuple[bool, str]:
@@ -226,10 +226,6 @@ def revoke_token(id_or_name: str, config_path: str | None, database_url: str | N
             f"no active publisher token with id or name '{id_or_name}' in the database at {url}"
         )
     click.echo(f"revoked publisher token '{id_or_name}'")
-
-
-def _when(at: datetime | None) -> str:
-    return at.strftime("%Y-%m-%d %H:%M:%SZ") if at is not None else "-"
 
 
 def _as_json(t: StoredPublisherToken) -> dict[str, Any]:
