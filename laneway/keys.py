@@ -12,13 +12,24 @@ from laneway.storage import hash_key
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a key may ask for beyond being let in (config keys only; database keys get none)."""
+    """What a key may ask for beyond being let in."""
 
     max_priority: int = 0
     trusted: bool = False  # may name a sub-caller
+    published_lanes: bool = True  # may be served by published (virtual) lanes
 
 
 NO_GRANT = Grant()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request is for and what its key allows, as the request path needs it."""
+
+    caller: str
+    priority: int = 0
+    admin: bool = False
+    published_lanes: bool = True
 
 
 def secret_digest(
@@ -48,8 +59,9 @@ def config_key_hashes(
         out[digest] = k.caller or k.name
         if k.admin:
             admins.add(digest)
-        if k.max_priority or k.trusted:
-            grants[digest] = Grant(k.max_priority, k.trusted)
+        grant = Grant(k.max_priority, k.trusted, k.published_lanes)
+        if grant != NO_GRANT:
+            grants[digest] = grant
     return out, frozenset(admins), grants
 
 
@@ -87,10 +99,9 @@ class KeyRing:
         *,
         sub_caller: str | None = None,
         priority: str | None = None,
-    ) -> tuple[str, int]:
-        """(caller, priority) of a request: a trusted key may name a sub-caller
-        (``x-laneway-caller``); a priority (``x-laneway-priority``) above what the key allows is
-        lowered to that, not refused."""
+    ) -> Identity:
+        """Who a request is for: a trusted key may name a sub-caller (``x-laneway-caller``); a
+        priority (``x-laneway-priority``) above what the key allows is lowered to that, not refused."""
         caller, digest = self._identify(authorization, api_key)
         grant = self._grants.get(digest, NO_GRANT) if digest else NO_GRANT
         if sub_caller:
@@ -108,7 +119,8 @@ class KeyRing:
                     f"x-laneway-priority must be a whole number, not '{priority[:20]}'",
                     param="x-laneway-priority",
                 ) from None
-        return caller, max(0, min(wanted, grant.max_priority))
+        admin = self.open_access or (digest is not None and digest in self._admins)
+        return Identity(caller, max(0, min(wanted, grant.max_priority)), admin, grant.published_lanes)
 
     def _identify(self, authorization: str | None, api_key: str | None) -> tuple[str, str | None]:
         secret = _secret(authorization, api_key)

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from laneway.api.access import request_record
 from laneway.api.streaming import ReplyStreamResponse
 from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, parse_body, validate
 from laneway.errors import NoLaneAvailable, PayloadTooLarge
@@ -95,24 +96,36 @@ class OpenAIRoutes:
         rid = request_id(request)
         gw = self.gateway
         headers = request.headers
-        caller, priority = gw.keys.identify(
+        who = gw.keys.identify(
             headers.get("authorization"),
             headers.get("x-api-key"),
             sub_caller=headers.get("x-laneway-caller"),
             priority=headers.get("x-laneway-priority"),
         )
-        info = RequestInfo(caller, rid, headers.get("x-laneway-run-id") or None, priority)
+        info = RequestInfo(
+            who.caller,
+            rid,
+            headers.get("x-laneway-run-id") or None,
+            who.priority,
+            published_lanes=who.published_lanes,
+            record=request_record(request),
+        )
         raw = await read_body(request, self.limit)
         body = parse_body(raw)
         validate(shape, body)
+        streamed = bool(body.get("stream")) and op is not Operation.EMBEDDING
+        if info.record is not None:
+            record = info.record
+            record.caller, record.operation = who.caller, op.value
+            record.requested, record.streamed = str(body.get("model")), streamed
         router = gw.router
         if router is None:
             raise NoLaneAvailable("The gateway is still starting; try again in a moment")
-        if body.get("stream") and op is not Operation.EMBEDDING:
-            streamed = await unless_client_leaves(request, router.stream(op, body, raw, info))
-            if streamed is None:
+        if streamed:
+            stream = await unless_client_leaves(request, router.stream(op, body, raw, info))
+            if stream is None:
                 return CLIENT_GONE
-            return ReplyStreamResponse(streamed.result, served_headers(streamed, rid))  # type: ignore[return-value]
+            return ReplyStreamResponse(stream.result, served_headers(stream, rid))  # type: ignore[return-value]
         served = await unless_client_leaves(request, router.send(op, body, raw, info))
         if served is None:
             return CLIENT_GONE

@@ -1,8 +1,11 @@
 """The YAML config, as pydantic models. Validated once at start-up; one ``Settings`` is passed down.
 
-server:    {host, port, max_body_bytes, log_level}
+server:    {host, port, max_body_bytes, log_level, max_header_bytes, max_headers, header_timeout,
+            body_timeout, min_body_rate, keepalive_timeout, max_connections, drain_timeout,
+            access_log, show_lane_in_errors}
 storage:   {database_url, runtime_url, data_dir}
-auth:      {open, keys: [{name, key | key_env | key_hash, caller, admin}]}
+auth:      {open, keys: [{name, key | key_env | key_hash, caller, admin, max_priority, trusted,
+            published_lanes}], metrics_key | metrics_key_env | metrics_key_hash}
 backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto_discover,
                    allow, deny, timeout, connect_timeout, max_connections, weight, model_weights,
                    refresh_interval}}
@@ -14,7 +17,8 @@ signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_
 routing:   {attempts, deadline, seed, record_prompts, failover_records, breaker: {failures, window, cooldown}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
-publishers: {tokens: [{name, token | token_env | token_hash, names, models}], heartbeat_interval,
+publishers: {tokens: [{name, token | token_env | token_hash, names, models, join_declared}],
+            heartbeat_interval,
             heartbeat_timeout, inactive_retention, sweep_interval, ping_interval, timeout,
             wake_timeout, redispatch_wait, queue_size, queue_timeout, weight}
 """
@@ -62,10 +66,24 @@ class _Strict(BaseModel):
 
 
 class ServerConfig(_Strict):
+    """The HTTP edge. Every limit has a default that a public endpoint can run with; a request over
+    one is refused (431 for headers, 413 for a body, 408 for one too slow) or its connection cut,
+    and never holds memory or a connection for longer than the limit says."""
+
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)  # request line + headers: 431
+    max_headers: int = Field(100, ge=8, le=10_000)  # header lines in one request: beyond, 431
+    header_timeout: Seconds = 10.0  # from the connection (or the previous response) to the last header
+    body_timeout: Seconds = 30.0  # the longest silence while a request body is arriving: 408
+    min_body_rate: int = Field(1024, ge=0)  # bytes/s a body must average once it took body_timeout
+    keepalive_timeout: Seconds = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open connections at once; beyond: 503
+    drain_timeout: Seconds = 30.0  # on SIGTERM: requests in flight (relayed streams too) may finish
+    access_log: bool = True  # one structured line per request (logger laneway.access)
+    show_lane_in_errors: bool = False  # errors to non-admin keys name the lane (admin keys: always)
 
 
 def default_data_dir() -> str:
@@ -118,6 +136,9 @@ class KeyConfig(_Strict):
     admin: bool = False  # may call /admin/... (inventory, refresh, caches)
     max_priority: int = Field(0, ge=0, le=9)  # the highest x-laneway-priority this key may ask for
     trusted: bool = False  # may name a sub-caller with x-laneway-caller (fair share, usage, attribution)
+    # May be served by lanes people publish (laneway publish): false keeps this key's prompts on
+    # declared backends only.
+    published_lanes: bool = True
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> KeyConfig:
@@ -128,6 +149,16 @@ class KeyConfig(_Strict):
 class AuthConfig(_Strict):
     open: bool = False  # true: no client key needed (development only)
     keys: list[KeyConfig] = []
+    # GET /metrics: open unless one of these is given; then it needs this key or an admin key.
+    metrics_key: str | None = Field(default=None, repr=False)
+    metrics_key_env: str | None = None
+    metrics_key_hash: str | None = None
+
+    @model_validator(mode="after")
+    def _one_metrics_key(self) -> AuthConfig:
+        if any((self.metrics_key, self.metrics_key_env, self.metrics_key_hash)):
+            _one_secret(self, "metrics_key")
+        return self
 
 
 class PublisherTokenConfig(_Strict):
@@ -140,6 +171,9 @@ class PublisherTokenConfig(_Strict):
     token_hash: str | None = None
     names: list[str] = Field(min_length=1)
     models: list[str] = ["*"]
+    # May publish a model name that a declared backend serves, its lanes then sharing that
+    # model's traffic (and prompts). Off: such a model is refused at register, and never routed.
+    join_declared: bool = False
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> PublisherTokenConfig:

@@ -279,6 +279,9 @@ class Router:
                 self._no_verdict(lane)
                 raise
             called_at = clock.monotonic()
+            if info.record is not None:
+                info.record.queue_wait += called_at - queued_at
+                info.record.lane, info.record.backend, info.record.attempts = lane.id, lane.backend, attempt
             # The call's own timeout (per backend: a slow local box may get 30 min), never past
             # the request's deadline. Time spent queued above did not count against it.
             config = self.backends.config(lane.backend) if self.backends else None
@@ -401,8 +404,7 @@ class Router:
 
         info = info or RequestInfo()
         served = await self._try(op, body, raw, info, attempt)
-        if self.usage is not None:
-            self._record_usage(info, body, served.lane, served.attempts, served.result.usage, streamed=False)
+        self._record_usage(info, body, served.lane, served.attempts, served.result.usage, streamed=False)
         return served
 
     def _record_usage(
@@ -415,7 +417,11 @@ class Router:
         *,
         streamed: bool,
     ) -> None:
-        assert self.usage is not None
+        record = info.record
+        if record is not None and usage is not None:
+            record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        if self.usage is None:
+            return
         self.usage.record(
             UsageRecord(
                 at=self.clock.now(),
@@ -460,7 +466,7 @@ class Router:
         result = served.result
         if isinstance(result, ObservedStream) and result.attribution is not None:
             result.attribution = replace(result.attribution, attempt=served.attempts)
-        if self.usage is not None and isinstance(result, ObservedStream):
+        if isinstance(result, ObservedStream):
             lane, attempts = served.lane, served.attempts
             result.on_end = lambda usage: self._record_usage(info, body, lane, attempts, usage, streamed=True)
         return served

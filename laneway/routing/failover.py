@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from laneway.errors import LanewayError
+from laneway.routing.record import RequestRecord
 
 log = logging.getLogger("laneway.routing")
 
@@ -28,6 +29,8 @@ class RequestInfo:
     request_id: str = ""
     run_id: str | None = None
     priority: int = 0
+    published_lanes: bool = True  # the key may be served by published (virtual) lanes
+    record: RequestRecord | None = None  # filled in as the request is served (the access log's)
 
 
 @dataclass(frozen=True, slots=True)

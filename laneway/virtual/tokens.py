@@ -25,6 +25,8 @@ class PublisherGrant:
     owner: str  # the token's name: owns the sessions it opens
     names: tuple[str, ...]  # publisher-name globs
     models: tuple[str, ...]  # model-name globs
+    # May publish a model that a declared backend serves (sharing its traffic); off by default.
+    join_declared: bool = False
 
     def check_name(self, name: str) -> None:
         if not any(fnmatchcase(name, pat) for pat in self.names):
@@ -48,7 +50,7 @@ class PublisherTokens:
         for i, t in enumerate(tokens):
             where = f"publishers.tokens[{i}].token_env"
             digest = secret_digest(t.token, t.token_env, t.token_hash, where=where, source=source)
-            self._config[digest] = PublisherGrant(t.name, tuple(t.names), tuple(t.models))
+            self._config[digest] = PublisherGrant(t.name, tuple(t.names), tuple(t.models), t.join_declared)
         # What ``identify`` reads: both sources merged, rebuilt on each change so a lookup stays
         # one dict access. Replaced whole, never mutated, so no caller sees it half-built.
         self._grants: dict[str, PublisherGrant] = dict(self._config)
