@@ -22,7 +22,13 @@
           └── UpstreamProtocolError  the backend answered with something we cannot read (502)
 
 Foreign exceptions (aiohttp, asyncio timeouts, JSON decode errors) are translated into this tree
-at the provider boundary (``laneway.providers.http``) and never travel further. Whether an
+at the provider boundary (``laneway.providers.http``) and never travel further.
+
+Two texts per error. ``message`` is for operators (logs, admin views, failover records): it may
+name backends and quote what an upstream said, always through ``laneway.redact`` (an
+``UpstreamError`` redacts on construction, so no error ever holds a raw credential).
+``client_message`` is what a client is told: laneway's own words, never upstream text (but an
+upstream's explanation of what was wrong with the client's own request), never a backend's name. Whether an
 error may be retried on another lane is decided in exactly one place: ``UpstreamError.retryable``.
 The pool errors are not ``UpstreamError``s on purpose: a busy pool says nothing about a backend's
 health, so they never count against its breaker, and the router simply tries the next lane.
@@ -31,8 +37,10 @@ health, so they never count against its breaker, and the router simply tries the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
+
+from laneway.redact import redact
 
 
 class LanewayError(Exception):
@@ -47,11 +55,17 @@ class LanewayError(Exception):
         self.message = message
         self.param = param
 
-    def to_openai(self) -> dict[str, Any]:
-        """The OpenAI error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    @property
+    def client_message(self) -> str:
+        """What a client is told (``message`` unless the error holds what a client may not see)."""
+        return self.message
+
+    def to_openai(self, message: str | None = None) -> dict[str, Any]:
+        """The OpenAI error shape: ``{"error": {"message", "type", "param", "code"}}``, with
+        ``message`` (default: ``client_message``)."""
         return {
             "error": {
-                "message": self.message,
+                "message": self.client_message if message is None else message,
                 "type": self.error_type,
                 "param": self.param,
                 "code": self.code,
@@ -118,19 +132,30 @@ class UnsupportedParameter(ClientError):
     code = "unsupported_parameter"
 
 
-class NoLaneAvailable(LanewayError):
-    status = 503
-    error_type = "service_unavailable"
-    code = "no_lane_available"
-
-
-# --- pools (laneway.pools) ----------------------------------------------------------------------
-
-
 def _retry_after(seconds: float) -> dict[str, str]:
     """Retry-After as a whole number of seconds, at least 1 (0 would invite an instant retry)."""
     whole = math.ceil(seconds) if math.isfinite(seconds) else 1
     return {"retry-after": str(max(1, whole))}
+
+
+class NoLaneAvailable(LanewayError):
+    """Lanes that could serve the request exist (or did), but none can take it now: breakers
+    open, credentials in cooldown, backends unreachable. ``retry_after`` (seconds) is when one
+    is expected back, when that is known."""
+
+    status = 503
+    error_type = "service_unavailable"
+    code = "no_lane_available"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self.retry_after) if self.retry_after is not None else {}
+
+
+# --- pools (laneway.pools) ----------------------------------------------------------------------
 
 
 class QueueFull(LanewayError):
@@ -191,10 +216,17 @@ class UpstreamError(LanewayError):
     status = 502
     error_type = "upstream_error"
     code = "bad_gateway"
+    # What a client is told, in laneway's words (see the module docstring).
+    public: ClassVar[str] = "The model's backend failed"
 
-    def __init__(self, message: str, *, backend: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, backend: str = "", secrets: Iterable[str] = ()) -> None:
+        # The one redaction step (laneway.redact): ``secrets`` are the backend's own credentials.
+        super().__init__(redact(message, secrets))
         self.backend = backend
+
+    @property
+    def client_message(self) -> str:
+        return self.public
 
     @property
     def retryable(self) -> bool:
@@ -207,21 +239,25 @@ class TransportError(UpstreamError):
 
 class UpstreamConnectError(TransportError):
     code = "upstream_unreachable"
+    public = "laneway could not reach the model's backend"
 
 
 class UpstreamTimeout(TransportError):
     status = 504
     code = "upstream_timeout"
+    public = "The model's backend did not answer in time"
 
 
 class StreamBroken(TransportError):
     code = "upstream_stream_broken"
+    public = "The model's backend broke off its answer"
 
 
 class UpstreamProtocolError(UpstreamError):
     """The backend answered, but not in its family's wire format (garbage, truncated JSON...)."""
 
     code = "upstream_bad_response"
+    public = "The model's backend answered with something laneway cannot read"
 
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 529})
@@ -237,10 +273,26 @@ class UpstreamStatusError(UpstreamError):
         backend: str = "",
         upstream_status: int,
         upstream_headers: Mapping[str, str] | None = None,
+        upstream_message: str | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
-        super().__init__(message, backend=backend)
+        super().__init__(message, backend=backend, secrets=secrets)
         self.upstream_status = upstream_status
         self.upstream_headers = dict(upstream_headers or {})
+        # What the upstream said, redacted: a client sees it only when it is about its request.
+        self.upstream_message = redact(upstream_message, secrets) if upstream_message else None
+
+    @property
+    def client_message(self) -> str:
+        s = self.upstream_status
+        if s in (401, 403):
+            return "The model's backend refused laneway's credentials for it (an operator must fix them)"
+        if s == 429:
+            return "The model's backend is rate-limiting requests; retry later"
+        if 400 <= s < 500:
+            said = f": {self.upstream_message}" if self.upstream_message else ""
+            return f"The model's backend refused the request (HTTP {s}){said}"
+        return f"The model's backend failed (HTTP {s})"
 
     @property
     def retryable(self) -> bool:
@@ -271,8 +323,8 @@ class UpstreamStatusError(UpstreamError):
         ra = self.upstream_headers.get("retry-after")
         return {"retry-after": ra} if ra and self.upstream_status == 429 else {}
 
-    def to_openai(self) -> dict[str, Any]:
-        body = super().to_openai()
+    def to_openai(self, message: str | None = None) -> dict[str, Any]:
+        body = super().to_openai(message)
         s = self.upstream_status
         if s == 429:
             body["error"]["type"] = "rate_limit_error"

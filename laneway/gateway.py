@@ -15,7 +15,7 @@ from pathlib import Path
 
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings
-from laneway.errors import UpstreamError
+from laneway.errors import NoLaneAvailable, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -94,6 +94,7 @@ class Gateway:
             self.clock,
             settings,
             declared=lambda: self.reconciler.refreshers.keys() if self.reconciler else (),
+            serves_declared=lambda model: self.reconciler is not None and self.reconciler.serves(model),
             pools=self.pools,
         )
         inv = settings.inventory
@@ -240,8 +241,17 @@ class AllBackends:
 
     def allows(self, backend: str, model: str) -> bool:
         if backend not in self.reconciler.refreshers and self.fleet.is_virtual(backend):
-            return True
+            # A published lane never takes a declared backend's model, unless its token may.
+            return self.fleet.may_join(backend) or not self.reconciler.serves(model)
         return self.reconciler.allows(backend, model)
+
+    def unavailable(self, name: str) -> NoLaneAvailable | None:
+        return self.reconciler.unavailable(name)
+
+    def cooldown_left(self, backend: str) -> float:
+        refresher = self.reconciler.refreshers.get(backend)
+        until = refresher.status.cooldown_until if refresher is not None else None
+        return max(0.0, until - self.reconciler.ctx.clock.now()) if until is not None else 0.0
 
     async def refresh_local(self) -> bool:
         return await self.reconciler.refresh_local()

@@ -110,7 +110,10 @@ def test_publish_serve_and_sim_as_processes(procs: Processes, sim_factory: Any, 
         "storage": {"data_dir": str(tmp_path / "data")},
         "auth": {"keys": [{"name": "app", "key": CLIENT_KEY}, {"name": "ops", "key": ADMIN, "admin": True}]},
         "backends": {"gpu-1": {"provider": "ollama", "base_url": declared.url}},
-        "publishers": {"tokens": [{"name": "e2e", "token": TOKEN, "names": ["e2e-*"]}]},
+        # join_declared: its embedding model is also gpu-1's (the chat model is aliased apart)
+        "publishers": {
+            "tokens": [{"name": "e2e", "token": TOKEN, "names": ["e2e-*"], "join_declared": True}]
+        },
         "routes": {
             "team": [{"backend": NAME, "model": "team-llama"}, {"backend": "gpu-1", "model": "llama3.2:3b"}]
         },

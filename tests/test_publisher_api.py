@@ -21,6 +21,7 @@ pytestmark = pytest.mark.anyio
 
 TOKEN = "lw-pub-alice"
 NARROW = "lw-pub-carol"
+JOINER = "lw-pub-joiner"  # may publish models the declared backends serve (join_declared)
 ADMIN = "lw-test-admin"
 MODEL = "alice-llama:1b"
 LANE = "fleet:virtual:alice-laptop:chat:alice-llama%3A1b"
@@ -35,6 +36,7 @@ def pub_gw(gateway_factory: Any, three_sims: dict[str, Sim], tmp_path: Path) -> 
         "tokens": [
             {"name": "alice", "token": TOKEN, "names": ["alice-*"]},
             {"name": "carol", "token": NARROW, "names": ["carol-*"], "models": ["carol-*"]},
+            {"name": "joiner", "token": JOINER, "names": ["alice-*"], "join_declared": True},
         ],
         "redispatch_wait": 30,
     }
@@ -49,6 +51,13 @@ def pub_gw(gateway_factory: Any, three_sims: dict[str, Sim], tmp_path: Path) -> 
 @pytest.fixture
 async def publisher(pub_gw: RunningGateway) -> Any:
     pub = ScriptedPublisher(pub_gw.url, TOKEN)
+    yield pub
+    await pub.aclose()
+
+
+@pytest.fixture
+async def joiner(pub_gw: RunningGateway) -> Any:
+    pub = ScriptedPublisher(pub_gw.url, JOINER)
     yield pub
     await pub.aclose()
 
@@ -119,7 +128,7 @@ async def test_every_publisher_endpoint_refuses_a_bad_token(
                 assert resp.status == 401, (method, path, answer)
                 assert answer["error"]["type"] == "authentication_error"
                 assert "publisher token" in answer["error"]["message"].lower()
-    assert await lane_health(pub_gw) == "healthy"  # nothing changed
+    assert await lane_health(pub_gw) == "inactive"  # nothing changed (no control stream yet)
 
 
 async def test_a_publisher_token_is_not_a_client_key(pub_gw: RunningGateway) -> None:
@@ -189,8 +198,10 @@ async def test_sticky_reconnect_and_adoption_over_http(
         assert "still active" in body["error"]["message"]
         await publisher.drop()
         await eventually(lambda: _is(pub_gw, "inactive"), "inactive after the drop")
-        again = await publisher.register()  # the same session id: its rows, reactivated
+        again = await publisher.register()  # the same session id: its rows, reactivated...
         assert again["session_id"] == first
+        assert await lane_health(pub_gw) == "inactive"  # ...once tasks can reach it
+        await publisher.connect()
         assert await lane_health(pub_gw) == "healthy"
     finally:
         await other.aclose()
@@ -294,8 +305,9 @@ async def test_a_task_in_flight_is_resent_when_the_publisher_reconnects(
 
 
 async def test_a_dropped_task_fails_over_to_another_lane_of_the_model(
-    pub_gw: RunningGateway, publisher: ScriptedPublisher
+    pub_gw: RunningGateway, joiner: ScriptedPublisher
 ) -> None:
+    publisher = joiner
     # llama3.2:3b is also served by the declared Ollama sim (gpu-1); the route tries the
     # publisher first, so the request reaches it, and fails over when it drops.
     await publisher.register(lanes=[{"model": "llama3.2:3b"}])
@@ -326,7 +338,9 @@ async def test_a_publisher_dropped_mid_stream_ends_it_with_an_error_event(
     text, error = await reading
     assert text == "partial "  # kept what it got, then an error event, never a silent switch
     assert error is not None
-    assert "publisher 'alice-laptop' went away mid-stream" in error
+    # laneway's words to the client; the publisher's name and what happened to operators
+    assert error.startswith("The model's backend broke off its answer")
+    assert "alice-laptop" not in error
 
 
 async def _stream_text(gw: RunningGateway) -> tuple[str, str | None]:
@@ -376,7 +390,10 @@ async def test_a_failed_wake_fails_them_all_and_stays_hibernating(
     await publisher.result(wake["task_id"], {"error": {"status": 500, "message": "wake command exited 1"}})
     results = await asyncio.gather(*requests, return_exceptions=True)
     assert all(isinstance(r, openai.APIStatusError) and r.status_code == 503 for r in results), results
-    assert all("wake command exited 1" in r.message for r in results if isinstance(r, openai.APIStatusError))
+    assert all("could not be woken" in r.message for r in results if isinstance(r, openai.APIStatusError))
+    assert not any("exited" in r.message for r in results if isinstance(r, openai.APIStatusError))
+    failures = (await admin(pub_gw, "/admin/failovers"))["failovers"]
+    assert "wake command exited 1" in failures[0]["attempts"][0]["error"]  # the operator's view
     snapshot = (await admin(pub_gw, "/admin/publishers"))["publishers"][0]
     assert [lane["state"] for lane in snapshot["lanes"]] == ["hibernating"]
 
@@ -452,8 +469,9 @@ async def test_laneway_publishers_shows_the_sessions(
 
 
 async def test_a_published_model_by_publisher_slash_model(
-    pub_gw: RunningGateway, publisher: ScriptedPublisher
+    pub_gw: RunningGateway, joiner: ScriptedPublisher
 ) -> None:
+    publisher = joiner
     await publisher.register(lanes=[{"model": "llama3.2:3b"}])  # the declared gpu-1 serves it too
     await publisher.connect()
     worker = asyncio.create_task(answer_tasks(publisher, 1))

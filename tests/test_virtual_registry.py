@@ -66,13 +66,17 @@ async def test_register_creates_fleet_lanes_and_a_session() -> None:
     assert [lane["id"] for lane in answer["lanes"]] == [LANE]
     lane = inventory.get(LANE)
     assert lane is not None
+    # Not routable until its control stream opens: no task could reach it before.
     assert (lane.tier, lane.family, lane.backend, lane.health) == (
         "fleet",
         "virtual",
         "alice-laptop",
-        "healthy",
+        "inactive",
     )
-    assert lane.routable
+    assert not lane.routable
+    fleet.open_control(ALICE, answer["session_id"])
+    assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
+    assert inventory.get(LANE).routable  # type: ignore[union-attr]
     config = fleet.config("alice-laptop")
     assert config is not None
     assert (config.provider, config.pool_slots, config.stream_holds_slot) == ("virtual", 3, True)
@@ -86,6 +90,8 @@ async def test_same_session_reactivates_its_rows_in_place() -> None:
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
     again = register(fleet, session_id=sid)
     assert again["session_id"] == sid
+    assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]  # until it connects
+    fleet.open_control(ALICE, sid)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
     assert len(fleet.registry.sessions) == 1
 
@@ -107,6 +113,7 @@ async def test_an_inactive_lane_of_another_session_is_adopted() -> None:
     second = register(fleet)["session_id"]  # lost its state file: a new session, adopts llama
     assert second != first
     assert fleet.registry.owner_of(LANE).id == second  # type: ignore[union-attr]
+    fleet.open_control(ALICE, second)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
     qwen = LANE.replace("llama3.2%3A3b", "qwen2.5%3A7b")
     assert fleet.registry.owner_of(qwen).id == first  # type: ignore[union-attr]  # not listed: left as it was
@@ -341,8 +348,8 @@ async def test_a_call_times_out_on_the_injected_clock_and_cancels_its_task() -> 
 async def test_ten_concurrent_calls_share_one_wake() -> None:
     fleet, inventory, _ = make_fleet()
     sid = register(fleet, state="hibernating", max_concurrency=10)["session_id"]
-    assert inventory.get(LANE).health == Health.HIBERNATING  # type: ignore[union-attr]
     channel = fleet.open_control(ALICE, sid)
+    assert inventory.get(LANE).health == Health.HIBERNATING  # type: ignore[union-attr]
     calls = [asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call())) for _ in range(10)]
     await settle()
     sent = events(channel)

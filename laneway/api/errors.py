@@ -1,4 +1,10 @@
-"""Every error leaves the API in the OpenAI error shape, with the right status; never a traceback."""
+"""Every error leaves the API in the OpenAI error shape, with the right status; never a traceback.
+
+What a client reads is laneway's own account (``LanewayError.client_message``): what failed and
+the request id to quote; which lane it was, only to admin keys or when the operator allows it
+(``server.show_lane_in_errors``). What the upstream said goes to the logs and the admin views,
+redacted, never to the client.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +16,42 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from laneway.errors import LanewayError, http_status
+from laneway.api.access import request_record
+from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError, http_status
 from laneway.routing.failover import attribution_of
 
 log = logging.getLogger("laneway.api")
 
+SHOW_LANE = "laneway.show_lane"  # scope key: this request's errors may name the lane
 
-def error_body(err: LanewayError) -> dict[str, Any]:
-    """The OpenAI error shape, plus ``error.laneway``: who the request was for, and which lane and
-    attempt the error came from, when it went through the router (SDKs pass it through)."""
-    body = err.to_openai()
+
+def error_body(err: LanewayError, *, show_lane: bool = False) -> dict[str, Any]:
+    """The OpenAI error shape, plus ``error.laneway``: who the request was for, its request id and
+    attempt (and its lane, with ``show_lane``), when it went through the router (SDKs pass it
+    through). A failure of laneway or of an upstream also quotes the request id in the message."""
     attribution = attribution_of(err)
+    message = err.client_message
+    if attribution is not None and isinstance(err, UpstreamError | NoLaneAvailable):
+        where = [f"Request id: {attribution.request_id}"] if attribution.request_id else []
+        if show_lane and attribution.lane:
+            where.append(f"lane: {attribution.lane}")
+        if where:
+            message = f"{message.rstrip('.')}. {'; '.join(where)}"
+    body = err.to_openai(message)
     if attribution is not None:
-        body["error"]["laneway"] = attribution.as_dict()
+        shown = attribution.as_dict()
+        if not show_lane:
+            shown.pop("lane", None)
+        body["error"]["laneway"] = shown
     return body
 
 
-def error_response(err: LanewayError, request_id: str | None = None) -> Response:
-    """The OpenAI error shape; a routed request's error also says who it was for and which lane
-    and attempt it came from (``error.laneway``), which SDKs pass through untouched."""
+def error_response(err: LanewayError, request_id: str | None = None, *, show_lane: bool = False) -> Response:
     headers = err.headers()
     if request_id:
         headers["x-request-id"] = request_id
     return Response(
-        orjson.dumps(error_body(err)),
+        orjson.dumps(error_body(err, show_lane=show_lane)),
         status_code=http_status(err),
         headers=headers,
         media_type="application/json",
@@ -47,7 +65,14 @@ def openai_error(status: int, message: str, error_type: str, code: str | None = 
 
 async def laneway_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LanewayError)
-    return error_response(exc, request.scope.get("state", {}).get("request_id"))
+    record = request_record(request)
+    if record is not None:
+        record.error = exc.code or exc.error_type
+    return error_response(
+        exc,
+        request.scope.get("state", {}).get("request_id"),
+        show_lane=bool(request.scope.get(SHOW_LANE)),
+    )
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

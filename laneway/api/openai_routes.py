@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from laneway.api.access import request_record
+from laneway.api.errors import SHOW_LANE
 from laneway.api.streaming import ReplyStreamResponse
 from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, parse_body, validate
 from laneway.errors import NoLaneAvailable, PayloadTooLarge
@@ -91,6 +92,7 @@ class OpenAIRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.limit = gateway.settings.server.max_body_bytes
+        self.show_lane = gateway.settings.server.show_lane_in_errors
 
     async def _handle(self, request: Request, op: Operation, shape: type[BaseModel]) -> Response:
         rid = request_id(request)
@@ -102,6 +104,9 @@ class OpenAIRoutes:
             sub_caller=headers.get("x-laneway-caller"),
             priority=headers.get("x-laneway-priority"),
         )
+        show_lane = who.admin or self.show_lane
+        if show_lane:
+            request.scope[SHOW_LANE] = True
         info = RequestInfo(
             who.caller,
             rid,
@@ -125,7 +130,9 @@ class OpenAIRoutes:
             stream = await unless_client_leaves(request, router.stream(op, body, raw, info))
             if stream is None:
                 return CLIENT_GONE
-            return ReplyStreamResponse(stream.result, served_headers(stream, rid))  # type: ignore[return-value]
+            return ReplyStreamResponse(  # type: ignore[return-value]
+                stream.result, served_headers(stream, rid), show_lane=show_lane
+            )
         served = await unless_client_leaves(request, router.send(op, body, raw, info))
         if served is None:
             return CLIENT_GONE

@@ -18,13 +18,15 @@ from starlette.types import Receive, Scope, Send
 from laneway.api.errors import error_body
 from laneway.errors import LanewayError
 from laneway.providers.base import ReplyStream
+from laneway.routing.failover import attribution_of
 
 log = logging.getLogger("laneway.api")
 
 
 class ReplyStreamResponse:
-    def __init__(self, stream: ReplyStream, headers: Mapping[str, str]) -> None:
+    def __init__(self, stream: ReplyStream, headers: Mapping[str, str], *, show_lane: bool = False) -> None:
         self.stream = stream
+        self.show_lane = show_lane
         self.raw_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -53,8 +55,17 @@ class ReplyStreamResponse:
                 async for frame in self.stream:
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
             except LanewayError as exc:
-                log.warning("stream failed after it started: %s", exc.message)
-                frame = b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+                attribution = attribution_of(exc)
+                log.warning(
+                    "stream failed after it started",
+                    extra={
+                        "error": exc.message,
+                        "code": exc.code,
+                        "request_id": attribution.request_id if attribution else None,
+                        "lane": attribution.lane if attribution else None,
+                    },
+                )
+                frame = b"data: " + orjson.dumps(error_body(exc, show_lane=self.show_lane)) + b"\n\n"
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             state["done"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -17,15 +17,21 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 
 from laneway.config.schema import BackendConfig
-from laneway.errors import LanewayError, UpstreamError
+from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError
 from laneway.inventory.discovery import model_allowed
 from laneway.inventory.lanes import Health
 from laneway.inventory.refresher import BackendStatus, RefreshContext, Refresher
 from laneway.providers.base import Provider
 
 log = logging.getLogger("laneway.inventory")
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 Declared = Callable[[], Awaitable[dict[str, BackendConfig]]]
 BuildProvider = Callable[[str, BackendConfig], Provider]
@@ -203,6 +209,40 @@ class Reconciler:
         backend allows nothing)."""
         refresher = self.refreshers.get(backend)
         return refresher is not None and model_allowed(refresher.config, model)
+
+    def serves(self, model: str) -> bool:
+        """Does a declared backend serve ``model`` (declared, or found by a refresh since start)?
+        A lane in the inventory counts too: a backend's lanes outlive a failed refresh."""
+        return any(model in r.known for r in self.refreshers.values()) or any(
+            lane.backend in self.refreshers for lane in self.ctx.inventory.by_model(model)
+        )
+
+    def unavailable(self, name: str) -> NoLaneAvailable | None:
+        """A name no lane serves now that a failing backend is known to serve (declared, or found
+        by its last good refresh; as ``model`` or ``backend/model``): the model is unavailable
+        now (503, which backends, since when), not unknown (404). None if no failing backend knows it."""
+        prefix, sep, model = name.partition("/")
+        now, mono = self.ctx.clock.now(), self.ctx.clock.monotonic()
+        why: list[str] = []
+        waits: list[float] = []
+        for backend, refresher in sorted(self.refreshers.items()):
+            st = refresher.status
+            if st.failing_since is None or not (
+                name in refresher.known or (sep and prefix == backend and model in refresher.known)
+            ):
+                continue
+            if st.cooldown_until is not None:
+                why.append(f"'{backend}' (its credentials were refused; retried after the cooldown)")
+                waits.append(st.cooldown_until - now)
+            else:
+                why.append(f"'{backend}' (unreachable since {_utc(st.failing_since)})")
+                waits.append(self._due.get(backend, mono) - mono)
+        if not why:
+            return None
+        return NoLaneAvailable(
+            f"The model '{name}' is known but cannot be served now: its backend(s) {', '.join(why)}",
+            retry_after=max(1.0, min(waits)),
+        )
 
     def statuses(self) -> list[BackendStatus]:
         return [self.refreshers[n].status for n in sorted(self.refreshers)]

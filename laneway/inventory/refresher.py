@@ -55,6 +55,7 @@ class BackendStatus:
     lanes: int = 0
     cooldown_until: float | None = None
     cooldown_reason: str | None = None
+    failing_since: float | None = None  # the first of the refreshes failing since the last success
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +84,10 @@ class Refresher:
         self.status = BackendStatus(
             name, config.provider, config.effective_tier, config.base_url, self.interval
         )
+        # The models this backend is known to serve: declared, or found by its last successful
+        # refresh. Kept while it is unreachable, so a request for one of them is told the model is
+        # unavailable now (503), not that it does not exist (404).
+        self.known: frozenset[str] = frozenset(config.declared)
         self._running: asyncio.Task[None] | None = None
         self._running_cached = False  # whether the running refresh may answer from the cache
 
@@ -104,6 +109,16 @@ class Refresher:
     async def _tick(self, use_cache: bool) -> None:
         ctx, st = self.ctx, self.status
         st.last_attempt = ctx.clock.now()
+        if await self._refresh(use_cache):
+            if st.failing_since is not None:
+                log.info("refresh recovered", extra={"backend": self.name, "failing_since": st.failing_since})
+            st.failing_since = None
+        elif st.failing_since is None:
+            st.failing_since = st.last_attempt
+
+    async def _refresh(self, use_cache: bool) -> bool:
+        """One refresh; True if the backend (or the cache) answered with its model list."""
+        ctx, st = self.ctx, self.status
         try:
             cooldown = await ctx.cooldowns.get(self.credential)
         except LanewayError as exc:  # the runtime store is away: refreshing is the safer side
@@ -114,19 +129,20 @@ class Refresher:
             st.last_error = f"credentials refused, refreshes paused: {cooldown.reason}"
             st.source = None
             self._deny(cooldown.until)
-            return
+            return False
         st.cooldown_until = st.cooldown_reason = None
         try:
             models, st.source = await self._models(use_cache)
         except UpstreamError as exc:
             await self._failed(exc)
-            return
+            return False
         except TimeoutError:
             st.source = None
             st.last_error = f"refresh timed out after {ctx.settings.refresh_deadline:g}s"
-            log.warning("refresh failed", extra={"backend": self.name, "error": st.last_error})
-            return
+            self._log_failure(st.last_error)
+            return False
         self._write(models)
+        return True
 
     async def _models(self, use_cache: bool) -> tuple[list[ModelInfo], str]:
         ctx = self.ctx
@@ -178,7 +194,13 @@ class Refresher:
                 },
             )
         else:
-            log.warning("refresh failed", extra={"backend": self.name, "error": exc.message})
+            self._log_failure(exc.message)
+
+    def _log_failure(self, error: str) -> None:
+        """A warning when the backend starts failing; while it goes on failing, debug lines (the
+        status, /admin/backends and the metrics keep saying so): one warning per change of state."""
+        level = logging.WARNING if self.status.failing_since is None else logging.DEBUG
+        log.log(level, "refresh failed", extra={"backend": self.name, "error": error})
 
     def _deny(self, until: float) -> int:
         """Take the backend's lanes out of rotation. They stay visible (as ``denied``) for the whole
@@ -198,6 +220,7 @@ class Refresher:
         now = ctx.clock.now()
         found = lanes_for(self.name, self.config, models, inventory=ctx.settings, now=now)
         st.last_refresh, st.models = now, len(models)
+        self.known = frozenset(self.config.declared) | {lane.model for lane in found.lanes}
         st.missing_models, st.excluded_models = found.missing, found.excluded
         if self.config.models and not self.config.discovers and len(found.missing) == len(self.config.models):
             st.last_error = f"none of the declared models exists upstream: {', '.join(found.missing)}"

@@ -8,6 +8,7 @@ aiohttp, asyncio-timeout and JSON error raised while talking to a backend is tra
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -70,6 +71,22 @@ def error_message(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret", re.IGNORECASE)
+
+
+def credentials_in(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The secrets among request headers: each credential header's value, and its token without
+    the scheme (``Bearer sk-…`` → ``sk-…``), so either form is found in what a backend echoes."""
+    found: list[str] = []
+    for name, value in headers.items():
+        if _CREDENTIAL_HEADER.search(name) and value:
+            found.append(value)
+            _, _, token = value.partition(" ")
+            if token.strip():
+                found.append(token.strip())
+    return tuple(found)
+
+
 def loads_object(body: bytes, backend: str) -> dict[str, Any]:
     """Parse a JSON object from a backend, or raise UpstreamProtocolError."""
     with map_errors(backend):
@@ -97,6 +114,8 @@ class Upstream:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers or {})
+        # The credentials this client sends: never in an error, whatever the backend echoes.
+        self.secrets = credentials_in(self.headers)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
@@ -129,11 +148,14 @@ class Upstream:
         return cached
 
     def _raise_for_status(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        said = error_message(body)
         raise UpstreamStatusError(
-            f"backend '{self.name}' answered {status}: {error_message(body)}",
+            f"backend '{self.name}' answered {status}: {said}",
             backend=self.name,
             upstream_status=status,
             upstream_headers={k.lower(): v for k, v in headers.items()},
+            upstream_message=said,
+            secrets=self.secrets,
         )
 
     async def request(

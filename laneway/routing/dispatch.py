@@ -42,7 +42,7 @@ from laneway.errors import (
     UpstreamStatusError,
 )
 from laneway.inventory.cooldown import is_auth_failure
-from laneway.inventory.lanes import Lane
+from laneway.inventory.lanes import Health, Lane
 from laneway.pools import PoolRegistry, Slot
 from laneway.providers.base import Call, Provider, Reply, ReplyStream, Usage
 from laneway.routing.breaker import Breakers
@@ -56,12 +56,13 @@ from laneway.routing.failover import (
     attribution_of,
 )
 from laneway.routing.rank import Facts, rank
-from laneway.routing.resolve import Candidate, Resolver
+from laneway.routing.resolve import Candidate, OutOfRotation, Resolver
 from laneway.routing.streams import ObservedStream, open_stream
 from laneway.signals.store import Signals, counts_against_health
 from laneway.usage import UsageRecord, UsageRecorder
 
 log = logging.getLogger("laneway.routing")
+VIRTUAL = "virtual"  # the provider family of published lanes
 T = TypeVar("T")
 
 
@@ -92,6 +93,14 @@ class BackendFeedback(Protocol):
     async def credential_refused(self, backend: str, exc: UpstreamError) -> None: ...
 
     def lane_stale(self, lane_id: str) -> None: ...
+
+    def unavailable(self, name: str) -> NoLaneAvailable | None:
+        """Why a name no lane serves is a known model that cannot be served now (None: unknown)."""
+        ...
+
+    def cooldown_left(self, backend: str) -> float:
+        """Seconds left of the backend's auth cooldown (0: none)."""
+        ...
 
 
 class Router:
@@ -124,26 +133,64 @@ class Router:
 
     # -- candidates --------------------------------------------------------------------------
 
-    async def candidates(self, name: str, lane_type: str) -> tuple[Candidate, ...]:
-        """The lanes that may serve ``name``, before ranking; the policy is applied here."""
+    async def candidates(
+        self, name: str, lane_type: str, info: RequestInfo | None = None
+    ) -> tuple[Candidate, ...]:
+        """The lanes that may serve ``name`` for this request, before ranking; the backends'
+        policy and the key's (published lanes or not) are applied here."""
         backends = self.backends
         try:
             found = self.resolver.resolve(name, lane_type)
         except ModelNotFound:
-            if backends is None or not await backends.refresh_local():
+            if backends is not None and await backends.refresh_local():
+                found = self._resolve_known(name, lane_type)
+            else:
+                unavailable = backends.unavailable(name) if backends is not None else None
+                if unavailable is not None:
+                    raise unavailable from None
                 raise
-            found = self.resolver.resolve(name, lane_type)
+        except OutOfRotation as exc:
+            exc.retry_after = self._back_in(exc.lanes)
+            raise
         if backends is not None:
             allowed = tuple(c for c in found if backends.allows(c.lane.backend, c.lane.model))
             if not allowed:
-                lane = found[0].lane
                 raise PermissionDenied(
-                    f"'{name}' is served only by lanes the backends' model policy excludes "
-                    f"(e.g. '{lane.model}' on '{lane.backend}')",
-                    param="model",
+                    f"'{name}' is served only by lanes the backends' model policy excludes", param="model"
                 )
             found = allowed
+        if info is not None and not info.published_lanes:
+            found = tuple(c for c in found if c.lane.family != VIRTUAL)
+            if not found:
+                raise PermissionDenied(
+                    f"'{name}' is served only by published lanes, which this key may not use",
+                    param="model",
+                )
         return found
+
+    def _resolve_known(self, name: str, lane_type: str) -> tuple[Candidate, ...]:
+        """After the refresh a miss triggered: the lanes, or why a known model has none (503)."""
+        try:
+            return self.resolver.resolve(name, lane_type)
+        except ModelNotFound:
+            unavailable = self.backends.unavailable(name) if self.backends is not None else None
+            if unavailable is not None:
+                raise unavailable from None
+            raise
+
+    def _back_in(self, lanes: tuple[Lane, ...]) -> float:
+        """Seconds until one of these out-of-rotation lanes is expected back: an open breaker's
+        cooldown, a refused credential's; else a short wait (a stale lane is being re-checked,
+        a publisher may reconnect)."""
+        now = self.clock.monotonic()
+        waits = []
+        for lane in lanes:
+            breaker = self.breakers.get(lane.id) if self.breakers is not None else None
+            if lane.health == Health.OPEN and breaker is not None:
+                waits.append(breaker.open_until - now)
+            elif lane.health == Health.DENIED and self.backends is not None:
+                waits.append(self.backends.cooldown_left(lane.backend))
+        return max(1.0, min(waits)) if waits else 5.0
 
     def ranked(self, candidates: tuple[Candidate, ...]) -> list[Candidate]:
         """Best first; exhausted lanes (until their reset) left out. A lone candidate (the common
@@ -229,7 +276,7 @@ class Router:
         if self.breakers is not None:
             self.breakers.advance()
         requested = str(body.get("model"))
-        found = await self.candidates(requested, op.value)
+        found = await self.candidates(requested, op.value, info)
         candidates = self.ranked(found)
         if not candidates:
             raise self._exhausted(requested, found)
@@ -323,7 +370,10 @@ class Router:
                 self.failovers.add(served)
             return Served(result, lane, attempt)
         if last is None:
-            last = NoLaneAvailable(f"No lane could take '{requested}' now (breakers open); try again shortly")
+            last = NoLaneAvailable(
+                f"No lane could take '{requested}' now (breakers open); try again shortly",
+                retry_after=self._back_in(tuple(c.lane for c in candidates)),
+            )
         if self.failovers is not None and record is not None:
             self.failovers.add(record)
         tried = [a.lane for a in (record.attempts if record else []) if a.outcome != "skipped"]

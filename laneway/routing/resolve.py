@@ -15,6 +15,15 @@ from laneway.inventory.store import Inventory
 from laneway.routing.selectors import Selector
 
 
+class OutOfRotation(NoLaneAvailable):
+    """Lanes serve the name, but none is routable now (breakers open, credentials refused,
+    publishers gone): ``lanes`` are those lanes, for the router to say when one is back."""
+
+    def __init__(self, message: str, lanes: tuple[Lane, ...]) -> None:
+        super().__init__(message)
+        self.lanes = lanes
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     lane: Lane
@@ -69,8 +78,9 @@ class Resolver:
         routable = tuple(c for c in typed if c.lane.routable)
         if not routable:
             why = ", ".join(sorted({f"{c.lane.backend} ({c.lane.health})" for c in typed}))
-            raise NoLaneAvailable(
-                f"'{name}' has {len(typed)} lane(s) but none can take requests right now: {why}"
+            raise OutOfRotation(
+                f"'{name}' has {len(typed)} lane(s) but none can take requests right now: {why}",
+                tuple(c.lane for c in typed),
             )
         return routable
 

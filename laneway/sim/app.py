@@ -181,7 +181,7 @@ class SimApp:
             return
         body = await _read_body(receive)
         if route.endpoint is not None:
-            await self._infer(route.endpoint, family, body, receive, send)
+            await self._infer(route.endpoint, family, body, receive, send, api_key or authorization or "")
         elif route.handler is not None:
             # Not the inference path: the checks below cost nothing to inference requests.
             if route.discovery and self.options.hang_discovery and not await self._hang(receive):
@@ -205,7 +205,13 @@ class SimApp:
     # -- inference -----------------------------------------------------------------------------
 
     async def _infer(
-        self, endpoint: Generate | Embed, family: str, body: bytes, receive: Receive, send: Send
+        self,
+        endpoint: Generate | Embed,
+        family: str,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        credential: str,
     ) -> None:
         options = self.options
         self.stats.inference_requests += 1
@@ -231,7 +237,8 @@ class SimApp:
         status = self._injected_failure()
         if status is not None:
             self.stats.failures_injected += 1
-            reply = error_reply(family, status, f"simulated failure: {status} {status_phrase(status)}")
+            said = options.fail_message or f"simulated failure: {status} {status_phrase(status)}"
+            reply = error_reply(family, status, said.replace("{credential}", credential))
             if status == 429:
                 headers.append((b"retry-after", b"1"))
             reply.headers = headers

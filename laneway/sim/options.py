@@ -43,7 +43,8 @@ class SimOptions:
     Failures (inference endpoints only): the first ``fail_first`` inference requests since start,
     reset or the last patch of ``fail_first`` fail; after that a ``fail_rate`` fraction fails
     (drawn from ``random.Random(seed)``); ``fail_status`` alone, with neither of those, fails
-    every inference request. The status is ``fail_status``, or 500 when it is not set.
+    every inference request. The status is ``fail_status``, or 500 when it is not set; the
+    message ``fail_message`` (see there), or "simulated failure: ...".
 
     Discovery (the model lists and metadata an inventory reads): ``models_format`` picks whose
     OpenAI-style model list ``GET /v1/models`` (and ``/api/v1/models``) answers with: None or
@@ -63,6 +64,10 @@ class SimOptions:
     api_key: str | None = None
     forbidden_keys: list[str] = field(default_factory=list)
     fail_status: int | None = None
+    # Chaos: the message of injected failures. ``{credential}`` becomes the credential header the
+    # request carried (Authorization or x-api-key): an upstream (or a proxy before one) that
+    # quotes what it was sent, as some do; the real APIs mask it.
+    fail_message: str | None = None
     fail_rate: float = 0.0
     fail_first: int = 0
     seed: int = 0

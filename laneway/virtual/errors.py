@@ -32,6 +32,7 @@ class PublisherUnavailable(UpstreamError):
 
     status = 503
     code = "publisher_unavailable"
+    public = "The publisher serving this model is offline"
 
 
 class WakeFailed(UpstreamError):
@@ -39,3 +40,4 @@ class WakeFailed(UpstreamError):
 
     status = 503
     code = "wake_failed"
+    public = "The publisher serving this model could not be woken"

@@ -45,6 +45,7 @@ class Fleet:
         settings: Settings,
         *,
         declared: Callable[[], Collection[str]] = frozenset,
+        serves_declared: Callable[[str], bool] = lambda model: False,
         pools: PoolRegistry | None = None,
     ) -> None:
         self.inventory = inventory
@@ -53,7 +54,12 @@ class Fleet:
         self.tokens = PublisherTokens(self.settings.tokens, settings.source)
         self.declared = declared
         self.registry = Registry(
-            inventory, clock, self.settings, weights=settings.inventory, declared=declared
+            inventory,
+            clock,
+            self.settings,
+            weights=settings.inventory,
+            declared=declared,
+            serves_declared=serves_declared,
         )
         self.registry.on_inactive = self._session_down
         self.relay = Relay()
@@ -183,6 +189,10 @@ class Fleet:
 
     def is_virtual(self, backend: str) -> bool:
         return backend in self._configs
+
+    def may_join(self, backend: str) -> bool:
+        """May the publisher ``backend`` serve models that declared backends serve?"""
+        return any(s.join_declared for s in self.registry.sessions.values() if s.name == backend and s.rows)
 
     # -- the lifecycle -------------------------------------------------------------------------
 

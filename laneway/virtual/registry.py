@@ -84,6 +84,10 @@ class Session:
     last_heartbeat: float
     bound: bool = False  # its control stream is open
     rows: set[str] = field(default_factory=set)  # lane ids it owns
+    join_declared: bool = False  # its token may publish models that declared backends serve
+    # Registered, its control stream not open yet: not routable, but its name is not up for
+    # adoption either, for a heartbeat_timeout (the publisher is connecting).
+    connecting: bool = False
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {
@@ -114,12 +118,16 @@ class Registry:
         *,
         weights: InventoryConfig | None = None,
         declared: Callable[[], Collection[str]] = frozenset,
+        serves_declared: Callable[[str], bool] = lambda model: False,
     ) -> None:
         self.inventory = inventory
         self.clock = clock
         self.settings = settings
         self.weights = weights or InventoryConfig()
         self.declared = declared  # the declared backends' names: never shadowed
+        # Does a declared backend serve this model? Its traffic (and prompts) are not a
+        # publisher's to take, unless the token says so (join_declared).
+        self.serves_declared = serves_declared
         self.sessions: dict[str, Session] = {}
         self.rows: dict[str, Row] = {}
         # Called with a session that went inactive (its tasks in flight go back to pending).
@@ -174,6 +182,15 @@ class Registry:
             raise InvalidRequest("register at least one lane", param="lanes")
         for spec in lanes:
             grant.check_model(spec.model)
+        if not grant.join_declared:
+            taken = sorted({spec.model for spec in lanes if self.serves_declared(spec.model)})
+            if taken:
+                raise Conflict(
+                    f"a declared backend of this gateway serves {', '.join(map(repr, taken))}; this "
+                    "publisher token may not publish those models (leave them out, or ask the operator "
+                    "for a token with join_declared)",
+                    param="lanes",
+                )
         if name in self.declared():
             raise Conflict(
                 f"'{name}' is a declared backend of this gateway; a publisher may not shadow it "
@@ -194,7 +211,10 @@ class Registry:
         # Checked: now write. A new session object is only kept from here on.
         self.sessions[session.id] = session
         session.max_concurrency, session.state, session.last_heartbeat = max_concurrency, state, now
-        row_state = state
+        session.join_declared = grant.join_declared
+        session.connecting = not session.bound
+        # Routable only once tasks can reach it: until its control stream opens, inactive.
+        row_state = state if session.bound else State.INACTIVE
         written: list[Lane] = []
         for lane_id, spec in wanted.items():
             row = self.rows.get(lane_id)
@@ -206,7 +226,9 @@ class Registry:
                 log.info(
                     "virtual lane adopted", extra={"lane": lane_id, "from": row.session_id, "to": session.id}
                 )
-            self.rows[lane_id] = Row(lane_id, session.id, row_state)
+            self.rows[lane_id] = Row(
+                lane_id, session.id, row_state, None if row_state != State.INACTIVE else now
+            )
             session.rows.add(lane_id)
             written.append(self._lane(name, spec, row_state, now))
         self.inventory.write_lanes(written)
@@ -274,6 +296,8 @@ class Registry:
         )
 
     def _alive(self, session: Session) -> bool:
+        if session.connecting and self.clock.now() - session.last_heartbeat < self.settings.heartbeat_timeout:
+            return True
         return any(self.rows[i].state != State.INACTIVE for i in session.rows if i in self.rows)
 
     # -- life signs ----------------------------------------------------------------------------
@@ -290,7 +314,7 @@ class Registry:
 
     def bind(self, session: Session) -> None:
         """Its control stream opened: a sign of life, and tasks can reach it."""
-        session.bound = True
+        session.bound, session.connecting = True, False
         session.last_heartbeat = self.clock.now()
         self._apply(session)
 
@@ -303,7 +327,7 @@ class Registry:
 
     def unbind(self, session: Session, *, reason: str) -> None:
         """Its control stream closed (or it said goodbye): inactive at once."""
-        session.bound = False
+        session.bound = session.connecting = False
         self._inactivate(session, reason)
 
     def awake(self, session: Session) -> None:
