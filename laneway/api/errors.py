@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from laneway.api.access import request_record
 from laneway.errors import LanewayError, http_status
 from laneway.routing.failover import attribution_of
 
@@ -47,6 +48,8 @@ def openai_error(status: int, message: str, error_type: str, code: str | None = 
 
 async def laneway_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LanewayError)
+    if (record := request_record(request)) is not None:
+        record.error = exc.code or exc.error_type
     return error_response(exc, request.scope.get("state", {}).get("request_id"))
 
 
