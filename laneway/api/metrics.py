@@ -8,10 +8,11 @@ updates, no lock (one event loop), turned into metric families at scrape time. T
 belongs to the app that serves it (never prometheus_client's global one): two gateways in one
 process, as in the tests, keep apart.
 
-The endpoint is open, like most exporters: a scraper needs no API key. It shows backend and lane
-names, quotas, latencies and refresh outcomes, never a key, prompt or reply; keep it off networks
-that should not see backend names (bind ``server.host`` to a private address, or filter ``/metrics``
-at the reverse proxy).
+The endpoint is open unless ``auth.metrics_key`` (or ``_env``, ``_hash``) is given; then it needs
+``Authorization: Bearer`` with that key or an admin key (401 without a key or with an unknown one,
+403 with a client key). It shows backend, lane and publisher names, quotas, latencies, request
+counts and refresh outcomes, never a key, prompt, reply, caller or publisher session id (a
+session id is the publisher's sticky identity: who knows it may register as that publisher).
 
 RED metrics, by request: ``laneway_requests_total{route, lane, status}``,
 ``laneway_request_duration_seconds{route, lane}`` and, for streams,
@@ -39,9 +40,10 @@ start at 0 with the pool, so they start over when a pool is created again (its b
 
 from __future__ import annotations
 
+import hmac
 import math
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -56,13 +58,16 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 
+from laneway.errors import AuthenticationFailed, PermissionDenied
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Health, Lane
 from laneway.inventory.refresher import BackendStatus
+from laneway.keys import secret_digest
 from laneway.pools import PoolStatistics
 from laneway.routing.breaker import CLOSED, HALF_OPEN, OPEN
 from laneway.routing.record import RequestRecord
 from laneway.signals.state import Status
+from laneway.storage import hash_key
 
 # The classic text format, which ``generate_latest`` writes. Spelled out because from
 # prometheus_client 0.22 on ``CONTENT_TYPE_LATEST`` names version 1.0.0.
@@ -81,13 +86,45 @@ class Metrics:
     """The ``/metrics`` endpoint with its own registry, and the RED counts it exposes."""
 
     def __init__(self, gateway: Gateway) -> None:
+        self.keys = gateway.keys
         self.requests = RequestMetrics()
         self.registry = CollectorRegistry(auto_describe=False)  # no collect() before the gateway starts
         self.registry.register(GatewayCollector(gateway))
         self.registry.register(self.requests)
+        auth = gateway.settings.auth
+        self.key_digest: str | None = None
+        if auth.metrics_key or auth.metrics_key_env or auth.metrics_key_hash:
+            self.key_digest = secret_digest(
+                auth.metrics_key,
+                auth.metrics_key_env,
+                auth.metrics_key_hash,
+                where="auth.metrics_key_env",
+                source=gateway.settings.source,
+            )
 
     async def endpoint(self, request: Request) -> Response:
+        if self.key_digest is not None:
+            self._authorize(request.headers.get("authorization"), request.headers.get("x-api-key"))
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
+
+    def _authorize(self, authorization: str | None, api_key: str | None) -> None:
+        """The metrics key, or else an admin key (an operator reading the numbers by hand)."""
+        assert self.key_digest is not None
+        scheme, _, token = (authorization or "").partition(" ")
+        secret = token.strip() if scheme.lower() == "bearer" else ""
+        if secret and hmac.compare_digest(hash_key(secret), self.key_digest):
+            return
+        if not secret and not api_key:
+            raise AuthenticationFailed(
+                "GET /metrics needs the metrics key (auth.metrics_key) or an admin key: "
+                "send 'Authorization: Bearer <key>'."
+            )
+        try:
+            self.keys.require_admin(authorization, api_key)
+        except PermissionDenied:
+            raise PermissionDenied(
+                "This key may not read /metrics; use the metrics key (auth.metrics_key) or an admin key."
+            ) from None
 
 
 class Histogram:
@@ -207,9 +244,12 @@ class GatewayCollector(Collector):
 
 
 def publisher_metrics(sessions: list[dict[str, Any]], pending: int) -> list[Metric]:
-    """Publisher sessions (``Fleet.snapshot()``): control stream, heartbeat age, tasks; and the
-    tasks parked until their publisher comes back. One series per session, not per caller."""
-    labels = ["publisher", "session"]
+    """Publishers (``Fleet.snapshot()``): control stream, heartbeat age, tasks; and the tasks
+    parked until their publisher comes back. One series per publisher name, never per session: a
+    session id is the publisher's sticky identity (whoever has it may register as that publisher),
+    so it is not shown here. A name's sessions (a dead one not yet swept beside its successor) are
+    summed up: connected if any is, the freshest heartbeat, every task in flight."""
+    labels = ["publisher"]
     control = GaugeMetricFamily(
         "laneway_publisher_connected", "1 while the publisher's control stream is open", labels=labels
     )
@@ -221,11 +261,13 @@ def publisher_metrics(sessions: list[dict[str, Any]], pending: int) -> list[Metr
     tasks = GaugeMetricFamily(
         "laneway_publisher_tasks_in_flight", "Tasks sent and not yet answered", labels=labels
     )
+    by_name: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in sessions:
-        ids = [str(s["name"]), str(s["session_id"])]
-        control.add_metric(ids, 1.0 if s["control"] else 0.0)
-        age.add_metric(ids, float(s["heartbeat_age"]))
-        tasks.add_metric(ids, float(s["tasks_in_flight"]))
+        by_name[str(s["name"])].append(s)
+    for name, group in sorted(by_name.items()):
+        control.add_metric([name], 1.0 if any(s["control"] for s in group) else 0.0)
+        age.add_metric([name], min(float(s["heartbeat_age"]) for s in group))
+        tasks.add_metric([name], float(sum(s["tasks_in_flight"] for s in group)))
     parked = GaugeMetricFamily(
         "laneway_publisher_pending_tasks", "Tasks waiting for their publisher to come back"
     )
