@@ -25,8 +25,17 @@ from tests.conftest import CLIENT_KEY, OPENAI_KEY, RunningGateway, Sim
 RPM, TPM = 5, 10_000
 ADMIN_KEY = "lw-test-admin-key"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-# Monotonic counts are counters (``..._total``); everything else is a gauge.
-COUNTERS = frozenset(f"laneway_pool_{name}" for name in ("served", "rejected", "timed_out", "cancelled"))
+# Monotonic counts are counters (``..._total``), the RED timings histograms; everything else is a gauge.
+COUNTERS = frozenset(f"laneway_pool_{name}" for name in ("served", "rejected", "timed_out", "cancelled")) | {
+    "laneway_requests",
+    "laneway_tokens",
+    "laneway_errors",
+}
+HISTOGRAMS = frozenset({"laneway_request_duration_seconds", "laneway_request_ttft_seconds"})
+
+
+def metric_type(name: str) -> str:
+    return "counter" if name in COUNTERS else "histogram" if name in HISTOGRAMS else "gauge"
 
 
 def config(sims: dict[str, Sim]) -> dict[str, Any]:
@@ -69,7 +78,7 @@ async def scrape(gw: RunningGateway) -> tuple[str, Samples]:
         content_type, text = r.headers["content-type"], await r.text()
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
-        assert family.type == ("counter" if family.name in COUNTERS else "gauge"), family.name
+        assert family.type == metric_type(family.name), family.name
         for s in family.samples:
             samples[s.name, frozenset(s.labels.items())] = s.value
     return content_type, samples

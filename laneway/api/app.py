@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from laneway.api.access import AccessMiddleware
 from laneway.api.admin_routes import AdminRoutes
 from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
@@ -28,7 +30,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
     api = OpenAIRoutes(gateway)
     admin = AdminRoutes(gateway)
     publishers = PublisherRoutes(gateway)
-    metrics = Metrics(gateway)  # its own registry: open, read at scrape time (see laneway.api.metrics)
+    metrics = Metrics(gateway)  # its own registry, read at scrape time (see laneway.api.metrics)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
@@ -67,6 +69,16 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
             *admin.routes(),
             *publishers.routes(),
             *usage_routes(gateway),
+        ],
+        # Around everything but starlette's error middleware: every request is counted and logged
+        # once, its errors (the handlers below) and a client that left included.
+        middleware=[
+            Middleware(
+                AccessMiddleware,
+                clock=gateway.clock,
+                metrics=metrics.requests,
+                log_lines=gateway.settings.server.access_log,
+            )
         ],
         exception_handlers={
             LanewayError: laneway_error_handler,

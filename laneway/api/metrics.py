@@ -1,15 +1,29 @@
 """``GET /metrics``: the gateway's state in the Prometheus text format, read at scrape time.
 
-Nothing is counted on the request path. A ``Collector`` reads what the gateway already keeps (the
-signals' quota and latency windows, the inventory, the reconciler's refresh statuses) when
-Prometheus asks, so a scrape costs a few dict walks and one sort per latency window. The registry
+A ``Collector`` reads what the gateway already keeps (the signals' quota and latency windows, the
+inventory, the reconciler's refresh statuses) when Prometheus asks, so a scrape costs a few dict
+walks and one sort per latency window. The only things counted on the request path are the RED
+metrics (``RequestMetrics``, fed once per request by ``api.access``): a handful of dict and list
+updates, no lock (one event loop), turned into metric families at scrape time. The registry
 belongs to the app that serves it (never prometheus_client's global one): two gateways in one
 process, as in the tests, keep apart.
 
-The endpoint is open, like most exporters: a scraper needs no API key. It shows backend and lane
-names, quotas, latencies and refresh outcomes, never a key, prompt or reply; keep it off networks
-that should not see backend names (bind ``server.host`` to a private address, or filter ``/metrics``
-at the reverse proxy).
+The endpoint is open unless ``auth.metrics_key`` (or ``_env``, ``_hash``) is given; then it needs
+``Authorization: Bearer`` with that key or an admin key (401 without a key or with an unknown one,
+403 with a client key). It shows backend, lane and publisher names, quotas, latencies, request
+counts and refresh outcomes, never a key, prompt, reply, caller or publisher session id (a
+session id is the publisher's sticky identity: who knows it may register as that publisher).
+
+RED metrics, by request: ``laneway_requests_total{route, lane, status}``,
+``laneway_request_duration_seconds{route, lane}`` and, for streams,
+``laneway_request_ttft_seconds{route, lane}`` (histograms), ``laneway_tokens_total{direction, lane}``
+(``input``/``output``, as the upstream reported them) and ``laneway_errors_total{type}`` (laneway's
+error code). Their cardinality is bounded by what the operator declares, never by what clients
+send: ``route`` is the HTTP route template (``/v1/chat/completions``, ``""`` for a path no route
+matches), not the model asked for; ``lane`` is the lane that served the request (or was tried
+last; ``""`` when none was), so at most the lanes the gateway ever had; ``status`` an HTTP status;
+``type`` one of laneway's error codes. Callers and model names are not labels: a trusted key may
+name its sub-callers, and the model asked for is whatever the client typed.
 
 The signal and inventory gauges are labelled by ``backend`` and ``family``; the pool metrics by
 ``pool`` (a backend's name, or a lane id for a backend with ``pool: lane``); the breaker gauges by
@@ -26,22 +40,34 @@ start at 0 with the pool, so they start over when a pool is created again (its b
 
 from __future__ import annotations
 
-from collections import Counter
+import hmac
+import math
+from bisect import bisect_left
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 
+from laneway.errors import AuthenticationFailed, PermissionDenied
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Health, Lane
 from laneway.inventory.refresher import BackendStatus
+from laneway.keys import secret_digest
 from laneway.pools import PoolStatistics
 from laneway.routing.breaker import CLOSED, HALF_OPEN, OPEN
+from laneway.routing.record import RequestRecord
 from laneway.signals.state import Status
+from laneway.storage import hash_key
 
 # The classic text format, which ``generate_latest`` writes. Spelled out because from
 # prometheus_client 0.22 on ``CONTENT_TYPE_LATEST`` names version 1.0.0.
@@ -51,17 +77,147 @@ QUANTILES = (("0.5", "p50"), ("0.95", "p95"))
 QUOTA_KINDS = ("requests", "tokens")
 BACKEND = ("backend", "family")
 BREAKER_STATES = (CLOSED, OPEN, HALF_OPEN)
+# Seconds. A request may queue and then generate for minutes; a first token comes sooner.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    """The ``/metrics`` endpoint with its own registry."""
+    """The ``/metrics`` endpoint with its own registry, and the RED counts it exposes."""
 
     def __init__(self, gateway: Gateway) -> None:
+        self.keys = gateway.keys
+        self.requests = RequestMetrics()
         self.registry = CollectorRegistry(auto_describe=False)  # no collect() before the gateway starts
         self.registry.register(GatewayCollector(gateway))
+        self.registry.register(self.requests)
+        auth = gateway.settings.auth
+        self.key_digest: str | None = None
+        if auth.metrics_key or auth.metrics_key_env or auth.metrics_key_hash:
+            self.key_digest = secret_digest(
+                auth.metrics_key,
+                auth.metrics_key_env,
+                auth.metrics_key_hash,
+                where="auth.metrics_key_env",
+                source=gateway.settings.source,
+            )
 
     async def endpoint(self, request: Request) -> Response:
+        if self.key_digest is not None:
+            self._authorize(request.headers.get("authorization"), request.headers.get("x-api-key"))
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)
+
+    def _authorize(self, authorization: str | None, api_key: str | None) -> None:
+        """The metrics key, or else an admin key (an operator reading the numbers by hand)."""
+        assert self.key_digest is not None
+        scheme, _, token = (authorization or "").partition(" ")
+        secret = token.strip() if scheme.lower() == "bearer" else ""
+        if secret and hmac.compare_digest(hash_key(secret), self.key_digest):
+            return
+        if not secret and not api_key:
+            raise AuthenticationFailed(
+                "GET /metrics needs the metrics key (auth.metrics_key) or an admin key: "
+                "send 'Authorization: Bearer <key>'."
+            )
+        try:
+            self.keys.require_admin(authorization, api_key)
+        except PermissionDenied:
+            raise PermissionDenied(
+                "This key may not read /metrics; use the metrics key (auth.metrics_key) or an admin key."
+            ) from None
+
+
+class Histogram:
+    """One histogram series: counts per bucket (not cumulative; the last is +Inf) and the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound >= value
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == math.inf else repr(bound), running))
+        return out
+
+
+class RequestMetrics(Collector):
+    """The RED metrics: counted once per request (``observe``, from the access middleware) in
+    plain dicts, read into metric families at scrape time. Labels are bounded (module docstring)."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.durations: dict[tuple[str, str], Histogram] = {}
+        self.ttfts: dict[tuple[str, str], Histogram] = {}
+        self.tokens: Counter[tuple[str, str]] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    def observe(self, record: RequestRecord, route: str) -> None:
+        """Count one request that ended; ``route`` is its route template."""
+        lane = record.lane or ""
+        self.requests[route, lane, record.status or 0] += 1
+        key = (route, lane)
+        if record.duration is not None:
+            histogram = self.durations.get(key)
+            if histogram is None:
+                histogram = self.durations[key] = Histogram(DURATION_BUCKETS)
+            histogram.observe(record.duration)
+        if record.streamed and record.ttft is not None:
+            histogram = self.ttfts.get(key)
+            if histogram is None:
+                histogram = self.ttfts[key] = Histogram(TTFT_BUCKETS)
+            histogram.observe(record.ttft)
+        if record.prompt_tokens:
+            self.tokens["input", lane] += record.prompt_tokens
+        if record.completion_tokens:
+            self.tokens["output", lane] += record.completion_tokens
+        if record.error is not None:
+            self.errors[record.error] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "laneway_requests_total",
+            "Requests answered, by route template, serving (or last tried) lane and HTTP status",
+            labels=["route", "lane", "status"],
+        )
+        for (route, lane, status), count in sorted(self.requests.items()):
+            requests.add_metric([route, lane, str(status)], count)
+        duration = HistogramMetricFamily(
+            "laneway_request_duration_seconds",
+            "From the request's arrival to the end of its response",
+            labels=["route", "lane"],
+        )
+        for (route, lane), histogram in sorted(self.durations.items()):
+            duration.add_metric([route, lane], histogram.buckets(), histogram.total)
+        ttft = HistogramMetricFamily(
+            "laneway_request_ttft_seconds",
+            "Streams: from the request's arrival to the first body byte sent to the client",
+            labels=["route", "lane"],
+        )
+        for (route, lane), histogram in sorted(self.ttfts.items()):
+            ttft.add_metric([route, lane], histogram.buckets(), histogram.total)
+        tokens = CounterMetricFamily(
+            "laneway_tokens_total",
+            "Tokens the upstreams reported, by direction (input: the prompt; output: the completion)",
+            labels=["direction", "lane"],
+        )
+        for (direction, lane), count in sorted(self.tokens.items()):
+            tokens.add_metric([direction, lane], count)
+        errors = CounterMetricFamily(
+            "laneway_errors_total", "Requests that failed, by laneway's error code", labels=["type"]
+        )
+        for code, count in sorted(self.errors.items()):
+            errors.add_metric([code], count)
+        yield from (requests, duration, ttft, tokens, errors)
 
 
 def _gauge(name: str, documentation: str, *labels: str) -> GaugeMetricFamily:
@@ -88,9 +244,12 @@ class GatewayCollector(Collector):
 
 
 def publisher_metrics(sessions: list[dict[str, Any]], pending: int) -> list[Metric]:
-    """Publisher sessions (``Fleet.snapshot()``): control stream, heartbeat age, tasks; and the
-    tasks parked until their publisher comes back. One series per session, not per caller."""
-    labels = ["publisher", "session"]
+    """Publishers (``Fleet.snapshot()``): control stream, heartbeat age, tasks; and the tasks
+    parked until their publisher comes back. One series per publisher name, never per session: a
+    session id is the publisher's sticky identity (whoever has it may register as that publisher),
+    so it is not shown here. A name's sessions (a dead one not yet swept beside its successor) are
+    summed up: connected if any is, the freshest heartbeat, every task in flight."""
+    labels = ["publisher"]
     control = GaugeMetricFamily(
         "laneway_publisher_connected", "1 while the publisher's control stream is open", labels=labels
     )
@@ -102,11 +261,13 @@ def publisher_metrics(sessions: list[dict[str, Any]], pending: int) -> list[Metr
     tasks = GaugeMetricFamily(
         "laneway_publisher_tasks_in_flight", "Tasks sent and not yet answered", labels=labels
     )
+    by_name: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in sessions:
-        ids = [str(s["name"]), str(s["session_id"])]
-        control.add_metric(ids, 1.0 if s["control"] else 0.0)
-        age.add_metric(ids, float(s["heartbeat_age"]))
-        tasks.add_metric(ids, float(s["tasks_in_flight"]))
+        by_name[str(s["name"])].append(s)
+    for name, group in sorted(by_name.items()):
+        control.add_metric([name], 1.0 if any(s["control"] for s in group) else 0.0)
+        age.add_metric([name], min(float(s["heartbeat_age"]) for s in group))
+        tasks.add_metric([name], float(sum(s["tasks_in_flight"] for s in group)))
     parked = GaugeMetricFamily(
         "laneway_publisher_pending_tasks", "Tasks waiting for their publisher to come back"
     )

@@ -25,6 +25,10 @@ T = TypeVar("T")
 
 
 def request_id(request: Request) -> str:
+    """The access middleware's id for this request (the client's x-request-id or a new one)."""
+    record = request_record(request)
+    if record is not None:
+        return record.request_id
     rid = request.headers.get("x-request-id") or os.urandom(12).hex()
     request.scope.setdefault("state", {})["request_id"] = rid
     return rid

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from laneway.api.access import RECORD
 from laneway.api.errors import error_body
 from laneway.errors import LanewayError
 from laneway.providers.base import ReplyStream
 from laneway.routing.failover import attribution_of
+from laneway.routing.record import RequestRecord
 
 log = logging.getLogger("laneway.api")
 
@@ -55,6 +57,9 @@ class ReplyStreamResponse:
                 async for frame in self.stream:
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
             except LanewayError as exc:
+                record = scope.get(RECORD)
+                if isinstance(record, RequestRecord):
+                    record.error = exc.code or exc.error_type
                 attribution = attribution_of(exc)
                 log.warning(
                     "stream failed after it started",
