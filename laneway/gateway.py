@@ -21,7 +21,7 @@ from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
-from laneway.keys import KeyRing, config_key_hashes
+from laneway.keys import KeyRing, config_key_hashes, merge_key_entries, stored_key_entries
 from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
 from laneway.providers.registry import build_provider
@@ -187,11 +187,14 @@ class Gateway:
         sessions it opened are cut off: their control streams close, their lanes go inactive."""
         assert self.db is not None
         assert self.fleet is not None  # built by start() before its first reload
-        stored = await self.db.keys.active_hashes()
+        stored = await self.db.keys.active()
         tokens = await self.db.publisher_tokens.active()
-        self.keys.replace({**stored, **self._config_keys}, admins=self._admin_keys, grants=self._grants)
+        callers, admins, grants = merge_key_entries(
+            (self._config_keys, self._admin_keys, self._grants), stored_key_entries(stored)
+        )
+        self.keys.replace(callers, admins=admins, grants=grants)
         self.fleet.tokens.replace_stored(
-            {h: PublisherGrant(t.name, t.names, t.models) for h, t in tokens.items()}
+            {h: PublisherGrant(t.name, t.names, t.models, t.join_declared) for h, t in tokens.items()}
         )
         self.fleet.cut_off()
 

@@ -169,10 +169,10 @@ def test_keys_create_list_revoke(run: Run, tmp_path: Path) -> None:
 
     listed = ok(run("keys", "list")).stdout
     header, row = listed.splitlines()
-    assert header.split() == ["ID", "NAME", "CALLER", "PREFIX", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "NAME", "CALLER", "GRANTS", "PREFIX", "CREATED", "REVOKED"]
     key_id = row.split()[0]
     assert key_id.startswith("key_")
-    assert row.split()[1:4] == ["ci", "team-a", secret[:12] + "..."]
+    assert row.split()[1:5] == ["ci", "team-a", "-", secret[:12] + "..."]
     assert secret not in listed
 
     # The database file holds the hash, never the secret.
