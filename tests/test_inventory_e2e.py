@@ -299,3 +299,44 @@ async def test_replicas_share_model_lists_and_cooldowns_through_redis(
     finally:
         await admin(a, "DELETE", f"/admin/cooldowns/{name}")
         await admin(a, "DELETE", f"/admin/model-cache/{name}")
+
+
+@pytest.mark.parametrize("runtime", ["memory://", "redis://127.0.0.1:6379/0"])
+async def test_a_backend_of_the_same_name_and_key_elsewhere_keeps_its_own_model_list(
+    gateway_factory: Any, sim_factory: Any, tmp_path: Path, runtime: str
+) -> None:
+    """Two gateways share one cache store (one data_dir, or one Redis) and each declares ``oai``
+    with the same key, but at different base URLs: the second serves its own upstream's models,
+    not the first one's cached list, and neither list pushes the other out."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:10]  # runs sharing this machine's Redis never meet
+    name, key = f"oai-{tag}", f"key-{tag}"
+    first = sim_factory(family="openai", api_key=key, models=["gpt-4o-mini"])
+    second = sim_factory(family="openai", api_key=key, models=["gpt-4.1-nano"])
+    shared = str(tmp_path / "shared")
+
+    def gateway(sim: Any) -> RunningGateway:
+        config = {
+            "storage": {"data_dir": shared, "runtime_url": runtime},
+            "auth": KEYS,
+            "backends": {name: {"provider": "openai", "base_url": sim.url, "api_key": key}},
+        }
+        running: RunningGateway = gateway_factory(config)
+        return running
+
+    a = gateway(first)
+    b = gateway(second)
+    try:
+        for gw, model in ((a, "gpt-4o-mini"), (b, "gpt-4.1-nano")):
+            _, lanes = await admin(gw, "GET", "/admin/lanes")
+            assert {lane["model"] for lane in lanes["lanes"]} == {model}
+        assert second.stats.requests_by_path["/v1/models"] == 1  # b asked its own upstream
+
+        _, body = await admin(a, "POST", f"/admin/refresh?backend={name}")
+        assert body["backends"][0]["source"] == "cache"  # b's list did not replace a's
+        assert first.stats.requests_by_path["/v1/models"] == 1
+        _, cached = await admin(a, "GET", "/admin/model-cache")
+        assert [e["backend"] for e in cached["entries"]] == [name, name]
+    finally:
+        await admin(a, "DELETE", f"/admin/model-cache/{name}")

@@ -26,7 +26,7 @@ from laneway.errors import LanewayError, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns, credential_fingerprint, is_auth_failure
 from laneway.inventory.discovery import lanes_for
 from laneway.inventory.lanes import Health
-from laneway.inventory.modelcache import ModelListCache
+from laneway.inventory.modelcache import ListScope, ModelListCache
 from laneway.inventory.store import Inventory
 from laneway.providers.base import ModelInfo, Provider
 
@@ -78,6 +78,7 @@ class Refresher:
         self.provider = provider
         self.ctx = ctx
         self.credential = credential_fingerprint(config)
+        self.cache_scope = ListScope.of(name, config)
         self.interval = ctx.settings.interval(config)
         self.cloud = config.effective_tier in CLOUD_TIERS
         self.status = BackendStatus(
@@ -132,7 +133,7 @@ class Refresher:
         ctx = self.ctx
         if self.cloud and use_cache:
             try:
-                cached = await ctx.cache.get(self.name, self.credential)
+                cached = await ctx.cache.get(self.cache_scope)
             except LanewayError as exc:
                 log.warning("model-list cache unreadable", extra={"backend": self.name, "error": exc.message})
                 cached = None
@@ -141,7 +142,7 @@ class Refresher:
         models = await within(ctx.clock, ctx.settings.refresh_deadline, self.provider.list_models())
         if self.cloud:
             try:
-                await ctx.cache.put(self.name, self.credential, models, ctx.clock.now())
+                await ctx.cache.put(self.cache_scope, models, ctx.clock.now())
             except LanewayError as exc:
                 log.warning("model-list cache unwritable", extra={"backend": self.name, "error": exc.message})
         return models, "upstream"
