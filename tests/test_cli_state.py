@@ -98,6 +98,16 @@ def test_backends_add_list_remove(run: Run) -> None:
     assert [r["name"] for r in json.loads(ok(run("backends", "list", "--json")).stdout)] == ["gpu-1"]
 
 
+def test_add_and_remove_say_a_running_gateway_picks_the_change_up(run: Run) -> None:
+    for command in ("add", "remove"):
+        words = " ".join(ok(run("backends", command, "--help", config=False)).stdout.split())
+        assert "when it starts" not in words
+        assert (
+            "within inventory.declared_reload seconds (10 by default), or at once on `laneway refresh`"
+            in words
+        )
+
+
 def test_bad_base_url_names_the_option_without_a_traceback(run: Run) -> None:
     message = refused(run("backends", "add", "x", "--provider", "openai", "--base-url", "ftp://example.com"))
     assert "--base-url" in message

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.test_inventory_e2e import free_port
 from tests.test_publish_e2e import ENV, LANEWAY, get, wait_for
@@ -51,3 +52,19 @@ def test_demo_serves_every_family_and_a_published_model(tmp_path: Path) -> None:
     assert "Traceback" not in text
     assert "laneway demo is running at" in text
     assert "laneway publish --gateway" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "command"), [([], "laneway demo"), (["PORT=9123"], "laneway demo --port 9123")]
+)
+def test_make_demo_passes_a_port_on(args: list[str], command: str) -> None:
+    # A dry run: make prints the commands it would run, so this starts nothing.
+    done = subprocess.run(
+        ["make", "-n", "demo", *args],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip().splitlines()[-1].endswith(f"/{command}")
