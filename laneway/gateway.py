@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from laneway.clock import Clock, SystemClock
-from laneway.config.schema import BackendConfig, Settings
+from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.errors import UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
@@ -84,6 +84,7 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        log_storage(settings)
         self.db = await Database.open(settings.storage.resolved_database_url())
         self.usage = UsageRecorder(self.db.usage.add_many, self.clock)
         self.runtime, cache_store = open_stores(settings, self.clock)
@@ -258,6 +259,28 @@ class AllBackends:
             log.warning("publisher answered 404 for its own lane", extra={"lane": lane_id})
             return
         self.reconciler.lane_stale(lane_id)
+
+
+def log_storage(settings: Settings) -> None:
+    """Say where this instance keeps its state, so two instances are never unknowingly sharing
+    it; and point at a database an earlier laneway kept in the shared folder, which an instance
+    with a derived data_dir no longer opens."""
+    storage = settings.storage
+    origin = (
+        "derived from the config file; set storage.data_dir to choose"
+        if storage.data_dir_derived
+        else ("storage.data_dir")
+    )
+    log.info("data_dir %s (%s)", storage.data_dir, origin)
+    legacy = Path(default_data_dir()) / "laneway.db"
+    if storage.data_dir_derived and storage.database_url is None and legacy.exists():
+        log.warning(
+            "a database of an earlier laneway is at %s, but this instance keeps its state in %s; "
+            "set storage.data_dir: %s to keep using it",
+            legacy,
+            storage.data_dir,
+            legacy.parent,
+        )
 
 
 def open_stores(settings: Settings, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:
