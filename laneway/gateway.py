@@ -150,7 +150,8 @@ class Gateway:
         return {
             name: (refresher.provider.family, refresher.provider.probe)
             for name, refresher in self.reconciler.refreshers.items()
-            if refresher.config.effective_tier == "local"
+            # A backend without its key is never called, by probes neither (see Refresher).
+            if refresher.config.effective_tier == "local" and not refresher.status.unset_key_env
         }
 
     def _rebuild_routes(self, names: frozenset[str]) -> None:

@@ -11,6 +11,11 @@ A refused credential (401/403 or a message that says so) starts the cooldown and
 backend's lanes out of rotation (health ``denied``); the first successful refresh after the
 cooldown brings them back. A timeout is never an auth failure. Ticks of one backend are
 coalesced: a scheduled tick and an on-demand one share a single fetch.
+
+A backend whose ``api_key_env`` names a variable that is not set is never called: without its
+key the upstream would refuse (a 401, and a cooldown that names nothing) or, worse, serve the
+request under no one's key. Its lanes are simply absent, and its status says which variable to
+set. laneway reads its environment once, so setting it takes a restart.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class BackendStatus:
     lanes: int = 0
     cooldown_until: float | None = None
     cooldown_reason: str | None = None
+    unset_key_env: str | None = None  # the api_key_env variable that is not set: never called
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +90,9 @@ class Refresher:
         self.status = BackendStatus(
             name, config.provider, config.effective_tier, config.base_url, self.interval
         )
+        if config.api_key_env and not config.resolve_api_key():
+            self.status.unset_key_env = config.api_key_env
+        self._said_unset = False  # the warning about it is logged once, not every interval
         self._running: asyncio.Task[None] | None = None
         self._running_cached = False  # whether the running refresh may answer from the cache
 
@@ -105,6 +114,9 @@ class Refresher:
     async def _tick(self, use_cache: bool) -> None:
         ctx, st = self.ctx, self.status
         st.last_attempt = ctx.clock.now()
+        if st.unset_key_env:
+            self._key_unset(st.unset_key_env)
+            return
         try:
             cooldown = await ctx.cooldowns.get(self.credential)
         except LanewayError as exc:  # the runtime store is away: refreshing is the safer side
@@ -128,6 +140,23 @@ class Refresher:
             log.warning("refresh failed", extra={"backend": self.name, "error": st.last_error})
             return
         self._write(models)
+
+    def _key_unset(self, variable: str) -> None:
+        st = self.status
+        st.source = None
+        st.last_error = (
+            f"api_key_env {variable} is not set: not called, no lanes "
+            "(set it in laneway's environment and restart)"
+        )
+        if not self._said_unset:
+            self._said_unset = True
+            log.warning(
+                "backend '%s': api_key_env %s is not set; its models are not served until it is set "
+                "and laneway restarted",
+                self.name,
+                variable,
+                extra={"backend": self.name, "api_key_env": variable},
+            )
 
     async def _models(self, use_cache: bool) -> tuple[list[ModelInfo], str]:
         ctx = self.ctx
@@ -156,10 +185,12 @@ class Refresher:
         st = self.status
         st.last_error, st.source = exc.message, None
         if is_auth_failure(exc):
+            # Say whose key it was: the operator fixes the variable, not the upstream.
+            variable = self.config.api_key_env
+            reason = f"{exc.message} (the key in api_key_env {variable})" if variable else exc.message
+            st.last_error = reason
             try:
-                cooldown = await self.ctx.cooldowns.start(
-                    self.credential, backend=self.name, reason=exc.message
-                )
+                cooldown = await self.ctx.cooldowns.start(self.credential, backend=self.name, reason=reason)
             except LanewayError as store_exc:
                 log.warning(
                     "could not start auth cooldown", extra={"backend": self.name, "error": store_exc.message}
@@ -173,7 +204,7 @@ class Refresher:
                 "credentials refused: lanes out of rotation for the cooldown",
                 extra={
                     "backend": self.name,
-                    "error": exc.message,
+                    "error": reason,
                     "lanes": denied,
                     "until": st.cooldown_until,
                 },
