@@ -29,7 +29,7 @@ from laneway.routing.breaker import Breakers
 from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
-from laneway.routing.selectors import parse_routes, validate_routes
+from laneway.routing.selectors import parse_routes, route_warnings, validate_routes
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore
 from laneway.usage import UsageRecorder
@@ -113,6 +113,8 @@ class Gateway:
         )
         await self.reconciler.sync_declared()
         validate_routes(settings, extra_backends=frozenset(self.reconciler.refreshers))
+        for warning in route_warnings(settings, frozenset(self.reconciler.refreshers)):
+            log.warning(warning)
         self._rebuild_routes(frozenset(self.reconciler.refreshers))
         await self.reload_keys()
         await self.reconciler.cycle()

@@ -468,6 +468,8 @@ class Settings(_Strict):
     defaults: DefaultsConfig = DefaultsConfig()
     publishers: PublishersConfig = PublishersConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
+    # The line of every key of that file (set by the loader), for what is checked after loading.
+    _marks: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
 
     @field_validator("defaults")
     @classmethod
