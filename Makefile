@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make demo PORT=9090` when 8080 is taken.
 demo: $(STAMP)
-	$(BIN)/laneway demo
+	$(BIN)/laneway demo$(if $(PORT), --port $(PORT))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from laneway.clock import Clock, SystemClock
-from laneway.config.schema import BackendConfig, Settings
+from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.errors import NoLaneAvailable, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
-from laneway.keys import KeyRing, config_key_hashes
+from laneway.keys import KeyRing, config_key_hashes, merge_key_entries, stored_key_entries
 from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
 from laneway.providers.registry import build_provider
@@ -29,7 +29,7 @@ from laneway.routing.breaker import Breakers
 from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
-from laneway.routing.selectors import parse_routes, validate_routes
+from laneway.routing.selectors import parse_routes, route_warnings, validate_routes
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore
 from laneway.usage import UsageRecorder
@@ -84,6 +84,7 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        log_storage(settings)
         self.db = await Database.open(settings.storage.resolved_database_url())
         self.usage = UsageRecorder(self.db.usage.add_many, self.clock)
         self.runtime, cache_store = open_stores(settings, self.clock)
@@ -113,6 +114,8 @@ class Gateway:
         )
         await self.reconciler.sync_declared()
         validate_routes(settings, extra_backends=frozenset(self.reconciler.refreshers))
+        for warning in route_warnings(settings, frozenset(self.reconciler.refreshers)):
+            log.warning(warning)
         self._rebuild_routes(frozenset(self.reconciler.refreshers))
         await self.reload_keys()
         await self.reconciler.cycle()
@@ -150,7 +153,8 @@ class Gateway:
         return {
             name: (refresher.provider.family, refresher.provider.probe)
             for name, refresher in self.reconciler.refreshers.items()
-            if refresher.config.effective_tier == "local"
+            # A backend without its key is never called, by probes neither (see Refresher).
+            if refresher.config.effective_tier == "local" and not refresher.status.unset_key_env
         }
 
     def _rebuild_routes(self, names: frozenset[str]) -> None:
@@ -188,11 +192,14 @@ class Gateway:
         sessions it opened are cut off: their control streams close, their lanes go inactive."""
         assert self.db is not None
         assert self.fleet is not None  # built by start() before its first reload
-        stored = await self.db.keys.active_hashes()
+        stored = await self.db.keys.active()
         tokens = await self.db.publisher_tokens.active()
-        self.keys.replace({**stored, **self._config_keys}, admins=self._admin_keys, grants=self._grants)
+        callers, admins, grants = merge_key_entries(
+            (self._config_keys, self._admin_keys, self._grants), stored_key_entries(stored)
+        )
+        self.keys.replace(callers, admins=admins, grants=grants)
         self.fleet.tokens.replace_stored(
-            {h: PublisherGrant(t.name, t.names, t.models) for h, t in tokens.items()}
+            {h: PublisherGrant(t.name, t.names, t.models, t.join_declared) for h, t in tokens.items()}
         )
         self.fleet.cut_off()
 
@@ -265,6 +272,28 @@ class AllBackends:
             log.warning("publisher answered 404 for its own lane", extra={"lane": lane_id})
             return
         self.reconciler.lane_stale(lane_id)
+
+
+def log_storage(settings: Settings) -> None:
+    """Say where this instance keeps its state, so two instances are never unknowingly sharing
+    it; and point at a database an earlier laneway kept in the shared folder, which an instance
+    with a derived data_dir no longer opens."""
+    storage = settings.storage
+    origin = (
+        "derived from the config file; set storage.data_dir to choose"
+        if storage.data_dir_derived
+        else ("storage.data_dir")
+    )
+    log.info("data_dir %s (%s)", storage.data_dir, origin)
+    legacy = Path(default_data_dir()) / "laneway.db"
+    if storage.data_dir_derived and storage.database_url is None and legacy.exists():
+        log.warning(
+            "a database of an earlier laneway is at %s, but this instance keeps its state in %s; "
+            "set storage.data_dir: %s to keep using it",
+            legacy,
+            storage.data_dir,
+            legacy.parent,
+        )
 
 
 def open_stores(settings: Settings, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:

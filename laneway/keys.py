@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from laneway.config.schema import KeyConfig
 from laneway.errors import AuthenticationFailed, ConfigError, InvalidRequest, PermissionDenied
-from laneway.storage import hash_key
+from laneway.storage import StoredKey, hash_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,11 @@ def secret_digest(
     return hash_key(inline or "")
 
 
-def config_key_hashes(
-    keys: list[KeyConfig], source: str | None
-) -> tuple[dict[str, str], frozenset[str], dict[str, Grant]]:
+# (key hash -> caller, the hashes of admin keys, key hash -> grant): what ``KeyRing.replace`` takes.
+KeyEntries = tuple[dict[str, str], frozenset[str], dict[str, Grant]]
+
+
+def config_key_hashes(keys: list[KeyConfig], source: str | None) -> KeyEntries:
     """(key hash → caller, the hashes of admin keys, grants) for the keys declared in the config file."""
     out: dict[str, str] = {}
     admins: set[str] = set()
@@ -63,6 +66,30 @@ def config_key_hashes(
         if grant != NO_GRANT:
             grants[digest] = grant
     return out, frozenset(admins), grants
+
+
+def stored_key_entries(stored: Mapping[str, StoredKey]) -> KeyEntries:
+    """The same for the active keys of the database (``laneway keys create``), by hash."""
+    grants = {
+        digest: grant
+        for digest, k in stored.items()
+        if (grant := Grant(k.max_priority, k.trusted, k.published_lanes)) != NO_GRANT
+    }
+    admins = frozenset(digest for digest, k in stored.items() if k.admin)
+    return {digest: k.caller for digest, k in stored.items()}, admins, grants
+
+
+def merge_key_entries(config: KeyEntries, stored: KeyEntries) -> KeyEntries:
+    """Both sources in one ring. A hash both hold is the config file's key: its caller, its admin
+    flag and its grant, whatever the database says (as for publisher tokens)."""
+    callers, admins, grants = config
+    stored_callers, stored_admins, stored_grants = stored
+    own = stored_callers.keys() - callers.keys()
+    return (
+        {**stored_callers, **callers},
+        admins | (stored_admins & own),
+        {**{h: g for h, g in stored_grants.items() if h in own}, **grants},
+    )
 
 
 class KeyRing:

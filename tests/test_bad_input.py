@@ -255,3 +255,95 @@ def test_config_errors_name_the_key_file_and_line(tmp_path: Path, text: str, fra
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "absent.yaml")
+
+
+# --- typos in the config: the unknown key, "did you mean", and selectors that match nothing --------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # the typo also makes base_url "required": the unknown key is what to report
+            "backends:\n  oai:\n    provider: openai\n    base-url: https://api.openai.com/v1\n",
+            ":4, key 'backends.oai.base-url': unknown key 'base-url' (did you mean 'base_url'?)",
+        ),
+        ("backend:\n  gpu-1: {}\n", ":1, key 'backend': unknown key 'backend' (did you mean 'backends'?)"),
+        (
+            "backends:\n  a:\n    provider: ollama\n    base_url: http://x\n    models:\n"
+            "      - {name: m, contxt_length: 8192}\n",
+            ":6, key 'backends.a.models.0.contxt_length': unknown key 'contxt_length' "
+            "(did you mean 'context_length'?)",
+        ),
+        (  # of two unknown keys, the first in the file
+            "routes:\n  r: [{provider: openai, modle: x}]\n"
+            "auth:\n  keys:\n    - {name: a, key: b, admn: true}\n",
+            ":2, key 'routes.r.0.modle': unknown key 'modle' (did you mean 'model'?)",
+        ),
+        (
+            "auth:\n  keys:\n    - {name: a, key: b, colour: red}\n",
+            ":3, key 'auth.keys.0.colour': unknown key 'colour' (this section takes: admin, caller, key, "
+            "key_env, key_hash, max_priority, name, published_lanes, trusted)",
+        ),
+        (
+            "routes:\n  fast:\n    - llama3\n    - {provider: opneai}\n",
+            ":4, key 'routes.fast[1]': provider 'opneai' matches no provider (did you mean 'openai'?) "
+            "(one of openai, ollama, anthropic, virtual)",
+        ),
+        (
+            "defaults:\n  chat: {tier: locl, model: 'llama*'}\n",
+            ":2, key 'defaults.chat[0]': tier 'locl' matches no tier (did you mean 'local'?) "
+            "(one of local, fleet, cloud, frontier, direct)",
+        ),
+        (
+            "routes:\n  r: [{provider: 'gem*'}]\n",
+            ":2, key 'routes.r[0]': provider 'gem*' matches no provider "
+            "(one of openai, ollama, anthropic, virtual)",
+        ),
+    ],
+)
+def test_a_typo_is_named_with_its_line_and_what_was_meant(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path)
+    assert exc.value.message == f"config error in {path}{expected}"
+
+
+ROUTES = """\
+backends:
+  claude: {provider: anthropic, base_url: http://127.0.0.1:9, api_key: k}
+  gpu-1: {provider: ollama, base_url: http://127.0.0.1:9}
+routes:
+  smart: ["claud/claude-sonnet-*@high", "meta-llama/llama-3.1-8b"]
+  fast: [{backend: gpu1, model: "llama*"}, "gpu-*/llama3.2:*"]
+  later: [{backend: added-later}]
+"""
+
+
+@pytest.mark.anyio
+async def test_selectors_that_match_no_backend_are_warned_about_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend may be declared in the database (or registered by a publisher) after the config
+    was written, so these are start-up warnings, checked against the database's backends too."""
+    from laneway.config import BackendConfig
+    from laneway.gateway import Gateway, GatewayOptions
+    from laneway.storage import Database
+
+    path = write(tmp_path, ROUTES + f"storage:\n  data_dir: {tmp_path / 'data'}\n")
+    settings = load_settings(path)  # no error: none of these is certainly wrong
+    async with await Database.open(settings.storage.resolved_database_url()) as db:
+        await db.backends.add("added-later", BackendConfig(provider="ollama", base_url="http://127.0.0.1:9"))
+    caplog.set_level("WARNING", logger="laneway")
+    gateway = Gateway(settings, options=GatewayOptions(schedule=False, key_reload_interval=3600))
+    await gateway.start()
+    try:
+        warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config warning")]
+    finally:
+        await gateway.aclose()
+    assert warned == [
+        f"config warning in {path}:5, key 'routes.smart[0]': 'claud' matches no declared backend, so "
+        "'claud/claude-sonnet-*@high' is read as a model name (did you mean 'claude/claude-sonnet-*@high'?)",
+        f"config warning in {path}:6, key 'routes.fast[0]': backend 'gpu1' matches no declared backend "
+        "(did you mean 'gpu-1'?); the selector serves nothing until one is added (laneway backends add) "
+        "or a publisher of that name registers",
+    ]  # 'meta-llama/...' is a model name, gpu-* matches gpu-1, added-later is in the database

@@ -227,13 +227,20 @@ def test_watch_ends_quietly_on_ctrl_c(gw: RunningGateway, watch: list[Watch]) ->
 
 
 def test_refresh_every_backend_and_one(gw: RunningGateway) -> None:
+    listed = gw.sims["openai"].stats.requests_by_path["/v1/models"]
     out = ok(admin(gw, "refresh"))
     assert column(out, "BACKEND") == ["claude", "gpu-1", "oai"]
     assert column(out, "RESULT") == ["ok", "ok", "ok"]
-    # Cloud and frontier lists come from the cache the gateway's start filled; Ollama's never.
-    assert column(out, "SOURCE") == ["cache", "upstream", "cache"]
+    # An operator's refresh asks every upstream, though the gateway's start filled the cache.
+    assert column(out, "SOURCE") == ["upstream", "upstream", "upstream"]
+    assert gw.sims["openai"].stats.requests_by_path["/v1/models"] == listed + 1
 
-    out = ok(admin(gw, "refresh", "oai", "--no-cache"))
+    out = ok(admin(gw, "refresh", "--cached"))
+    # Cloud and frontier lists may now come from the cache; Ollama's never.
+    assert column(out, "SOURCE") == ["cache", "upstream", "cache"]
+    assert gw.sims["openai"].stats.requests_by_path["/v1/models"] == listed + 1
+
+    out = ok(admin(gw, "refresh", "oai", "--no-cache"))  # the old spelling of the default
     assert column(out, "BACKEND") == ["oai"]
     assert column(out, "SOURCE") == ["upstream"]
     assert column(out, "LANES") == ["3"]

@@ -223,3 +223,89 @@ def test_cell_formats() -> None:
     assert format_ms(None) == "-"
     assert format_ms(0.0042) == "4.2ms"
     assert format_ms(1.5) == "1500ms"
+
+
+# --- instances apart by default ---------------------------------------------------------------------
+
+
+def test_two_configs_without_a_data_dir_keep_their_state_apart(
+    sim_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither config sets storage.data_dir, and both files are called laneway.yaml: each instance
+    still gets a folder of its own, and ``signals -c B`` does not list A's backends."""
+    from laneway.api.app import build_app
+    from laneway.config import load_settings
+    from laneway.gateway import Gateway
+    from laneway.testing import ServerThread
+
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
+    env = {**ENV, "XDG_DATA_HOME": str(xdg)}
+    sim = sim_factory(family="ollama")
+    auth = {"keys": [{"name": "app", "key": CLIENT_KEY}]}
+    a, b = tmp_path / "a" / "laneway.yaml", tmp_path / "b" / "laneway.yaml"
+    for path, name in ((a, "gpu-a"), (b, "gpu-b")):
+        path.parent.mkdir()
+        write_config(path, {"auth": auth, "backends": {name: {"provider": "ollama", "base_url": sim.url}}})
+    dir_a, dir_b = load_settings(a).storage.data_dir, load_settings(b).storage.data_dir
+    assert dir_a != dir_b
+    assert Path(dir_a).parent == Path(dir_b).parent == xdg / "laneway"
+    assert load_settings(a).storage.data_dir == dir_a  # the same file, the same folder, every time
+
+    caplog.set_level("INFO", logger="laneway")
+    gateway = Gateway(load_settings(a), options=GatewayOptions(schedule=False, key_reload_interval=3600))
+    server = ServerThread(build_app(gateway))
+    url = server.start()
+    try:
+        with openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+            client.chat.completions.create(model="llama3.2:3b", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        server.stop()  # the gateway's shutdown persists its signals
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data_dir ")]
+    assert said == [f"data_dir {dir_a} (derived from the config file; set storage.data_dir to choose)"]
+
+    def signals(config: Path) -> dict[str, Any]:
+        done = subprocess.run(
+            [*LANEWAY, "signals", "-c", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=env,
+        )
+        body: dict[str, Any] = json.loads(done.stdout)
+        return body
+
+    mine, theirs = signals(a), signals(b)
+    assert [s["backend"] for s in mine["signals"]] == ["gpu-a"]
+    assert mine["where"] == str(Path(dir_a) / "cache")
+    assert theirs["signals"] == []
+    assert theirs["where"] == str(Path(dir_b) / "cache")
+
+
+def test_a_database_left_in_the_shared_folder_is_pointed_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance upgraded from when every instance shared ~/.local/share/laneway is told where
+    its old database is and how to keep using it, instead of silently starting empty."""
+    from laneway.config import load_settings
+    from laneway.gateway import log_storage
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    config = write_config(tmp_path / "laneway.yaml", {})
+    caplog.set_level("INFO", logger="laneway")
+    log_storage(load_settings(config))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    legacy = tmp_path / "xdg" / "laneway" / "laneway.db"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"")
+    log_storage(load_settings(config))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"a database of an earlier laneway is at {legacy}" in warning
+    assert f"set storage.data_dir: {legacy.parent} to keep using it" in warning
+
+    caplog.clear()
+    chosen = write_config(tmp_path / "chosen.yaml", {"storage": {"data_dir": str(tmp_path / "mine")}})
+    log_storage(load_settings(chosen))  # a data_dir the operator chose: nothing to point at
+    assert [r.getMessage() for r in caplog.records] == [f"data_dir {tmp_path / 'mine'} (storage.data_dir)"]

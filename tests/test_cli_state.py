@@ -98,6 +98,16 @@ def test_backends_add_list_remove(run: Run) -> None:
     assert [r["name"] for r in json.loads(ok(run("backends", "list", "--json")).stdout)] == ["gpu-1"]
 
 
+def test_add_and_remove_say_a_running_gateway_picks_the_change_up(run: Run) -> None:
+    for command in ("add", "remove"):
+        words = " ".join(ok(run("backends", command, "--help", config=False)).stdout.split())
+        assert "when it starts" not in words
+        assert (
+            "within inventory.declared_reload seconds (10 by default), or at once on `laneway refresh`"
+            in words
+        )
+
+
 def test_bad_base_url_names_the_option_without_a_traceback(run: Run) -> None:
     message = refused(run("backends", "add", "x", "--provider", "openai", "--base-url", "ftp://example.com"))
     assert "--base-url" in message
@@ -169,10 +179,10 @@ def test_keys_create_list_revoke(run: Run, tmp_path: Path) -> None:
 
     listed = ok(run("keys", "list")).stdout
     header, row = listed.splitlines()
-    assert header.split() == ["ID", "NAME", "CALLER", "PREFIX", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "NAME", "CALLER", "GRANTS", "PREFIX", "CREATED", "REVOKED"]
     key_id = row.split()[0]
     assert key_id.startswith("key_")
-    assert row.split()[1:4] == ["ci", "team-a", secret[:12] + "..."]
+    assert row.split()[1:5] == ["ci", "team-a", "-", secret[:12] + "..."]
     assert secret not in listed
 
     # The database file holds the hash, never the secret.
@@ -197,3 +207,37 @@ def test_keys_create_list_revoke(run: Run, tmp_path: Path) -> None:
 def _wal(db: Path) -> bytes:
     wal = db.with_name(db.name + "-wal")
     return wal.read_bytes() if wal.exists() else b""
+
+
+@pytest.mark.parametrize("blocker", ["file", "directory"])
+def test_a_sqlite_file_that_cannot_be_opened_is_named_by_its_absolute_path(
+    tmp_path: Path, blocker: str
+) -> None:
+    """``sqlite:///var/...`` is relative to the working directory (four slashes: absolute): the
+    message says which file it really is, in one line, with no thread's traceback after it."""
+    import subprocess
+    import sys
+
+    from tests.test_cli_admin import ENV
+
+    if blocker == "file":  # a file where the database's directory should be
+        (tmp_path / "var").write_text("")
+        url, path = "sqlite:///var/lib/laneway.db", tmp_path / "var" / "lib" / "laneway.db"
+    else:  # a directory where the database file should be
+        (tmp_path / "laneway.db").mkdir()
+        url, path = "sqlite:///laneway.db", tmp_path / "laneway.db"
+    for _ in range(3):  # the traceback came from a race, so once is not proof enough
+        done = subprocess.run(
+            [sys.executable, "-m", "laneway", "keys", "list", "--database-url", url],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=ENV,
+        )
+        assert done.returncode == 1
+        (line,) = done.stderr.strip().splitlines()
+        assert (
+            f"at {url} (the file {path}; a relative path: sqlite:////path/to.db for an absolute one)" in line
+        )

@@ -3,11 +3,13 @@ families and a published model, and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.test_inventory_e2e import free_port
 from tests.test_publish_e2e import ENV, LANEWAY, get, wait_for
@@ -51,3 +53,22 @@ def test_demo_serves_every_family_and_a_published_model(tmp_path: Path) -> None:
     assert "Traceback" not in text
     assert "laneway demo is running at" in text
     assert "laneway publish --gateway" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "command"), [([], "laneway demo"), (["PORT=9123"], "laneway demo --port 9123")]
+)
+def test_make_demo_passes_a_port_on(args: list[str], command: str) -> None:
+    # A dry run: make prints the commands it would run, so this starts nothing. Without the
+    # variables of a make that runs these tests (make test), which change what it prints.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PORT")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "demo", *args],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.stdout.strip().splitlines()[-1].endswith(f"/{command}")

@@ -299,3 +299,100 @@ async def test_replicas_share_model_lists_and_cooldowns_through_redis(
     finally:
         await admin(a, "DELETE", f"/admin/cooldowns/{name}")
         await admin(a, "DELETE", f"/admin/model-cache/{name}")
+
+
+@pytest.mark.parametrize("runtime", ["memory://", "redis://127.0.0.1:6379/0"])
+async def test_a_backend_of_the_same_name_and_key_elsewhere_keeps_its_own_model_list(
+    gateway_factory: Any, sim_factory: Any, tmp_path: Path, runtime: str
+) -> None:
+    """Two gateways share one cache store (one data_dir, or one Redis) and each declares ``oai``
+    with the same key, but at different base URLs: the second serves its own upstream's models,
+    not the first one's cached list, and neither list pushes the other out."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:10]  # runs sharing this machine's Redis never meet
+    name, key = f"oai-{tag}", f"key-{tag}"
+    first = sim_factory(family="openai", api_key=key, models=["gpt-4o-mini"])
+    second = sim_factory(family="openai", api_key=key, models=["gpt-4.1-nano"])
+    shared = str(tmp_path / "shared")
+
+    def gateway(sim: Any) -> RunningGateway:
+        config = {
+            "storage": {"data_dir": shared, "runtime_url": runtime},
+            "auth": KEYS,
+            "backends": {name: {"provider": "openai", "base_url": sim.url, "api_key": key}},
+        }
+        running: RunningGateway = gateway_factory(config)
+        return running
+
+    a = gateway(first)
+    b = gateway(second)
+    try:
+        for gw, model in ((a, "gpt-4o-mini"), (b, "gpt-4.1-nano")):
+            _, lanes = await admin(gw, "GET", "/admin/lanes")
+            assert {lane["model"] for lane in lanes["lanes"]} == {model}
+        assert second.stats.requests_by_path["/v1/models"] == 1  # b asked its own upstream
+
+        _, body = await admin(a, "POST", f"/admin/refresh?backend={name}")
+        assert body["backends"][0]["source"] == "cache"  # b's list did not replace a's
+        assert first.stats.requests_by_path["/v1/models"] == 1
+        _, cached = await admin(a, "GET", "/admin/model-cache")
+        assert [e["backend"] for e in cached["entries"]] == [name, name]
+    finally:
+        await admin(a, "DELETE", f"/admin/model-cache/{name}")
+
+
+async def test_a_backend_whose_api_key_env_is_unset_is_never_called_and_says_which_variable(
+    gateway_factory: Any, sim_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without its key the upstream would answer 401 and start a cooldown that names nothing: the
+    backend is not called at all, its lanes are absent, and its status and one start-up warning
+    name the variable."""
+    import asyncio
+    import uuid
+
+    from tests.test_cli_admin import laneway
+
+    variable = f"LANEWAY_TEST_KEY_{uuid.uuid4().hex[:8].upper()}"
+    monkeypatch.delenv(variable, raising=False)
+    sim = sim_factory(family="openai", api_key="sim-secret")
+    caplog.set_level("WARNING", logger="laneway")
+    backend = {"provider": "openai", "base_url": sim.url, "api_key_env": variable}
+    gw = gateway_factory({"auth": KEYS, "backends": {"oai": backend}})
+
+    for _ in range(2):  # the start-up refresh, and an operator's
+        _, body = await admin(gw, "POST", "/admin/refresh?backend=oai")
+        (status,) = body["backends"]
+        assert status["unset_key_env"] == variable
+        assert status["last_error"].startswith(f"api_key_env {variable} is not set")
+        assert (status["lanes"], status["cooldown_until"]) == (0, None)
+    assert sim.stats.requests_by_path.get("/v1/models", 0) == 0
+    said = [r.getMessage() for r in caplog.records if variable in r.getMessage()]
+    assert said == [
+        f"backend 'oai': api_key_env {variable} is not set; its models are not served until it is set "
+        "and laneway restarted"
+    ]
+    async with client(gw) as c:
+        with pytest.raises(openai.NotFoundError):
+            await c.chat.completions.create(model="gpt-4o-mini", messages=CHAT)  # type: ignore[arg-type]
+    assert sim.stats.requests_by_path.get("/v1/chat/completions", 0) == 0
+
+    done = await asyncio.to_thread(laneway, "backends", "--url", gw.url, "--key", ADMIN_KEY)
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("oai ")]
+    assert f"api_key_env {variable} is not set" in row
+
+
+async def test_a_refused_key_from_an_api_key_env_names_the_variable_in_the_cooldown(
+    gateway_factory: Any, sim_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    variable = "LANEWAY_TEST_WRONG_KEY"
+    monkeypatch.setenv(variable, "not-the-sims-key")
+    sim = sim_factory(family="openai", api_key="sim-secret")
+    backend = {"provider": "openai", "base_url": sim.url, "api_key_env": variable}
+    gw = gateway_factory({"auth": KEYS, "backends": {"oai": backend}})
+    _, body = await admin(gw, "GET", "/admin/backends")
+    (status,) = body["backends"]
+    assert status["unset_key_env"] is None
+    assert status["cooldown_until"] is not None
+    assert status["cooldown_reason"].endswith(f"(the key in api_key_env {variable})")
+    assert status["last_error"] == status["cooldown_reason"]

@@ -177,7 +177,7 @@ async def test_the_migration_upgrades_and_downgrades(fresh_url: str) -> None:
     assert "publisher_tokens" not in tables
     assert {"api_keys", "usage_records"} <= tables
 
-    version, tables, indexes = await _alembic(fresh_url, lambda cfg: command.upgrade(cfg, "head"))
+    version, tables, indexes = await _alembic(fresh_url, lambda cfg: command.upgrade(cfg, "0003"))
     assert version == "0003"
     assert "publisher_tokens" in tables
     assert "uq_publisher_tokens_active_name" in indexes
@@ -327,14 +327,28 @@ def test_cli_lists_tokens_and_refuses_bad_input_in_one_line(tmp_path: Path) -> N
             "lab-*",
             "--models",
             "qwen*",
+            "--join-declared",
             "--database-url",
             url,
         )
     )
 
     header, *rows = ok(_cli("list", "--database-url", url)).splitlines()
-    assert header.split() == ["ID", "NAME", "NAMES", "MODELS", "PREFIX", "CREATED", "REVOKED"]
-    assert [r.split()[1:4] for r in rows] == [["alice", "alice-*", "*"], ["bob", "bob-*,lab-*", "qwen*"]]
+    assert header.split() == [
+        "ID",
+        "NAME",
+        "NAMES",
+        "MODELS",
+        "JOIN",
+        "DECLARED",
+        "PREFIX",
+        "CREATED",
+        "REVOKED",
+    ]
+    assert [r.split()[1:5] for r in rows] == [
+        ["alice", "alice-*", "*", "no"],
+        ["bob", "bob-*,lab-*", "qwen*", "yes"],
+    ]
     bob_id = rows[1].split()[0]
     assert ok(_cli("revoke", bob_id, "--database-url", url)) == f"revoked publisher token '{bob_id}'\n"
     assert [r.split()[1] for r in ok(_cli("list", "--database-url", url)).splitlines()[1:]] == ["alice"]

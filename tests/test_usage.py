@@ -659,3 +659,61 @@ async def test_admin_usage_refuses_bad_parameters_and_non_admin_keys(usage_gatew
     status, body = await get(usage_gateway, "/admin/usage", key=CLIENT_KEY)
     assert status == 403
     assert "admin" in body["error"]["message"]
+
+
+# --- which records: the gateway's or its database, never a new empty one --------------------------
+
+
+def test_cli_usage_asks_a_running_gateway_with_url_and_key(usage_gateway: str) -> None:
+    done = laneway("usage", "--url", usage_gateway, "--key", ADMIN_KEY)
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.strip().splitlines()
+    assert header.split()[:2] == ["CALLER", "REQUESTS"]
+    assert [r.split() for r in rows] == [["ci", "2", "20", "10", "0"], ["bob", "1", "-", "-", "1"]]
+
+    done = laneway(
+        "usage", "--url", usage_gateway, "--key", ADMIN_KEY, "--by", "lane", "--json", "--since", "7d"
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["group_by"] == ["lane"]
+    assert body["rows"] == []  # the records are from 2023
+
+    done = laneway("usage", "--url", usage_gateway, "--key", CLIENT_KEY)
+    assert done.returncode == 1
+    assert "admin" in done.stderr
+    assert "--key" in done.stderr
+
+
+def test_cli_usage_without_a_gateway_or_database_says_what_to_pass_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "xdg"
+    env = {**ENV, "XDG_DATA_HOME": str(home), "HOME": str(tmp_path)}
+
+    def usage(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LANEWAY, "usage", *args], capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+
+    done = usage()
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: laneway usage needs the gateway or its database: pass --url URL --key ADMIN_KEY (or set "
+        "LANEWAY_URL) to ask a running gateway, or -c FILE (the server's config) or --database-url URL "
+        "to read its database"
+    )
+
+    config = tmp_path / "not-the-servers.yaml"
+    config.write_text(yaml.safe_dump({"backends": {}}))  # no data_dir: the database would be a new one
+    done = usage("-c", str(config))
+    assert done.returncode == 1
+    assert "Error: there is no database at " in done.stderr
+    assert f"(the config {config})" in done.stderr
+
+    missing = tmp_path / "typo" / "laneway.db"
+    done = usage("--database-url", f"sqlite:///{missing}")
+    assert done.returncode == 1
+    assert f"there is no database at {missing} (--database-url)" in done.stderr
+    assert not home.exists()
+    assert not missing.parent.exists()

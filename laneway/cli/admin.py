@@ -148,30 +148,28 @@ def url_from_config(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-_OPTIONS = (
-    click.option(
-        "--url",
-        envvar="LANEWAY_URL",
-        metavar="URL",
-        help="The gateway (default: $LANEWAY_URL, else the config's server.host and server.port).",
-    ),
-    click.option(
-        "--key",
-        "admin_key",
-        envvar="LANEWAY_ADMIN_KEY",
-        metavar="KEY",
-        help="An admin key (admin: true under auth.keys); default: $LANEWAY_ADMIN_KEY.",
-    ),
-    click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=DEFAULT_TIMEOUT,
-        show_default=True,
-        metavar="SECONDS",
-        help="How long to wait for the gateway's answer.",
-    ),
-    config_option,
+url_option = click.option(
+    "--url",
+    envvar="LANEWAY_URL",
+    metavar="URL",
+    help="The gateway (default: $LANEWAY_URL, else the config's server.host and server.port).",
 )
+key_option = click.option(
+    "--key",
+    "admin_key",
+    envvar="LANEWAY_ADMIN_KEY",
+    metavar="KEY",
+    help="An admin key (admin: true under auth.keys); default: $LANEWAY_ADMIN_KEY.",
+)
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the gateway's answer.",
+)
+_OPTIONS = (url_option, key_option, timeout_option, config_option)
 
 
 def admin_options(func: Callable[..., T]) -> Callable[..., T]:

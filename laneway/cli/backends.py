@@ -151,7 +151,8 @@ def add_backend(
 ) -> None:
     """Declare backend NAME in the database.
 
-    A running gateway reads declared backends when it starts."""
+    No restart is needed: a running gateway picks it up within inventory.declared_reload seconds
+    (10 by default), or at once on `laneway refresh`, and refreshes it then."""
     if not NAME_RE.match(name):
         raise click.ClickException(
             f"'{name}' is not a valid backend name (letters, digits, '.', '_', '-'; at most 63)"
@@ -186,7 +187,10 @@ def add_backend(
 @database_url_option
 @friendly_errors
 def remove_backend(name: str, config_path: str | None, database_url: str | None) -> None:
-    """Remove backend NAME from the database."""
+    """Remove backend NAME from the database.
+
+    A running gateway drops it, and its lanes, within inventory.declared_reload seconds (10 by
+    default), or at once on `laneway refresh`."""
     settings = settings_or_exit(config_path)
     if name in settings.backends:
         raise click.ClickException(

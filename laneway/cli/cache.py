@@ -1,8 +1,9 @@
 """``laneway cache``: a running gateway's model-list cache.
 
 Only cloud and frontier backends' model lists are cached (default one hour), under the backend's
-name and a fingerprint of its credential. Clearing an entry makes that backend's next refresh ask
-its provider; ``laneway refresh --no-cache`` does the same for one refresh without clearing.
+name, its endpoint (provider family and base URL) and a fingerprint of its credential. Clearing an
+entry makes that backend's next refresh ask its provider; so does every ``laneway refresh`` (it
+asks the upstreams unless given ``--cached``), without clearing.
 """
 
 from __future__ import annotations

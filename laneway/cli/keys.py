@@ -33,19 +33,58 @@ def keys() -> None:
 @keys.command("create")
 @click.argument("name")
 @click.option("--caller", metavar="C", help="Who requests with this key are for (fair share); default NAME.")
+@click.option("--admin", is_flag=True, help="May use the admin API (/admin/..., `laneway lanes`, ...).")
+@click.option(
+    "--trusted", is_flag=True, help="May name a sub-caller with x-laneway-caller (fair share, usage)."
+)
+@click.option(
+    "--max-priority",
+    "max_priority",
+    type=click.IntRange(0, 9),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="The highest x-laneway-priority it may ask for (0-9); higher asks are lowered to N.",
+)
+@click.option(
+    "--no-published-lanes",
+    "no_published_lanes",
+    is_flag=True,
+    help="Never served by published models (laneway publish): its prompts stay on declared backends.",
+)
 @config_option
 @database_url_option
 @friendly_errors
-def create_key(name: str, caller: str | None, config_path: str | None, database_url: str | None) -> None:
-    """Create a key called NAME and print its secret (once)."""
+def create_key(
+    name: str,
+    caller: str | None,
+    admin: bool,
+    trusted: bool,
+    max_priority: int,
+    no_published_lanes: bool,
+    config_path: str | None,
+    database_url: str | None,
+) -> None:
+    """Create a key called NAME and print its secret (once).
+
+    With no options it may call models, at priority 0, as NAME; the options grant what
+    auth.keys can (admin, trusted, max_priority, published_lanes). A running gateway picks it up
+    within a few seconds."""
     settings = settings_or_exit(config_path)
 
     async def create(db: Database) -> tuple[StoredKey, str]:
-        return await db.keys.create(name, caller=caller)
+        return await db.keys.create(
+            name,
+            caller=caller,
+            admin=admin,
+            trusted=trusted,
+            max_priority=max_priority,
+            published_lanes=not no_published_lanes,
+        )
 
     key, secret = with_database(settings, database_url, create)
     # The secret alone on stdout, so `KEY=$(laneway keys create ci)` works; the words go to stderr.
-    click.echo(f"created key {key.id} (name {key.name}, caller {key.caller})", err=True)
+    click.echo(f"created key {key.id} (name {key.name}, caller {key.caller}, {grants(key)})", err=True)
     click.echo(secret)
     click.echo("This secret cannot be shown again: store it now.", err=True)
 
@@ -75,12 +114,31 @@ def list_keys(
         click.echo("no keys (create one with `laneway keys create NAME`)")
         return
     print_table(
-        ["ID", "NAME", "CALLER", "PREFIX", "CREATED", "REVOKED"],
+        ["ID", "NAME", "CALLER", "GRANTS", "PREFIX", "CREATED", "REVOKED"],
         [
-            [k.id, k.name, k.caller, k.prefix + "...", format_when(k.created_at), format_when(k.revoked_at)]
+            [
+                k.id,
+                k.name,
+                k.caller,
+                grants(k),
+                k.prefix + "...",
+                format_when(k.created_at),
+                format_when(k.revoked_at),
+            ]
             for k in stored
         ],
     )
+
+
+def grants(k: StoredKey) -> str:
+    """``admin,trusted,priority<=3,no-published-lanes``; ``-`` for a key that may only call models."""
+    words = [
+        *(["admin"] if k.admin else []),
+        *(["trusted"] if k.trusted else []),
+        *([f"priority<={k.max_priority}"] if k.max_priority else []),
+        *([] if k.published_lanes else ["no-published-lanes"]),
+    ]
+    return ",".join(words) or "-"
 
 
 @keys.command("revoke")
@@ -106,6 +164,10 @@ def _as_json(k: StoredKey) -> dict[str, Any]:
         "id": k.id,
         "name": k.name,
         "caller": k.caller,
+        "admin": k.admin,
+        "trusted": k.trusted,
+        "max_priority": k.max_priority,
+        "published_lanes": k.published_lanes,
         "prefix": k.prefix,
         "created_at": k.created_at.isoformat(),
         "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,

@@ -122,6 +122,13 @@ def tokens() -> None:
     metavar="GLOB",
     help="A model name the token may publish, a glob (repeatable; default: all).",
 )
+@click.option(
+    "--join-declared",
+    "join_declared",
+    is_flag=True,
+    help="May also publish a model a declared backend serves, sharing its traffic and prompts "
+    "(default: such a model is refused).",
+)
 @config_option
 @database_url_option
 @friendly_errors
@@ -129,6 +136,7 @@ def create_token(
     name: str,
     names: tuple[str, ...],
     models: tuple[str, ...],
+    join_declared: bool,
     config_path: str | None,
     database_url: str | None,
 ) -> None:
@@ -143,14 +151,15 @@ def create_token(
     settings = settings_or_exit(config_path)
 
     async def create(db: Database) -> tuple[StoredPublisherToken, str]:
-        return await db.publisher_tokens.create(name, names, models or ("*",))
+        return await db.publisher_tokens.create(name, names, models or ("*",), join_declared=join_declared)
 
     token, secret = with_database(settings, database_url, create)
     # The secret alone on stdout, so `TOKEN=$(laneway publishers tokens create ...)` works; the
     # words go to stderr.
+    joins = ", may join declared models" if token.join_declared else ""
     click.echo(
         f"created publisher token {token.id} (name {token.name}, names {', '.join(token.names)}, "
-        f"models {', '.join(token.models)})",
+        f"models {', '.join(token.models)}{joins})",
         err=True,
     )
     click.echo(secret)
@@ -189,13 +198,14 @@ def list_tokens(
         )
         return
     print_table(
-        ["ID", "NAME", "NAMES", "MODELS", "PREFIX", "CREATED", "REVOKED"],
+        ["ID", "NAME", "NAMES", "MODELS", "JOIN DECLARED", "PREFIX", "CREATED", "REVOKED"],
         [
             [
                 t.id,
                 t.name,
                 ",".join(t.names),
                 ",".join(t.models),
+                "yes" if t.join_declared else "no",
                 t.prefix + "...",
                 format_when(t.created_at),
                 format_when(t.revoked_at),
@@ -234,6 +244,7 @@ def _as_json(t: StoredPublisherToken) -> dict[str, Any]:
         "name": t.name,
         "names": list(t.names),
         "models": list(t.models),
+        "join_declared": t.join_declared,
         "prefix": t.prefix,
         "created_at": t.created_at.isoformat(),
         "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,

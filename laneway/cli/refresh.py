@@ -1,7 +1,9 @@
 """``laneway refresh``: make a running gateway refresh its backends now, not at their interval.
 
 Useful after pulling a model into Ollama or rotating a cloud key: the answer says, per backend,
-how many lanes it has now and whether the model list came from the upstream or the cache.
+how many lanes it has now and whether the model list came from the upstream or the cache. An
+operator who asks for a refresh wants today's list, so every backend is asked, cloud ones
+included; ``--cached`` lets a cloud backend answer from the model-list cache instead.
 """
 
 from __future__ import annotations
@@ -32,21 +34,27 @@ def refresh_rows(statuses: list[dict[str, Any]], now: float) -> list[list[str]]:
 @click.command()
 @click.argument("backend", required=False)
 @click.option(
-    "--no-cache", "no_cache", is_flag=True, help="Ask cloud backends even if their model list is cached."
+    "--cached",
+    is_flag=True,
+    help="Let cloud backends answer from their cached model list (default: ask every upstream).",
 )
+# The default since --cached exists; still accepted so scripts written for it keep working.
+@click.option("--no-cache", "no_cache", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON.")
 @admin_options
-def refresh(backend: str | None, no_cache: bool, as_json: bool, client: AdminClient) -> None:
+def refresh(backend: str | None, cached: bool, no_cache: bool, as_json: bool, client: AdminClient) -> None:
     """Refresh a running gateway's backends now, and show what each found.
 
-    Refreshes BACKEND, or every backend, and waits for the result (as long as the slowest
-    backend's refresh deadline). COOLDOWN is how long refreshes stay paused after the backend
-    refused its credentials.
+    Refreshes BACKEND, or every backend, asking each upstream for its models (--cached: a cloud
+    backend's cached list will do), and waits for the result (as long as the slowest backend's
+    refresh deadline). COOLDOWN is how long refreshes stay paused after the backend refused its
+    credentials.
 
     Exit status 1 if any refreshed backend reports an error; the others are refreshed anyway."""
+    if cached and no_cache:
+        raise click.UsageError("--cached and --no-cache contradict each other; give one")
     params = {"backend": backend} if backend else {}
-    if no_cache:
-        params["cache"] = "false"
+    params["cache"] = "true" if cached else "false"
     statuses: list[dict[str, Any]] = client.post("/admin/refresh", params)["backends"]
     if as_json:
         print_json({"backends": statuses})

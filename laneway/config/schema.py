@@ -3,7 +3,7 @@
 server:    {host, port, max_body_bytes, log_level, max_header_bytes, max_headers, header_timeout,
             body_timeout, min_body_rate, keepalive_timeout, max_connections, drain_timeout,
             access_log, show_lane_in_errors}
-storage:   {database_url, runtime_url, data_dir}
+storage:   {database_url, runtime_url, data_dir}   data_dir default: instance_data_dir(the config file)
 auth:      {open, keys: [{name, key | key_env | key_hash, caller, admin, max_priority, trusted,
             published_lanes}], metrics_key | metrics_key_env | metrics_key_hash}
 backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto_discover,
@@ -25,6 +25,7 @@ publishers: {tokens: [{name, token | token_env | token_hash, names, models, join
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from fnmatch import fnmatchcase
@@ -36,6 +37,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationInfo,
     field_validator,
@@ -87,14 +89,36 @@ class ServerConfig(_Strict):
 
 
 def default_data_dir() -> str:
+    """laneway's folder under ``$XDG_DATA_HOME`` (``~/.local/share``). Instances do not keep their
+    state here but in a folder of their own inside it (``instance_data_dir``)."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "laneway")
 
 
+def instance_data_dir(config_file: str | None) -> str:
+    """The ``data_dir`` of an instance whose config does not set one: a folder of its own, named
+    after its config file and a short hash of that file's absolute path (``laneway-3f2a9c1d``),
+    so two configs never share a database, signals or caches by accident and every command given
+    the same ``-c FILE`` finds the same folder. ``default`` with no config file."""
+    if not config_file:
+        return os.path.join(default_data_dir(), "default")
+    path = Path(config_file).expanduser().resolve()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "config"
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return os.path.join(default_data_dir(), f"{stem[:40]}-{digest}")
+
+
 class StorageConfig(_Strict):
-    data_dir: str = Field(default_factory=default_data_dir)
+    # Default: instance_data_dir(the config file), chosen by Settings once the file is known.
+    data_dir: str = Field(default_factory=lambda: instance_data_dir(None))
     database_url: str | None = None  # default: sqlite:///{data_dir}/laneway.db
     runtime_url: str = "memory://"
+    _derived: bool = PrivateAttr(default=False)
+
+    @property
+    def data_dir_derived(self) -> bool:
+        """True when the config did not set ``data_dir`` (``instance_data_dir`` chose it)."""
+        return self._derived or "data_dir" not in self.model_fields_set
 
     @field_validator("database_url")
     @classmethod
@@ -444,6 +468,8 @@ class Settings(_Strict):
     defaults: DefaultsConfig = DefaultsConfig()
     publishers: PublishersConfig = PublishersConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
+    # The line of every key of that file (set by the loader), for what is checked after loading.
+    _marks: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
 
     @field_validator("defaults")
     @classmethod
@@ -453,6 +479,15 @@ class Settings(_Strict):
         if clash:
             raise ValueError(f"'{clash[0]}' is also a route under routes; keep one of the two")
         return v
+
+    @model_validator(mode="after")
+    def _own_data_dir(self) -> Settings:
+        """An instance that does not set ``storage.data_dir`` gets its own, from its config file."""
+        if self.source and "data_dir" not in self.storage.model_fields_set:
+            storage = self.storage.model_copy(update={"data_dir": instance_data_dir(self.source)})
+            storage._derived = True
+            object.__setattr__(self, "storage", storage)
+        return self
 
     @model_validator(mode="after")
     def _role_routes(self) -> Settings:

@@ -1,20 +1,26 @@
 """The model-list cache for cloud backends.
 
 A cloud provider's model list changes rarely and asking costs a round trip (and sometimes
-quota), so it is cached (default 1 h) under the backend's name and a fingerprint of its
-credential: rotating the key misses the cache at once. An empty list is never cached (a
-provider that briefly answers nothing must not hide every model for an hour). Entries live in a
+quota), so it is cached (default 1 h). An entry is keyed by the backend's name, its endpoint (a
+fingerprint of its provider family and base URL) and a fingerprint of its credential: rotating
+the key misses the cache at once, and two gateways that share a cache store (one data_dir, one
+Redis) and both declare a backend ``oai`` with the same key but different base URLs each keep
+their own list instead of serving the other's models. An empty list is never cached (a provider
+that briefly answers nothing must not hide every model for an hour). Entries live in a
 ``KeyValueStore`` that honours the TTL: the local cache directory in the embedded default, so a
 restart does not ask every provider again; Redis in cluster mode.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from laneway.config.schema import BackendConfig
+from laneway.inventory.cooldown import credential_fingerprint
 from laneway.providers.base import ModelInfo
 from laneway.storage.runtime import KeyValueStore
 
@@ -22,8 +28,26 @@ PREFIX = "models:"
 DEFAULT_TTL = 3600.0
 
 
-def _key(backend: str, fingerprint: str) -> str:
-    return f"{PREFIX}{backend}:{fingerprint}"
+@dataclass(frozen=True, slots=True)
+class ListScope:
+    """Whose model list an entry holds: one backend name at one endpoint with one credential."""
+
+    backend: str
+    endpoint: str  # a fingerprint of the provider family and base URL
+    credential: str  # ``credential_fingerprint``: a hash, never the secret
+
+    @classmethod
+    def of(cls, backend: str, config: BackendConfig) -> ListScope:
+        where = f"{config.provider}\n{config.base_url}".encode()
+        return cls(backend, hashlib.sha256(where).hexdigest()[:12], credential_fingerprint(config))
+
+    @property
+    def key(self) -> str:
+        return f"{self.endpoint_prefix}{self.credential}"
+
+    @property
+    def endpoint_prefix(self) -> str:
+        return f"{PREFIX}{self.backend}:{self.endpoint}:"
 
 
 def _encode(models: list[ModelInfo], cached_at: float) -> bytes:
@@ -65,9 +89,10 @@ def _decode(raw: bytes) -> tuple[list[ModelInfo], float] | None:
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
     backend: str
-    fingerprint: str
+    fingerprint: str  # the credential's
     models: int
     cached_at: float
+    endpoint: str = ""  # empty for an entry written before endpoints were part of the key
 
 
 class ModelListCache:
@@ -75,20 +100,21 @@ class ModelListCache:
         self.store = store
         self.ttl = ttl
 
-    async def get(self, backend: str, fingerprint: str) -> list[ModelInfo] | None:
-        raw = await self.store.get(_key(backend, fingerprint))
+    async def get(self, scope: ListScope) -> list[ModelInfo] | None:
+        raw = await self.store.get(scope.key)
         decoded = _decode(raw) if raw is not None else None
         return decoded[0] if decoded else None
 
-    async def put(self, backend: str, fingerprint: str, models: list[ModelInfo], now: float) -> bool:
+    async def put(self, scope: ListScope, models: list[ModelInfo], now: float) -> bool:
         """Cache ``models``; an empty list is not cached. Entries of the backend's former
-        credentials go at once (they could never be read again)."""
+        credentials at the same endpoint go at once (they could never be read again); another
+        endpoint's entry under the same name may be another gateway's, and is left to its TTL."""
         if not models:
             return False
-        for key in await self.store.scan(f"{PREFIX}{backend}:"):
-            if key != _key(backend, fingerprint):
+        for key in await self.store.scan(scope.endpoint_prefix):
+            if key != scope.key:
                 await self.store.delete(key)
-        await self.store.set(_key(backend, fingerprint), _encode(models, now), ttl=self.ttl)
+        await self.store.set(scope.key, _encode(models, now), ttl=self.ttl)
         return True
 
     async def invalidate(self, backend: str) -> int:
@@ -102,8 +128,10 @@ class ModelListCache:
     async def entries(self) -> list[CacheEntry]:
         out = []
         for key, raw in (await self.store.scan(PREFIX)).items():
-            _, backend, fingerprint = key.split(":", 2)
+            # models:BACKEND:ENDPOINT:CREDENTIAL (names and fingerprints hold no ':'), or an
+            # older models:BACKEND:CREDENTIAL that still lives out its TTL.
+            backend, *endpoint, fingerprint = key[len(PREFIX) :].split(":")
             decoded = _decode(raw)
             if decoded is not None:
-                out.append(CacheEntry(backend, fingerprint, len(decoded[0]), decoded[1]))
+                out.append(CacheEntry(backend, fingerprint, len(decoded[0]), decoded[1], ":".join(endpoint)))
         return out

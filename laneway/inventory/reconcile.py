@@ -231,7 +231,10 @@ class Reconciler:
                 name in refresher.known or (sep and prefix == backend and model in refresher.known)
             ):
                 continue
-            if st.cooldown_until is not None:
+            if st.unset_key_env is not None:
+                why.append(f"'{backend}' (its api_key_env {st.unset_key_env} is not set)")
+                waits.append(self.ctx.settings.declared_reload)
+            elif st.cooldown_until is not None:
                 why.append(f"'{backend}' (its credentials were refused; retried after the cooldown)")
                 waits.append(st.cooldown_until - now)
             else:

@@ -11,6 +11,11 @@ A refused credential (401/403 or a message that says so) starts the cooldown and
 backend's lanes out of rotation (health ``denied``); the first successful refresh after the
 cooldown brings them back. A timeout is never an auth failure. Ticks of one backend are
 coalesced: a scheduled tick and an on-demand one share a single fetch.
+
+A backend whose ``api_key_env`` names a variable that is not set is never called: without its
+key the upstream would refuse (a 401, and a cooldown that names nothing) or, worse, serve the
+request under no one's key. Its lanes are simply absent, and its status says which variable to
+set. laneway reads its environment once, so setting it takes a restart.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from laneway.errors import LanewayError, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns, credential_fingerprint, is_auth_failure
 from laneway.inventory.discovery import lanes_for
 from laneway.inventory.lanes import Health
-from laneway.inventory.modelcache import ModelListCache
+from laneway.inventory.modelcache import ListScope, ModelListCache
 from laneway.inventory.store import Inventory
 from laneway.providers.base import ModelInfo, Provider
 
@@ -56,6 +61,7 @@ class BackendStatus:
     cooldown_until: float | None = None
     cooldown_reason: str | None = None
     failing_since: float | None = None  # the first of the refreshes failing since the last success
+    unset_key_env: str | None = None  # the api_key_env variable that is not set: never called
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +85,7 @@ class Refresher:
         self.provider = provider
         self.ctx = ctx
         self.credential = credential_fingerprint(config)
+        self.cache_scope = ListScope.of(name, config)
         self.interval = ctx.settings.interval(config)
         self.cloud = config.effective_tier in CLOUD_TIERS
         self.status = BackendStatus(
@@ -88,6 +95,9 @@ class Refresher:
         # refresh. Kept while it is unreachable, so a request for one of them is told the model is
         # unavailable now (503), not that it does not exist (404).
         self.known: frozenset[str] = frozenset(config.declared)
+        if config.api_key_env and not config.resolve_api_key():
+            self.status.unset_key_env = config.api_key_env
+        self._said_unset = False  # the warning about it is logged once, not every interval
         self._running: asyncio.Task[None] | None = None
         self._running_cached = False  # whether the running refresh may answer from the cache
 
@@ -119,6 +129,9 @@ class Refresher:
     async def _refresh(self, use_cache: bool) -> bool:
         """One refresh; True if the backend (or the cache) answered with its model list."""
         ctx, st = self.ctx, self.status
+        if st.unset_key_env:
+            self._key_unset(st.unset_key_env)
+            return False
         try:
             cooldown = await ctx.cooldowns.get(self.credential)
         except LanewayError as exc:  # the runtime store is away: refreshing is the safer side
@@ -144,11 +157,28 @@ class Refresher:
         self._write(models)
         return True
 
+    def _key_unset(self, variable: str) -> None:
+        st = self.status
+        st.source = None
+        st.last_error = (
+            f"api_key_env {variable} is not set: not called, no lanes "
+            "(set it in laneway's environment and restart)"
+        )
+        if not self._said_unset:
+            self._said_unset = True
+            log.warning(
+                "backend '%s': api_key_env %s is not set; its models are not served until it is set "
+                "and laneway restarted",
+                self.name,
+                variable,
+                extra={"backend": self.name, "api_key_env": variable},
+            )
+
     async def _models(self, use_cache: bool) -> tuple[list[ModelInfo], str]:
         ctx = self.ctx
         if self.cloud and use_cache:
             try:
-                cached = await ctx.cache.get(self.name, self.credential)
+                cached = await ctx.cache.get(self.cache_scope)
             except LanewayError as exc:
                 log.warning("model-list cache unreadable", extra={"backend": self.name, "error": exc.message})
                 cached = None
@@ -157,7 +187,7 @@ class Refresher:
         models = await within(ctx.clock, ctx.settings.refresh_deadline, self.provider.list_models())
         if self.cloud:
             try:
-                await ctx.cache.put(self.name, self.credential, models, ctx.clock.now())
+                await ctx.cache.put(self.cache_scope, models, ctx.clock.now())
             except LanewayError as exc:
                 log.warning("model-list cache unwritable", extra={"backend": self.name, "error": exc.message})
         return models, "upstream"
@@ -171,10 +201,12 @@ class Refresher:
         st = self.status
         st.last_error, st.source = exc.message, None
         if is_auth_failure(exc):
+            # Say whose key it was: the operator fixes the variable, not the upstream.
+            variable = self.config.api_key_env
+            reason = f"{exc.message} (the key in api_key_env {variable})" if variable else exc.message
+            st.last_error = reason
             try:
-                cooldown = await self.ctx.cooldowns.start(
-                    self.credential, backend=self.name, reason=exc.message
-                )
+                cooldown = await self.ctx.cooldowns.start(self.credential, backend=self.name, reason=reason)
             except LanewayError as store_exc:
                 log.warning(
                     "could not start auth cooldown", extra={"backend": self.name, "error": store_exc.message}
@@ -188,7 +220,7 @@ class Refresher:
                 "credentials refused: lanes out of rotation for the cooldown",
                 extra={
                     "backend": self.name,
-                    "error": exc.message,
+                    "error": reason,
                     "lanes": denied,
                     "until": st.cooldown_until,
                 },

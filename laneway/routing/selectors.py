@@ -4,11 +4,13 @@ another route."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
-from laneway.config.schema import SelectorConfig
+from laneway.config.loader import closest, did_you_mean
+from laneway.config.schema import Family, SelectorConfig, TierName
 from laneway.errors import ConfigError
 from laneway.inventory.lanes import Lane
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from laneway.config.schema import Settings
 
 EFFORTS = ("low", "medium", "high")
+FAMILIES: tuple[str, ...] = get_args(Family)
+TIERS: tuple[str, ...] = get_args(TierName)
 _GLOB_CHARS = set("*?[")
 
 
@@ -72,36 +76,99 @@ def parse_routes(settings: Settings, backend_names: frozenset[str]) -> dict[str,
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where a selector is written: its key, and the file and line, for messages."""
+
+    key: str
+    file: str | None
+    line: int | None
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(message, key=self.key, file=self.file, line=self.line)
+
+    def warning(self, message: str) -> str:
+        where = self.file + (f":{self.line}" if self.line else "") + ", " if self.file else ""
+        return f"config warning in {where}key '{self.key}': {message}"
+
+
+def _selectors(settings: Settings, marks: Marks) -> Iterator[tuple[str, _Place, list[str | SelectorConfig]]]:
+    """Each route's name, where it is written and its selectors."""
+    roles = settings.defaults.routes()
+    for name, specs in settings.routes.items():
+        section = "defaults" if name in roles else "routes"  # role routes are written under defaults
+        yield name, _Place(f"{section}.{name}", settings.source, marks.get((section, name))), list(specs)
+
+
+def _item(route: _Place, i: int, marks: Marks) -> _Place:
+    section, _, name = route.key.partition(".")
+    return _Place(f"{route.key}[{i}]", route.file, marks.get((section, name, i)) or route.line)
+
+
 def validate_routes(
     settings: Settings, *, marks: Marks | None = None, extra_backends: frozenset[str] = frozenset()
 ) -> None:
     """Reject at load time what would only fail at request time: bad selectors, empty routes,
-    and a route that names another route (routes do not nest)."""
-    marks = marks or {}
+    a route that names another route (routes do not nest), and a ``provider`` or ``tier`` that
+    no lane can ever have (those sets are closed: a typo, said with "did you mean")."""
+    marks = marks if marks is not None else settings._marks
     backend_names = frozenset(settings.backends) | extra_backends
-    roles = settings.defaults.routes()
-    for name, specs in settings.routes.items():
-        section = "defaults" if name in roles else "routes"  # role routes are written under defaults
+    for name, route, specs in _selectors(settings, marks):
         if not specs:
-            raise ConfigError(
-                "a route needs at least one selector",
-                key=f"{section}.{name}",
-                file=settings.source,
-                line=marks.get((section, name)),
-            )
+            raise route.error("a route needs at least one selector")
         for i, spec in enumerate(specs):
-            where = {
-                "key": f"{section}.{name}[{i}]",
-                "file": settings.source,
-                "line": marks.get((section, name, i)) or marks.get((section, name)),
-            }
+            where = _item(route, i, marks)
             try:
                 sel = parse_selector(spec, backend_names)
             except ValueError as exc:
-                raise ConfigError(str(exc), **where) from None  # type: ignore[arg-type]
+                raise where.error(str(exc)) from None
             if sel.backend is None and not (_GLOB_CHARS & set(sel.model)) and sel.model in settings.routes:
-                raise ConfigError(
+                raise where.error(
                     f"route '{name}' names route '{sel.model}'; routes may not name other routes "
-                    "(list that route's selectors here instead)",
-                    **where,  # type: ignore[arg-type]
+                    "(list that route's selectors here instead)"
                 )
+            for field, known in (("provider", FAMILIES), ("tier", TIERS)):
+                glob = getattr(sel, field)
+                if glob is not None and not any(fnmatchcase(value, glob) for value in known):
+                    raise where.error(
+                        f"{field} '{glob}' matches no {field}{did_you_mean(glob, known)} "
+                        f"(one of {', '.join(known)})"
+                    )
+
+
+def route_warnings(settings: Settings, backend_names: frozenset[str]) -> list[str]:
+    """What may be a typo but may also come right while running, one line each: a selector whose
+    backend matches none of ``backend_names`` (the config's and the database's), and a string
+    selector whose part before ``/`` is nearly a backend's name (it is then read as a model name).
+
+    Warnings, not errors: the set of backends is open. ``laneway backends add`` declares one
+    while the gateway runs and publishers register their own names at any time, so a selector
+    that matches nothing at start may match a minute later; refusing to start would make the
+    order of operations matter and take every route down on a restart."""
+    marks = settings._marks
+    found: list[str] = []
+    for _name, route, specs in _selectors(settings, marks):
+        for i, spec in enumerate(specs):
+            sel = parse_selector(spec, backend_names)
+            where = _item(route, i, marks)
+            if sel.backend is not None and not any(fnmatchcase(b, sel.backend) for b in backend_names):
+                found.append(
+                    where.warning(
+                        f"backend '{sel.backend}' matches no declared backend"
+                        f"{did_you_mean(sel.backend, backend_names)}; the selector serves nothing until "
+                        "one is added (laneway backends add) or a publisher of that name registers"
+                    )
+                )
+            elif isinstance(spec, str) and sel.backend is None and "/" in sel.model:
+                # Model names hold '/' (meta-llama/llama-3.1-8b): only a glob, or a near miss of a
+                # declared name, before the '/' looks like a backend that is not there.
+                head, _, rest = spec.strip().partition("/")
+                close = closest(head, backend_names)
+                if close or _GLOB_CHARS & set(head):
+                    hint = f" (did you mean '{close}/{rest}'?)" if close else ""
+                    found.append(
+                        where.warning(
+                            f"'{head}' matches no declared backend, so '{spec}' is read as a model name{hint}"
+                        )
+                    )
+    return found

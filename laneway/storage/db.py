@@ -8,6 +8,7 @@ built for. Migrations live in ``migrations/`` and need no alembic.ini on disk.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from laneway.storage.errors import DatabaseUnavailable
 from laneway.storage.publisher_tokens import PublisherTokenRepo
 from laneway.storage.repos import BackendRepo, Inflight, KeyRepo
 from laneway.storage.urls import (
+    describe,
     is_sqlite,
     parse_url,
     redact_url,
@@ -57,9 +59,10 @@ def create_engine(url: str) -> AsyncEngine:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise DatabaseUnavailable(
-                    f"cannot create the directory for the database at {redact_url(url)}: {exc.strerror}; "
+                    f"cannot create the directory for the database at {describe(url)}: {exc.strerror}; "
                     "check that the path is writable (storage.data_dir or storage.database_url)"
                 ) from None
+            _can_open(url, path)
         engine = create_async_engine(async_url, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -69,6 +72,16 @@ def create_engine(url: str) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={"timeout": CONNECT_TIMEOUT},
     )
+
+
+def _can_open(url: str, path: Path) -> None:
+    """Open the file once with the standard library first. A file aiosqlite fails to open leaves
+    its worker thread posting to an event loop that may be closed by then, which prints a
+    thread's traceback after our one-line error; failing here, there is no thread yet."""
+    try:
+        sqlite3.connect(path).close()
+    except sqlite3.Error as exc:
+        raise unavailable(url, exc) from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -22,7 +22,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -104,6 +106,12 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
+    # What the key may do beyond calling models, as ``auth.keys`` grants it (migration 0004; the
+    # server defaults are what keys created before it get: no more than they could do then).
+    admin: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+    trusted: Mapped[bool] = mapped_column(Boolean(), server_default=false())
+    max_priority: Mapped[int] = mapped_column(Integer(), server_default=text("0"))
+    published_lanes: Mapped[bool] = mapped_column(Boolean(), server_default=true())
 
 
 class PublisherTokenRow(Base):
@@ -131,6 +139,8 @@ class PublisherTokenRow(Base):
     models: Mapped[list[str]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+    # May publish a model a declared backend serves (migration 0004; off for older tokens).
+    join_declared: Mapped[bool] = mapped_column(Boolean(), server_default=false())
 
 
 class UsageRow(Base):

@@ -43,6 +43,7 @@ class StoredPublisherToken:
     models: tuple[str, ...]  # model-name globs
     created_at: datetime
     revoked_at: datetime | None
+    join_declared: bool = False  # may publish a model a declared backend serves
 
     @property
     def active(self) -> bool:
@@ -59,6 +60,7 @@ class StoredPublisherToken:
             models=tuple(row.models),
             created_at=row.created_at,
             revoked_at=row.revoked_at,
+            join_declared=row.join_declared,
         )
 
 
@@ -80,11 +82,17 @@ class PublisherTokenRepo(_Repo):
 
     @_runs_to_completion
     async def create(
-        self, name: str, names: Iterable[str], models: Iterable[str] = ("*",)
+        self,
+        name: str,
+        names: Iterable[str],
+        models: Iterable[str] = ("*",),
+        *,
+        join_declared: bool = False,
     ) -> tuple[StoredPublisherToken, str]:
         """A new token and its secret. The secret is returned here once and stored nowhere.
         ``names`` (at least one) are the publisher names it may register, ``models`` the model
-        names it may publish (all, by default)."""
+        names it may publish (all, by default); ``join_declared`` lets it publish a model that a
+        declared backend serves (as ``publishers.tokens[].join_declared``)."""
         _check_name("publisher token name", name)
         name_globs = _globs("names", names)
         if not name_globs:
@@ -100,6 +108,7 @@ class PublisherTokenRepo(_Repo):
             models=model_globs,
             created_at=self._now(),
             revoked_at=None,
+            join_declared=join_declared,
         )
         try:
             async with self._session(write=True) as s:

@@ -38,6 +38,7 @@ R = TypeVar("R", bound="_Repo")
 
 SECRET_PREFIX = "lw-"
 DISPLAY_PREFIX_LEN = 12
+MIN_PRIORITY, MAX_PRIORITY = 0, 9  # as KeyConfig.max_priority
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 # BackendConfig fields that have their own column; every other field goes to ``options``.
 _BACKEND_COLUMNS = frozenset({"provider", "base_url", "api_key_env", "tier", "models"})
@@ -111,6 +112,11 @@ class StoredKey:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    # What it may do beyond calling models; the same grants as a key under auth.keys.
+    admin: bool = False
+    trusted: bool = False
+    max_priority: int = 0
+    published_lanes: bool = True
 
     @property
     def active(self) -> bool:
@@ -127,6 +133,10 @@ class StoredKey:
             created_at=row.created_at,
             revoked_at=row.revoked_at,
             last_used_at=row.last_used_at,
+            admin=row.admin,
+            trusted=row.trusted,
+            max_priority=row.max_priority,
+            published_lanes=row.published_lanes,
         )
 
 
@@ -278,11 +288,26 @@ class KeyRepo(_Repo):
     """Client API keys. The gateway keeps ``active_hashes()`` in memory: no query per request."""
 
     @_runs_to_completion
-    async def create(self, name: str, caller: str | None = None) -> tuple[StoredKey, str]:
-        """A new key and its secret. The secret is returned here once and stored nowhere."""
+    async def create(
+        self,
+        name: str,
+        caller: str | None = None,
+        *,
+        admin: bool = False,
+        trusted: bool = False,
+        max_priority: int = 0,
+        published_lanes: bool = True,
+    ) -> tuple[StoredKey, str]:
+        """A new key and its secret. The secret is returned here once and stored nowhere. The
+        grants are those of ``auth.keys``: ``admin`` (the admin API), ``trusted`` (may name a
+        sub-caller), ``max_priority`` (0-9) and ``published_lanes`` (may be served by them)."""
         _check_name("key name", name)
         caller = caller or name
         _check_name("caller", caller)
+        if not MIN_PRIORITY <= max_priority <= MAX_PRIORITY:
+            raise InvalidValue(
+                f"max_priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}, not {max_priority}"
+            )
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
             id="key_" + secrets.token_hex(6),
@@ -293,6 +318,10 @@ class KeyRepo(_Repo):
             created_at=self._now(),
             revoked_at=None,
             last_used_at=None,
+            admin=admin,
+            trusted=trusted,
+            max_priority=max_priority,
+            published_lanes=published_lanes,
         )
         try:
             async with self._session(write=True) as s:
@@ -326,6 +355,13 @@ class KeyRepo(_Repo):
                 if _rowcount(result) > 0:
                     return True
         return False
+
+    @_runs_to_completion
+    async def active(self) -> dict[str, StoredKey]:
+        """``key_hash -> key`` for every key that is not revoked: what the gateway reloads."""
+        query = select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))
+        async with self._session() as s:
+            return {r.key_hash: StoredKey._from_row(r) for r in (await s.scalars(query)).all()}
 
     @_runs_to_completion
     async def active_hashes(self) -> dict[str, str]:

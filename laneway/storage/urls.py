@@ -43,6 +43,18 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def describe(url: str) -> str:
+    """The database as messages name it: the URL (no password) and, for a SQLite file, the
+    absolute path it opens. ``sqlite:///var/lib/x.db`` is relative to the working directory
+    (four slashes make an absolute path), which is easy to miss in the URL alone."""
+    shown = redact_url(url)
+    path = sqlite_path(url) if is_sqlite(url) else None
+    if path is None:
+        return shown
+    relative = "" if path.is_absolute() else "; a relative path: sqlite:////path/to.db for an absolute one"
+    return f"{shown} (the file {Path.cwd() / path}{relative})"
+
+
 def parse_url(url: str) -> URL:
     """``make_url``, with a message that says what a good URL looks like."""
     try:
@@ -77,7 +89,7 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     else:
         hint = "check that PostgreSQL is running and reachable, the database exists and the user may connect"
     return DatabaseUnavailable(
-        f"cannot use the database at {redact_url(url)}: {_reason(exc)}; {hint} "
+        f"cannot use the database at {describe(url)}: {_reason(exc)}; {hint} "
         "(storage.database_url in the config, or --database-url)"
     )
 
