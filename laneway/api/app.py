@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -22,6 +23,39 @@ from laneway.api.publisher_routes import PublisherRoutes
 from laneway.api.usage_routes import usage_routes
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
+from laneway.inventory.refresher import BackendStatus
+
+
+def backend_state(st: BackendStatus) -> str:
+    """A backend's state in words of laneway's own (no upstream text: /readyz is unauthenticated)."""
+    if st.unset_key_env is not None:
+        return "api_key_env_unset"
+    if st.cooldown_until is not None:
+        return "credentials_refused"
+    if st.failing_since is not None:
+        return "unreachable"
+    return "ok" if st.lanes else "no_lanes"
+
+
+def readiness(gateway: Gateway) -> dict[str, Any]:
+    """Ready: started, and at least one lane can take requests. Why not, in laneway's words."""
+    statuses = gateway.reconciler.statuses() if gateway.reconciler else []
+    backends = {
+        st.name: {"state": backend_state(st), "lanes": st.lanes, "last_refresh": st.last_refresh}
+        for st in statuses
+    }
+    routable = sum(1 for lane in gateway.inventory.lanes() if lane.routable)
+    reason = None
+    if not gateway.ready:
+        reason = "starting"
+    elif not routable:
+        failing = sum(1 for b in backends.values() if b["state"] != "ok")
+        reason = (
+            f"no lane can take requests: {failing} of {len(backends)} backends are not serving"
+            if backends
+            else "no lane can take requests: no backend is declared and no model is published"
+        )
+    return {"ready": reason is None, "reason": reason, "lanes": routable, "backends": backends}
 
 
 def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
@@ -36,14 +70,9 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        reconciler = gateway.reconciler
-        backends = {
-            st.name: {"lanes": st.lanes, "last_refresh": st.last_refresh, "error": st.last_error}
-            for st in (reconciler.statuses() if reconciler else ())
-        }
-        body = {"ready": gateway.ready, "lanes": len(gateway.inventory), "backends": backends}
+        body = readiness(gateway)
         return Response(
-            orjson.dumps(body), status_code=200 if gateway.ready else 503, media_type="application/json"
+            orjson.dumps(body), status_code=200 if body["ready"] else 503, media_type="application/json"
         )
 
     @asynccontextmanager

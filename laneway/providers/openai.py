@@ -10,7 +10,7 @@ through untouched, so its usage is known only when the client asked for it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,13 +21,7 @@ from laneway.errors import StreamBroken, UpstreamProtocolError
 from laneway.providers.base import Call, ModelInfo, Reply, Usage
 from laneway.providers.capabilities import capabilities_from_name
 from laneway.providers.http import StreamingBody, Upstream, loads_object
-from laneway.providers.streams import TranslatedStream
-
-_DONE_MARK = b"[DONE]"
-_DONE_WINDOW = 32  # [DONE] must stand in the last bytes of a stream that ended properly
-# Bytes of a stream's end kept to read its usage chunk from (about 300 bytes at OpenAI, more at
-# servers that add timings); the usage of a stream whose last chunk is longer is not known.
-_TAIL = 8192
+from laneway.providers.streams import MAX_EVENT_BYTES, TranslatedStream, event_boundary, sse_data
 
 
 def api_root(base_url: str) -> str:
@@ -187,48 +181,66 @@ class OpenAIProvider:
 
 
 class _PassThrough:
-    """Forwards SSE bytes as they arrive, keeping only the stream's tail: a stream that ends
-    without ``data: [DONE]`` was cut off, and the usage chunk, if any, is the last before it.
-    Usage is read once, after ``[DONE]``; nothing is parsed on the way."""
+    """Forwards the upstream's SSE events as they are, once each has arrived whole and checked: a
+    frame that does not parse (or an error object in place of a chunk) ends the stream with a
+    laneway error instead of reaching the client, and counts against the lane; a stream that
+    ends without ``data: [DONE]`` was cut off. The usage chunk, if any, is read on the way."""
 
     def __init__(self, body: StreamingBody, backend: str) -> None:
         self._body = body
         self._backend = backend
         self.usage: Usage | None = None
+        self._done = False
 
     async def frames(self) -> AsyncIterator[bytes]:
-        tail = bytearray()
+        pending = b""
         async for chunk in self._body.chunks():
-            tail += chunk
-            if len(tail) > 2 * _TAIL:  # trimmed now and then, so a chunk costs its own length
-                del tail[:-_TAIL]
-            yield chunk
-        if _DONE_MARK not in tail[-_DONE_WINDOW:]:
+            pending = pending + chunk if pending else chunk
+            end = event_boundary(pending)
+            if end == 0:
+                if len(pending) > MAX_EVENT_BYTES:
+                    raise UpstreamProtocolError(
+                        f"backend '{self._backend}' sent a stream event over {MAX_EVENT_BYTES} bytes",
+                        backend=self._backend,
+                    )
+                continue
+            complete, pending = pending[:end], pending[end:]
+            self._check(complete)
+            yield complete
+        if pending.strip():  # a last event without its blank line
+            self._check(pending)
+            yield pending
+        if not self._done:
             raise StreamBroken(
                 f"backend '{self._backend}' ended its stream without [DONE]", backend=self._backend
             )
-        self.usage = tail_usage(bytes(tail[-_TAIL:]))
+
+    def _check(self, events: bytes) -> None:
+        for payload in sse_data(events):
+            if payload == b"[DONE]":
+                self._done = True
+                continue
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                data = None
+            if not isinstance(data, dict):
+                raise UpstreamProtocolError(
+                    f"backend '{self._backend}' sent a stream frame that is not a JSON object: "
+                    f"{payload[:80].decode('utf-8', 'replace')}",
+                    backend=self._backend,
+                )
+            if "error" in data and "choices" not in data:
+                raise StreamBroken(
+                    f"backend '{self._backend}' reported an error mid-stream: {error_text(data)}",
+                    backend=self._backend,
+                )
+            if data.get("usage"):
+                self.usage = usage_of(data) or self.usage
 
 
-def tail_usage(tail: bytes) -> Usage | None:
-    """The usage in the last ``data:`` frame of a stream's tail that carries one (with
-    ``include_usage`` every chunk has ``"usage": null`` but the last). A frame cut at the start of
-    the tail does not parse and is skipped."""
-    for payload in _data_lines_backwards(tail):
-        if b'"usage"' not in payload:
-            continue
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and (found := usage_of(data)) is not None:
-            return found
-    return None
-
-
-def _data_lines_backwards(tail: bytes) -> Iterator[bytes]:
-    for line in reversed(tail.splitlines()):
-        if line.startswith(b"data:"):
-            payload = line[5:].strip()
-            if payload.startswith(b"{"):
-                yield payload
+def error_text(data: Mapping[str, Any]) -> str:
+    error = data.get("error")
+    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return str(error)[:200]

@@ -432,6 +432,18 @@ class Router:
             elif status == 404:
                 self.backends.lane_stale(lane.id)
 
+    def _broke_mid_stream(self, lane: Lane, exc: LanewayError) -> None:
+        """A stream the client already reads broke: it cannot fail over, but it counts against
+        the lane's breaker like a failed call (a backend that breaks every stream after its first
+        byte must leave rotation)."""
+        if (
+            self.breakers is not None
+            and isinstance(exc, UpstreamError)
+            and counts_against_health(exc)
+            and not is_auth_failure(exc)
+        ):
+            self.breakers.failure(lane.id)
+
     # -- the two shapes of an answer ---------------------------------------------------------
 
     async def send(
@@ -508,6 +520,7 @@ class Router:
                     slot.release()  # established: the slot goes back, unless the backend wants it held
             observed = ObservedStream(stream, first, provider, lane.id, held)
             observed.attribution = self._attribution(info, body, lane.id, 0)
+            observed.on_failure = lambda exc: self._broke_mid_stream(lane, exc)
             if self.signals is not None:
                 observed.observe(self.signals, self.clock, called_at)
             return observed

@@ -52,6 +52,8 @@ class ObservedStream:
         self.on_end: Callable[[Usage | None], None] | None = None
         # Stamped on an error that breaks the stream after it was handed out (the error event).
         self.attribution: Attribution | None = None
+        # Told of an error that breaks the stream after it was handed out (the lane's breaker).
+        self.on_failure: Callable[[LanewayError], None] | None = None
 
     def observe(self, signals: Signals, clock: Clock, started: float) -> None:
         """Report to ``signals``: the stream's headers now, its first byte (already read) now, and
@@ -72,6 +74,8 @@ class ObservedStream:
         except LanewayError as exc:
             if signals is not None:
                 signals.failure(self._provider.name, self._provider.family, self._lane, exc)
+            if self.on_failure is not None:
+                self.on_failure(exc)
             if self.attribution is not None and attribution_of(exc) is None:
                 attribute(exc, self.attribution)
             raise

@@ -21,6 +21,7 @@ from laneway.sim.wire import (
     StreamPlan,
     WireError,
     as_dict,
+    optional_bool,
     optional_int,
     require_model,
     rfc3339,
@@ -214,6 +215,9 @@ def _prompt(body: dict[str, Any]) -> Prompt:
     return prompt
 
 
+MAX_OUTPUT_TOKENS = 64_000  # the Claude 4.5 models' most output tokens
+
+
 def parse_messages(raw: Any) -> Call:
     body = as_dict(raw)
     model = require_model(body)
@@ -221,7 +225,14 @@ def parse_messages(raw: Any) -> Call:
         raise WireError(400, "max_tokens: Field required")
     prompt = _prompt(body)
     prompt.max_tokens = optional_int(body, "max_tokens")
-    return Call(model, "chat", body.get("stream") is True, prompt)
+    if prompt.max_tokens is not None and prompt.max_tokens > MAX_OUTPUT_TOKENS:
+        raise WireError(
+            400,
+            f"max_tokens: {prompt.max_tokens} > {MAX_OUTPUT_TOKENS}, which is the maximum allowed "
+            f"number of output tokens for {model}",
+        )
+    stream = optional_bool(body, "stream", "{name}: Input should be a valid boolean")
+    return Call(model, "chat", stream is True, prompt)
 
 
 def parse_count_tokens(raw: Any) -> Call:

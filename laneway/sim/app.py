@@ -188,7 +188,9 @@ class SimApp:
                 return
             if path in self.options.fail_metadata_paths and family != "sim":
                 self.stats.failures_injected += 1
-                await respond(send, error_reply(family, 500, "simulated failure: 500 Internal Server Error"))
+                said = self.options.fail_message or "simulated failure: 500 Internal Server Error"
+                credential = api_key or authorization or ""
+                await respond(send, error_reply(family, 500, said.replace("{credential}", credential)))
                 return
             await respond(send, route.handler(self, Request(family, body)))
 
@@ -224,7 +226,9 @@ class SimApp:
         except WireError as exc:
             await respond(send, error_reply(family, exc.status, exc.message, param=exc.param))
             return
-        refused = self._refuse_model(family, call.model, call.capability)
+        refused = self._refuse_model(family, call.model, call.capability) or self._refuse_dimensions(
+            family, call.dimensions
+        )
         if refused is not None:
             await respond(send, refused)
             return
@@ -293,6 +297,14 @@ class SimApp:
             verb = "embeddings" if capability == "embedding" else capability
             return error_reply(family, 400, f'"{name}" does not support {verb}', param="model")
         return None
+
+    def _refuse_dimensions(self, family: str, dimensions: int | None) -> Reply | None:
+        """OpenAI refuses more dimensions than the model has (Ollama shortens, never lengthens)."""
+        native = self.options.embedding_dim
+        if family != "openai" or dimensions is None or dimensions <= native:
+            return None
+        message = f"Invalid value for 'dimensions' = {dimensions}. Must be less than or equal to {native}."
+        return error_reply(family, 400, message, param="dimensions", code="invalid_value")
 
     def _injected_failure(self) -> int | None:
         options = self.options
@@ -376,13 +388,26 @@ class SimApp:
         drop_after = options.drop_after_chunks
         frames = plan.body if drop_after is None else plan.body[:drop_after]
         delay = 1.0 / options.tokens_per_second if options.tokens_per_second > 0 else 0.0
+        malformed = options.malformed_after_chunks
         for i, frame in enumerate(frames):
             if delay and i:
                 await self.clock.sleep(delay)
+            if i == malformed:
+                bad = (
+                    MALFORMED_NDJSON
+                    if plan.content_type.startswith(b"application/x-ndjson")
+                    else MALFORMED_SSE
+                )
+                await send({"type": "http.response.body", "body": bad, "more_body": True})
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         if drop_after is not None:
             raise SimulatedDrop(f"dropped the connection after {len(frames)} chunks, as configured")
         await send({"type": "http.response.body", "body": plan.tail, "more_body": False})
+
+
+# What a chaos run's broken upstream sends in the middle of a stream: a frame cut mid-JSON.
+MALFORMED_SSE = b'data: {"id":"chatcmpl-sim","choices":[{"delta":{"content":"bro\n\n'
+MALFORMED_NDJSON = b'{"model":"sim","message":{"role":"assistant","content":"bro\n'
 
 
 async def respond(send: Send, reply: Reply) -> None:

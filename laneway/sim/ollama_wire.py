@@ -24,6 +24,7 @@ from laneway.sim.wire import (
     WireError,
     as_dict,
     embedding_inputs,
+    optional_bool,
     optional_int,
     require_model,
     rfc3339,
@@ -161,7 +162,9 @@ def _options(body: dict[str, Any], prompt: Prompt) -> None:
 
 
 def _stream(body: dict[str, Any]) -> bool:
-    return body.get("stream") is not False
+    # Go's JSON decoder: a string where a bool belongs fails the whole request.
+    message = "json: cannot unmarshal {got} into Go struct field .{name} of type bool"
+    return optional_bool(body, "stream", message) is not False
 
 
 def _tools(body: dict[str, Any]) -> list[ToolSpec]:
@@ -353,7 +356,8 @@ def render_generate_stream(call: Call, answer: Answer, meta: Meta) -> StreamPlan
 
 
 def render_embed(call: Call, meta: Meta) -> bytes:
-    dim = call.dimensions or meta.embedding_dim
+    # Ollama shortens a vector to ``dimensions``; it never makes one longer than the model's.
+    dim = min(call.dimensions or meta.embedding_dim, meta.embedding_dim)
     vectors = [embedding(text, dim) for text in call.inputs]
     return orjson.dumps(
         {

@@ -22,6 +22,7 @@ from laneway.sim.wire import (
     WireError,
     as_dict,
     embedding_inputs,
+    optional_bool,
     optional_int,
     require_model,
     slot_template,
@@ -139,8 +140,28 @@ def parse_completion(raw: Any) -> Call:
     return _call(body, model, "completion", prompt)
 
 
+# gpt-4o-mini's most completion tokens; OpenAI refuses more with a 400 (the sim's models are its).
+MAX_COMPLETION_TOKENS = 16_384
+_BAD_TYPE = "Invalid type for '{name}': expected a boolean, but got a {got} instead."
+
+
+def _max_tokens(prompt: Prompt) -> None:
+    asked = prompt.max_tokens
+    if asked is not None and asked > MAX_COMPLETION_TOKENS:
+        raise WireError(
+            400,
+            f"max_tokens is too large: {asked}. This model supports at most {MAX_COMPLETION_TOKENS} "
+            f"completion tokens, whereas you provided {asked}.",
+            param="max_tokens",
+        )
+
+
 def _call(body: dict[str, Any], model: str, capability: Capability, prompt: Prompt) -> Call:
-    stream = body.get("stream") is True
+    _max_tokens(prompt)
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128):
+        raise WireError(400, f"Invalid 'n': expected an integer from 1 to 128, but got {n!r}.", param="n")
+    stream = optional_bool(body, "stream", _BAD_TYPE) is True
     options = body.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     return Call(model, capability, stream, prompt, include_usage=include_usage)
@@ -288,7 +309,7 @@ def render_completion_stream(call: Call, answer: Answer, meta: Meta) -> StreamPl
 
 
 def render_embeddings(call: Call, meta: Meta) -> bytes:
-    dim = call.dimensions or meta.embedding_dim
+    dim = call.dimensions or meta.embedding_dim  # at most embedding_dim: checked by the app
     data: list[dict[str, Any]] = []
     for index, text in enumerate(call.inputs):
         vector = embedding(text, dim)

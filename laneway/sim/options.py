@@ -72,6 +72,7 @@ class SimOptions:
     fail_first: int = 0
     seed: int = 0
     drop_after_chunks: int | None = None
+    malformed_after_chunks: int | None = None  # chaos: a frame cut mid-JSON after this many chunks
     garbage: bool = False
     ratelimit: str | None = None
     rpm: int = 0
@@ -106,6 +107,10 @@ def _problems(o: SimOptions) -> list[str]:
         (0.0 <= o.fail_rate <= 1.0, "fail_rate must be within 0..1"),
         (o.fail_first >= 0, "fail_first must be >= 0"),
         (o.drop_after_chunks is None or o.drop_after_chunks >= 0, "drop_after_chunks must be >= 0"),
+        (
+            o.malformed_after_chunks is None or o.malformed_after_chunks >= 0,
+            "malformed_after_chunks must be >= 0",
+        ),
         (
             o.ratelimit is None or o.ratelimit in RATELIMIT_FORMATS,
             f"ratelimit must be one of {', '.join(RATELIMIT_FORMATS)}, not {o.ratelimit!r}",

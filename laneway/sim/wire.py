@@ -102,6 +102,27 @@ def require_model(body: dict[str, Any]) -> str:
     return model
 
 
+def optional_bool(body: dict[str, Any], name: str, message: str) -> bool | None:
+    """A boolean field; any other JSON type is refused with ``message`` (each family words it
+    its own way), as the real servers do: none of them reads "true" as true."""
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    raise WireError(400, message.format(name=name, got=json_type(value)), param=name)
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "null"
+
+
 def optional_int(body: dict[str, Any], name: str, *, minimum: int = 1) -> int | None:
     value = body.get(name)
     if value is None:
