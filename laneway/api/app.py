@@ -34,6 +34,8 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
+        if gateway.draining:  # at once, so a load balancer stops sending here
+            return Response(b'{"ready":false,"reason":"draining"}', 503, media_type="application/json")
         reconciler = gateway.reconciler
         backends = {
             st.name: {"lanes": st.lanes, "last_refresh": st.last_refresh, "error": st.last_error}
