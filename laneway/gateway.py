@@ -70,6 +70,8 @@ class Gateway:
         self.router: Router | None = None
         self.fleet: Fleet | None = None
         self.ready = False
+        # Stopping: no new client requests, those in flight finish (laneway.api.drain).
+        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._shadowed: set[str] = set()  # in both the config and the database: warned about once
         self._names: frozenset[str] = frozenset()  # the declared backends, as of the last change

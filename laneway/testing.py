@@ -14,11 +14,19 @@ from typing import Any
 
 import uvicorn
 
+from laneway.api.edge import EdgeStats, edge_config
+from laneway.config.schema import ServerConfig
+
 
 class ServerThread:
-    """``with ServerThread(app) as url: ...`` serves ``app`` at ``url`` until the block ends."""
+    """``with ServerThread(app) as url: ...`` serves ``app`` at ``url`` until the block ends.
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    With ``edge`` (the ``server:`` settings) it is served as ``laneway serve`` serves the gateway:
+    under those connection limits, counting what they cut in ``edge_stats``."""
+
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, edge: ServerConfig | None = None
+    ) -> None:
         self.app = app
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -26,9 +34,15 @@ class ServerThread:
         self._sock.bind((host, port))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(
-            app, loop="asyncio", http="httptools", lifespan="on", log_level="warning", access_log=False
-        )
+        self.edge_stats = EdgeStats()
+        if edge is not None:
+            config = edge_config(
+                app, edge, self.edge_stats, loop="asyncio", lifespan="on", log_level="warning"
+            )
+        else:
+            config = uvicorn.Config(
+                app, loop="asyncio", http="httptools", lifespan="on", log_level="warning", access_log=False
+            )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"server-{self.port}", daemon=True)
         self._error: BaseException | None = None

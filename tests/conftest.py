@@ -8,13 +8,14 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from laneway.api.app import build_app
+from laneway.api.edge import EdgeStats
 from laneway.config import settings_from_data
 from laneway.gateway import Gateway, GatewayOptions
 from laneway.sim.app import build_sim_app
@@ -67,6 +68,7 @@ class RunningGateway:
     key: str
     gateway: Gateway
     sims: dict[str, Sim]
+    edge: EdgeStats = field(default_factory=EdgeStats)  # what its HTTP edge cut
 
     @property
     def v1(self) -> str:
@@ -105,9 +107,9 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
         settings = settings_from_data(config, source="test-config.yaml")
         options = options or GatewayOptions(schedule=False, key_reload_interval=3600)
         gateway = Gateway(settings, options=options)
-        thread = ServerThread(build_app(gateway))
+        thread = ServerThread(build_app(gateway), edge=settings.server)  # as `laneway serve` serves it
         threads.append(thread)
-        return RunningGateway(thread.start(), CLIENT_KEY, gateway, sims or {})
+        return RunningGateway(thread.start(), CLIENT_KEY, gateway, sims or {}, thread.edge_stats)
 
     yield start
     for thread in threads:

@@ -46,7 +46,9 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
     }
     routable = sum(1 for lane in gateway.inventory.lanes() if lane.routable)
     reason = None
-    if not gateway.ready:
+    if gateway.draining:  # first, so a load balancer stops sending here at once
+        reason = "draining"
+    elif not gateway.ready:
         reason = "starting"
     elif not routable:
         failing = sum(1 for b in backends.values() if b["state"] != "ok")

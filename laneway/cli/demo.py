@@ -101,7 +101,6 @@ async def _run(host: str, port: int, data_dir: str) -> None:
     import uvicorn
 
     from laneway import logs
-    from laneway.api.app import build_app
     from laneway.cli.serve import gateway_server
     from laneway.config import settings_from_data
     from laneway.gateway import Gateway
@@ -138,14 +137,7 @@ async def _run(host: str, port: int, data_dir: str) -> None:
         while not all(server.started for server, _ in servers):  # noqa: ASYNC110 - uvicorn has no started event
             await asyncio.sleep(0.01)
         await gateway.start()
-        gw_config = uvicorn.Config(
-            build_app(gateway, manage_gateway=False),
-            http="httptools",
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-        )
-        gw_server = gateway_server(gw_config, gateway)
+        gw_server = gateway_server(gateway)
         url = f"http://{host}:{gw_sock.getsockname()[1]}"
         serving = asyncio.create_task(gw_server.serve(sockets=[gw_sock]))
         while not gw_server.started and not serving.done():  # noqa: ASYNC110 - no started event

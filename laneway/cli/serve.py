@@ -7,7 +7,8 @@ import gc
 import signal
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,14 +20,29 @@ if TYPE_CHECKING:
 
     from laneway.gateway import Gateway
 
+_CLOSE_GRACE = 0.5  # seconds uvicorn is given beyond the drain, to close the connections
 
-def gateway_server(config: uvicorn.Config, gateway: Gateway) -> uvicorn.Server:
-    """A uvicorn server for the gateway's app that (1) ends the publishers' control streams first
-    when shutting down (they never end by themselves: the graceful shutdown would wait its whole
-    timeout for them) and (2) does not re-raise SIGINT/SIGTERM once it stopped, as uvicorn's own
-    does, which would kill the process before the gateway's shutdown (the last usage batch, the
-    signals) ran."""
+
+def gateway_server(gateway: Gateway, **options: Any) -> uvicorn.Server:
+    """The uvicorn server of ``laneway serve`` and ``laneway demo``: the gateway's app under the
+    ``server:`` limits of the HTTP edge (``laneway.api.edge``); ``options`` are uvicorn's.
+
+    On SIGTERM or SIGINT it drains (``laneway.api.drain``): it stops taking client requests
+    (``/readyz`` and new requests answer 503) and, while still listening (a relayed stream's
+    chunks arrive as its publisher's posts), waits up to ``server.drain_timeout`` for those in
+    flight, relayed ones included. Then it ends the publishers' control streams (they never end
+    by themselves) and lets uvicorn close the listeners and the connections, within what is left
+    of the drain time. A second signal cuts the drain short. Unlike uvicorn's own server it does
+    not re-raise the signal once stopped, which would kill the process before the gateway's
+    shutdown (the last usage batch, the signals) ran."""
     import uvicorn
+
+    from laneway.api.app import build_app
+    from laneway.api.drain import DrainGuard
+    from laneway.api.edge import edge_config
+
+    guard = DrainGuard(build_app(gateway, manage_gateway=False), gateway)
+    server_settings = gateway.settings.server
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -39,35 +55,30 @@ def gateway_server(config: uvicorn.Config, gateway: Gateway) -> uvicorn.Server:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit:
+                self.force_exit = True  # the second signal: stop waiting
+            self.should_exit = True
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            left = await guard.drain(gateway.clock, server_settings.drain_timeout, lambda: self.force_exit)
             if gateway.fleet is not None:
                 gateway.fleet.close_streams()
+            # What is left of the drain, and a moment for the connections to close.
+            self.config.timeout_graceful_shutdown = max(left, _CLOSE_GRACE)  # type: ignore[assignment]
             await super().shutdown(sockets)
 
-    return Server(config)
+    return Server(edge_config(guard, server_settings, **options))
 
 
 async def serve_gateway(settings: Settings, host: str, port: int) -> None:
     """Start the gateway (a start-up error surfaces here, before anything listens), then serve."""
-    import uvicorn
-
-    from laneway.api.app import build_app
     from laneway.gateway import Gateway
 
     gateway = Gateway(settings)
     try:
         await gateway.start()
-        config = uvicorn.Config(
-            build_app(gateway, manage_gateway=False),
-            host=host,
-            port=port,
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=10,
-        )
-        server = gateway_server(config, gateway)
+        server = gateway_server(gateway, host=host, port=port)
         # Everything built at start-up lives as long as the process: move it out of the cyclic
         # collector's sight, and collect less often. Measured with bench.overhead at concurrency
         # 64: p99 fell from ~100 ms (full collections of the start-up heap) to ~36 ms.

@@ -76,14 +76,23 @@ class ServerConfig(_Strict):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)  # request line + headers: 431
-    max_headers: int = Field(100, ge=8, le=10_000)  # header lines in one request: beyond, 431
-    header_timeout: Seconds = 10.0  # from the connection (or the previous response) to the last header
-    body_timeout: Seconds = 30.0  # the longest silence while a request body is arriving: 408
-    min_body_rate: int = Field(1024, ge=0)  # bytes/s a body must average once it took body_timeout
-    keepalive_timeout: Seconds = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open connections at once; beyond: 503
-    drain_timeout: Seconds = 30.0  # on SIGTERM: requests in flight (relayed streams too) may finish
+    # The HTTP edge (laneway.api.edge, docs/http-edge.md). Each refusal is an OpenAI-shaped error
+    # with `connection: close`, and the connection is closed.
+    # The request line and headers of one request: one byte more is a 431, and is never buffered.
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_headers: int = Field(100, ge=8, le=10_000)  # header lines in one request: more is a 431
+    # The first request's headers must be complete this long after the connection opened (silent:
+    # closed; else 408); a later request's this long after its first byte.
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 30.0  # the longest silence while a request body arrives: 408
+    # Bytes/s a body must have averaged once it has taken body_timeout: 408 (0: no rate check).
+    min_body_rate: int = Field(1024, ge=0)
+    # A keep-alive connection is closed when no next request starts this long after a response.
+    keepalive_timeout: Seconds = 5.0
+    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open at once; one more is answered 503
+    # On SIGTERM/SIGINT: no new client requests (503, /readyz 503 "draining"); those in flight,
+    # relayed streams too, have this long to finish; then publishers' control streams end.
+    drain_timeout: Seconds = 30.0
     access_log: bool = True  # one structured line per request (logger laneway.access)
     show_lane_in_errors: bool = False  # errors to non-admin keys name the lane (admin keys: always)
 

@@ -425,6 +425,11 @@ class Fleet:
     def pending(self) -> int:
         return sum(len(q) for q in self.relay.pending.values())
 
+    def in_flight(self) -> int:
+        """Relayed tasks not finished: sent to a publisher, or waiting for one. A draining
+        gateway keeps the control streams open until this is 0 (``laneway.api.drain``)."""
+        return len(self.relay.tasks)
+
 
 class VirtualProvider:
     """A publisher as the router sees it: one provider per publisher name."""
