@@ -8,6 +8,7 @@
      │    ├── PermissionDenied       403
      │    ├── ModelNotFound          404
      │    ├── PayloadTooLarge        413
+     │    ├── ClientGone             499  (the client left mid-upload: nobody to answer)
      │    └── UnsupportedParameter   422  (valid OpenAI, but the chosen family cannot honour it)
      ├── NoLaneAvailable             503  (lanes exist but none could be tried)
      ├── QueueFull                   429  a pool's queue already holds queue_size waiters (Retry-After)
@@ -60,6 +61,11 @@ class LanewayError(Exception):
         """What a client is told (``message`` unless the error holds what a client may not see)."""
         return self.message
 
+    @property
+    def error_code(self) -> str:
+        """The machine-readable kind of this error, in the body, the logs and the records."""
+        return self.code or self.error_type
+
     def to_openai(self, message: str | None = None) -> dict[str, Any]:
         """The OpenAI error shape: ``{"error": {"message", "type", "param", "code"}}``, with
         ``message`` (default: ``client_message``)."""
@@ -68,7 +74,7 @@ class LanewayError(Exception):
                 "message": self.client_message if message is None else message,
                 "type": self.error_type,
                 "param": self.param,
-                "code": self.code,
+                "code": self.error_code,
             }
         }
 
@@ -125,6 +131,14 @@ class ModelNotFound(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
+
+
+class ClientGone(ClientError):
+    """The client closed the connection before its request had arrived: nobody to answer (the
+    499 only shows in the access log)."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class UnsupportedParameter(ClientError):
@@ -323,15 +337,24 @@ class UpstreamStatusError(UpstreamError):
         ra = self.upstream_headers.get("retry-after")
         return {"retry-after": ra} if ra and self.upstream_status == 429 else {}
 
+    @property
+    def error_code(self) -> str:
+        s = self.upstream_status
+        if s == 429:
+            return "rate_limit_exceeded"
+        if s in (401, 403):
+            return "upstream_auth_failed"
+        if 400 <= s < 500:
+            return f"upstream_{s}"
+        return "bad_gateway"
+
     def to_openai(self, message: str | None = None) -> dict[str, Any]:
         body = super().to_openai(message)
         s = self.upstream_status
         if s == 429:
             body["error"]["type"] = "rate_limit_error"
-            body["error"]["code"] = "rate_limit_exceeded"
         elif 400 <= s < 500 and s not in (401, 403):
             body["error"]["type"] = "invalid_request_error"
-            body["error"]["code"] = f"upstream_{s}"
         return body
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
-from laneway.errors import NoLaneAvailable, UpstreamError
+from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -208,12 +208,26 @@ class Gateway:
     async def _reload_keys_forever(self) -> None:
         # Keys and publisher tokens created or revoked with the CLI reach a running server within
         # one interval.
+        failing = False
         while True:
             await self.clock.sleep(self.options.key_reload_interval)
             try:
                 await self.reload_keys()
-            except Exception:  # the database may be briefly away; keep the keys we have
+            except LanewayError as exc:  # the database may be away for a while; keep the keys we have
+                # One warning when it starts failing, one line when it is back: not a line (let
+                # alone a traceback) every interval of an outage.
+                if not failing:
+                    log.warning(
+                        "could not reload API keys and publisher tokens; keeping the ones loaded",
+                        extra={"error": exc.message},
+                    )
+                failing = True
+            except Exception:  # a bug, not an outage: its traceback once per interval is the point
                 log.exception("could not reload API keys and publisher tokens")
+            else:
+                if failing:
+                    log.info("API keys and publisher tokens reloaded again")
+                failing = False
 
     async def aclose(self) -> None:
         self.ready = False

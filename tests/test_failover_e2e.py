@@ -183,9 +183,9 @@ async def test_a_429_fails_over(gateway_factory: Any, pair: dict[str, Sim]) -> N
     assert raw.headers["x-laneway-lane"] == lane("second")
     assert raw.headers["x-laneway-attempts"] == "2"
     record = (await admin(gw, "/admin/failovers"))["failovers"][0]
-    assert [(a["lane"], a["status"]) for a in record["attempts"]] == [
-        (lane("first"), 429),
-        (lane("second"), None),
+    assert [(a["lane"], a["status"], a["outcome"], a["code"]) for a in record["attempts"]] == [
+        (lane("first"), 429, "rate_limited", "rate_limit_exceeded"),
+        (lane("second"), None, "served", None),
     ]
     assert (await admin(gw, "/admin/breakers"))["breakers"] == {}  # quota is not ill health
 

@@ -67,7 +67,7 @@ async def laneway_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LanewayError)
     record = request_record(request)
     if record is not None:
-        record.error = exc.code or exc.error_type
+        record.error = exc.error_code
     return error_response(
         exc,
         request.scope.get("state", {}).get("request_id"),

@@ -9,14 +9,14 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from laneway.api.access import request_record
 from laneway.api.errors import SHOW_LANE
 from laneway.api.streaming import ReplyStreamResponse
 from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, parse_body, validate
-from laneway.errors import NoLaneAvailable, PayloadTooLarge
+from laneway.errors import ClientGone, NoLaneAvailable, PayloadTooLarge
 from laneway.gateway import Gateway
 from laneway.routing.dispatch import Operation, Served
 from laneway.routing.failover import RequestInfo
@@ -40,11 +40,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"The request body is {length} bytes; this gateway accepts at most {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is over {limit} bytes, the most this gateway accepts")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is over {limit} bytes, the most laneway accepts")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Closed mid-upload (or cut by the edge for a body too slow): not a server error.
+        raise ClientGone("The client closed the connection before its request body arrived") from None
     return b"".join(chunks)
 
 

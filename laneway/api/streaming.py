@@ -59,13 +59,13 @@ class ReplyStreamResponse:
             except LanewayError as exc:
                 record = scope.get(RECORD)
                 if isinstance(record, RequestRecord):
-                    record.error = exc.code or exc.error_type
+                    record.error = exc.error_code
                 attribution = attribution_of(exc)
                 log.warning(
                     "stream failed after it started",
                     extra={
                         "error": exc.message,
-                        "code": exc.code,
+                        "code": exc.error_code,
                         "request_id": attribution.request_id if attribution else None,
                         "lane": attribution.lane if attribution else None,
                     },

@@ -36,8 +36,10 @@ def map_errors(backend: str, *, in_body: bool = False) -> Iterator[None]:
         raise
     except TimeoutError:
         raise UpstreamTimeout(f"backend '{backend}' timed out", backend=backend) from None
-    except aiohttp.ClientPayloadError as exc:
-        raise StreamBroken(f"backend '{backend}' broke off its response: {exc}", backend=backend) from None
+    except aiohttp.ClientPayloadError:
+        # Not aiohttp's words ("Response payload is not completed: <TransferEncodingError...>"):
+        # what happened is that the body stopped before its end.
+        raise StreamBroken(f"backend '{backend}' broke off its response mid-body", backend=backend) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         if in_body:
             raise StreamBroken(f"backend '{backend}' dropped the connection", backend=backend) from None

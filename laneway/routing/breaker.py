@@ -77,14 +77,21 @@ class Breakers:
         return False
 
     def success(self, lane_id: str) -> None:
+        """A call succeeded: a half-open (or open) breaker closes. A closed one keeps the failures
+        of its window: "5 in 60 s" counts failures, so a lane failing one call in three still
+        opens, successes in between or not."""
         breaker = self._breakers.get(lane_id)
         if breaker is None:
             return
         if breaker.state != CLOSED:
             log.info("breaker closed", extra={"lane": lane_id})
             self._mirror(lane_id, Health.HEALTHY)
-        self._open.pop(lane_id, None)
-        del self._breakers[lane_id]  # a closed breaker with no recent failures holds nothing
+            self._open.pop(lane_id, None)
+            breaker.state, breaker.trial = CLOSED, False
+            breaker.failures.clear()
+        self._forget_old(breaker, self.clock.monotonic())
+        if not breaker.failures:
+            del self._breakers[lane_id]  # a closed breaker with no recent failures holds nothing
 
     def failure(self, lane_id: str) -> None:
         now = self.clock.monotonic()

@@ -399,14 +399,17 @@ class Router:
         self, n: int, lane: Lane, outcome: str, exc: LanewayError | None, queued_at: float, called_at: float
     ) -> Attempt:
         now = self.clock.monotonic()
+        status = exc.upstream_status if isinstance(exc, UpstreamStatusError) else None
+        if status == 429:
+            outcome = "rate_limited"  # quota, not a failure of the lane
         return Attempt(
             attempt=n,
             lane=lane.id,
             backend=lane.backend,
             outcome=outcome,
             error=exc.message if exc else None,
-            code=exc.code if exc else None,
-            status=exc.upstream_status if isinstance(exc, UpstreamStatusError) else None,
+            code=exc.error_code if exc else None,
+            status=status,
             queued=called_at - queued_at,
             elapsed=now - called_at,
         )

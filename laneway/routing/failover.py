@@ -65,7 +65,7 @@ class Attempt:
     attempt: int
     lane: str
     backend: str
-    outcome: str  # served | failed | skipped
+    outcome: str  # served | failed | rate_limited (a 429: quota, not ill health) | skipped
     error: str | None = None
     code: str | None = None
     status: int | None = None

@@ -383,23 +383,26 @@ class SimApp:
             await self.clock.sleep(options.latency)
         start_headers = [(b"content-type", plan.content_type), (b"cache-control", b"no-cache"), *headers]
         await send({"type": "http.response.start", "status": 200, "headers": start_headers})
+        ndjson = plan.content_type.startswith(b"application/x-ndjson")
+        bad = MALFORMED_NDJSON if ndjson else MALFORMED_SSE
+        # malformed_after_chunks counts every chunk sent before it, the head (a role chunk) too.
+        malformed = options.malformed_after_chunks
+        sent = 0
+        if malformed == 0:
+            await send({"type": "http.response.body", "body": bad, "more_body": True})
         if plan.head:
             await send({"type": "http.response.body", "body": plan.head, "more_body": True})
+            sent = 1
         drop_after = options.drop_after_chunks
         frames = plan.body if drop_after is None else plan.body[:drop_after]
         delay = 1.0 / options.tokens_per_second if options.tokens_per_second > 0 else 0.0
-        malformed = options.malformed_after_chunks
         for i, frame in enumerate(frames):
             if delay and i:
                 await self.clock.sleep(delay)
-            if i == malformed:
-                bad = (
-                    MALFORMED_NDJSON
-                    if plan.content_type.startswith(b"application/x-ndjson")
-                    else MALFORMED_SSE
-                )
+            if malformed and sent == malformed:
                 await send({"type": "http.response.body", "body": bad, "more_body": True})
             await send({"type": "http.response.body", "body": frame, "more_body": True})
+            sent += 1
         if drop_after is not None:
             raise SimulatedDrop(f"dropped the connection after {len(frames)} chunks, as configured")
         await send({"type": "http.response.body", "body": plan.tail, "more_body": False})
