@@ -25,7 +25,13 @@ class ServerThread:
     under those connection limits, counting what they cut in ``edge_stats``."""
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, edge: ServerConfig | None = None
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        edge: ServerConfig | None = None,
+        edge_stats: EdgeStats | None = None,
     ) -> None:
         self.app = app
         self.host = host
@@ -34,7 +40,7 @@ class ServerThread:
         self._sock.bind((host, port))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.edge_stats = EdgeStats()
+        self.edge_stats = edge_stats if edge_stats is not None else EdgeStats()
         if edge is not None:
             config = edge_config(
                 app, edge, self.edge_stats, loop="asyncio", lifespan="on", log_level="warning"

@@ -107,7 +107,8 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
         settings = settings_from_data(config, source="test-config.yaml")
         options = options or GatewayOptions(schedule=False, key_reload_interval=3600)
         gateway = Gateway(settings, options=options)
-        thread = ServerThread(build_app(gateway), edge=settings.server)  # as `laneway serve` serves it
+        stats = EdgeStats()  # as `laneway serve` serves it: under its limits, their cuts in /metrics
+        thread = ServerThread(build_app(gateway, edge=stats), edge=settings.server, edge_stats=stats)
         threads.append(thread)
         return RunningGateway(thread.start(), CLIENT_KEY, gateway, sims or {}, thread.edge_stats)
 

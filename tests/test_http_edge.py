@@ -199,6 +199,9 @@ def test_more_than_max_headers_header_lines_is_431(edge: Any) -> None:
     assert error_code(answer) == "too_many_headers"
     lines = b"".join(b"x-h%d: 1\r\n" % i for i in range(19))  # with host: 20
     assert status(request(gw, b"GET /healthz HTTP/1.1\r\nhost: gw\r\n" + lines + b"\r\n")) == 200
+    # Counted for the operator (/metrics is open: no metrics key configured).
+    metrics = request(gw, b"GET /metrics HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+    assert b'laneway_http_connections_cut_total{reason="too_many_headers"} 1.0' in metrics
 
 
 def test_half_a_header_line_is_cut_after_header_timeout(edge: Any) -> None:

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from laneway.api.access import AccessMiddleware
 from laneway.api.admin_routes import AdminRoutes
+from laneway.api.edge import EdgeStats
 from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
 from laneway.api.openai_routes import OpenAIRoutes
@@ -60,13 +61,13 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
     return {"ready": reason is None, "reason": reason, "lanes": routable, "backends": backends}
 
 
-def build_app(gateway: Gateway, *, manage_gateway: bool = True) -> Starlette:
+def build_app(gateway: Gateway, *, manage_gateway: bool = True, edge: EdgeStats | None = None) -> Starlette:
     """The gateway's app. With ``manage_gateway`` its lifespan starts and stops ``gateway``;
     ``laneway serve`` starts it itself first, so a start-up error is one clear line."""
     api = OpenAIRoutes(gateway)
     admin = AdminRoutes(gateway)
     publishers = PublisherRoutes(gateway)
-    metrics = Metrics(gateway)  # its own registry, read at scrape time (see laneway.api.metrics)
+    metrics = Metrics(gateway, edge)  # its own registry, read at scrape time (see laneway.api.metrics)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")

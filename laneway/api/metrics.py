@@ -58,6 +58,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 
+from laneway.api.edge import EdgeStats
 from laneway.errors import AuthenticationFailed, PermissionDenied
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Health, Lane
@@ -85,12 +86,14 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 class Metrics:
     """The ``/metrics`` endpoint with its own registry, and the RED counts it exposes."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, edge: EdgeStats | None = None) -> None:
         self.keys = gateway.keys
         self.requests = RequestMetrics()
         self.registry = CollectorRegistry(auto_describe=False)  # no collect() before the gateway starts
         self.registry.register(GatewayCollector(gateway))
         self.registry.register(self.requests)
+        if edge is not None:
+            self.registry.register(EdgeCollector(edge))
         auth = gateway.settings.auth
         self.key_digest: str | None = None
         if auth.metrics_key or auth.metrics_key_env or auth.metrics_key_hash:
@@ -222,6 +225,24 @@ class RequestMetrics(Collector):
 
 def _gauge(name: str, documentation: str, *labels: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=[*BACKEND, *labels])
+
+
+class EdgeCollector(Collector):
+    """What the HTTP edge (``laneway.api.edge``) cut before a request reached the app."""
+
+    def __init__(self, stats: EdgeStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        cut = CounterMetricFamily(
+            "laneway_http_connections_cut_total",
+            "Connections the HTTP edge answered and closed, by reason (header_too_large, "
+            "too_many_headers, header_timeout, body_timeout, too_many_connections, idle_connection)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.stats.cut.items()):
+            cut.add_metric([reason], count)
+        yield cut
 
 
 class GatewayCollector(Collector):

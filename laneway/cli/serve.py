@@ -39,9 +39,10 @@ def gateway_server(gateway: Gateway, **options: Any) -> uvicorn.Server:
 
     from laneway.api.app import build_app
     from laneway.api.drain import DrainGuard
-    from laneway.api.edge import edge_config
+    from laneway.api.edge import EdgeStats, edge_config
 
-    guard = DrainGuard(build_app(gateway, manage_gateway=False), gateway)
+    stats = EdgeStats()  # what the edge cuts, counted in /metrics
+    guard = DrainGuard(build_app(gateway, manage_gateway=False, edge=stats), gateway)
     server_settings = gateway.settings.server
 
     class Server(uvicorn.Server):
@@ -68,7 +69,7 @@ def gateway_server(gateway: Gateway, **options: Any) -> uvicorn.Server:
             self.config.timeout_graceful_shutdown = max(left, _CLOSE_GRACE)  # type: ignore[assignment]
             await super().shutdown(sockets)
 
-    return Server(edge_config(guard, server_settings, **options))
+    return Server(edge_config(guard, server_settings, stats, **options))
 
 
 async def serve_gateway(settings: Settings, host: str, port: int) -> None:
