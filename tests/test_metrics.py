@@ -30,6 +30,7 @@ COUNTERS = frozenset(f"laneway_pool_{name}" for name in ("served", "rejected", "
     "laneway_requests",
     "laneway_tokens",
     "laneway_errors",
+    "laneway_http_connections_cut",
 }
 HISTOGRAMS = frozenset({"laneway_request_duration_seconds", "laneway_request_ttft_seconds"})
 
