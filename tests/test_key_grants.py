@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +22,12 @@ from laneway.gateway import GatewayOptions
 from laneway.keys import Grant, KeyRing, merge_key_entries
 from laneway.storage import Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
-from tests.conftest import RunningGateway, fresh_pg_database
+from tests.conftest import RunningGateway
 from tests.test_cli_admin import laneway, ok
 
 pytestmark = pytest.mark.anyio
 
 CHAT = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database nobody migrated yet (its own PostgreSQL database, dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/fresh.db"
-        return
-    with fresh_pg_database() as url:
-        yield url
 
 
 async def _on(url: str, work: Callable[[Connection], Any]) -> Any:

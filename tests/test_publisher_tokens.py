@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from laneway.gateway import GatewayOptions
 from laneway.storage import AlreadyExists, Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
 from laneway.virtual.tokens import PublisherGrant, PublisherTokens
-from tests.conftest import RunningGateway, fresh_pg_database
+from tests.conftest import RunningGateway
 from tests.scripted_publisher import ScriptedPublisher
 from tests.test_cli_admin import laneway, ok, refused
 
@@ -134,16 +134,6 @@ async def test_a_name_is_unique_among_active_tokens_and_bad_values_are_refused(d
 
 
 # --- the migration ------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database nobody migrated yet (its own PostgreSQL database, dropped afterwards)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/fresh.db"
-        return
-    with fresh_pg_database() as url:
-        yield url
 
 
 async def _alembic(url: str, step: Callable[[Config], None]) -> tuple[str, set[str], set[str]]:
