@@ -11,6 +11,7 @@
      │    ├── ClientGone             499  (the client left mid-upload: nobody to answer)
      │    └── UnsupportedParameter   422  (valid OpenAI, but the chosen family cannot honour it)
      ├── NoLaneAvailable             503  (lanes exist but none could be tried)
+     │    └── Draining               503  this replica is shutting down
      ├── QueueFull                   429  a pool's queue already holds queue_size waiters (Retry-After)
      ├── QueueTimeout                503  waited queue_timeout for a pool slot (Retry-After)
      ├── QuotaExhausted              429  every lane that could serve it is out of quota (Retry-After)
@@ -167,6 +168,18 @@ class NoLaneAvailable(LanewayError):
 
     def headers(self) -> dict[str, str]:
         return _retry_after(self.retry_after) if self.retry_after is not None else {}
+
+
+class Draining(NoLaneAvailable):
+    """This replica is shutting down: it takes no new requests (another one answers)."""
+
+    code = "draining"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "laneway is shutting down and takes no new requests; retry (another replica answers)",
+            retry_after=1,
+        )
 
 
 # --- pools (laneway.pools) ----------------------------------------------------------------------

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from laneway.api.errors import error_response
 from laneway.clock import Clock
+from laneway.errors import Draining
 from laneway.gateway import Gateway
 
 log = logging.getLogger("laneway")
@@ -24,17 +25,6 @@ log = logging.getLogger("laneway")
 # Served while draining: what publishers, load balancers and operators need to see it through.
 _OPEN_WHILE_DRAINING = ("/v1/publishers/", "/healthz", "/readyz", "/metrics", "/admin/")
 _POLL = 0.05  # seconds between looks at what is still in flight
-
-_REFUSED = orjson.dumps(
-    {
-        "error": {
-            "message": "laneway is shutting down and takes no new requests; retry (another replica answers)",
-            "type": "service_unavailable",
-            "param": None,
-            "code": "draining",
-        }
-    }
-)
 
 
 def _is_control_stream(path: str) -> bool:
@@ -55,7 +45,7 @@ class DrainGuard:
             await self.app(scope, receive, send)
             return
         if self.gateway.draining and not scope["path"].startswith(_OPEN_WHILE_DRAINING):
-            await _refuse(send)
+            await _refuse(scope, receive, send)
             return
         self.in_flight += 1
         try:
@@ -99,17 +89,7 @@ class DrainGuard:
         return max(0.0, deadline - clock.monotonic())
 
 
-async def _refuse(send: Send) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(_REFUSED)).encode()),
-                (b"retry-after", b"1"),
-                (b"connection", b"close"),  # the client's next request goes to another replica
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": _REFUSED})
+async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    response = error_response(Draining())
+    response.headers["connection"] = "close"  # the client's next request goes to another replica
+    await response(scope, receive, send)
