@@ -13,15 +13,17 @@ from collections import ChainMap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from laneway.auth.keys import KeyRing, config_key_hashes
+from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
-from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError
+from laneway.config.selectors import parse_routes, route_warnings, validate_routes
+from laneway.errors import NoLaneAvailable, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
-from laneway.keys import KeyRing, config_key_hashes, merge_key_entries, stored_key_entries
 from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
 from laneway.providers.registry import build_provider
@@ -29,12 +31,10 @@ from laneway.routing.breaker import Breakers
 from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
-from laneway.routing.selectors import parse_routes, route_warnings, validate_routes
 from laneway.signals.store import Probe, Signals
-from laneway.storage import Database, KeyValueStore
-from laneway.usage import UsageRecorder
+from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage.usage_writer import UsageRecorder
 from laneway.virtual import Fleet
-from laneway.virtual.tokens import PublisherGrant
 
 log = logging.getLogger("laneway")
 
@@ -69,6 +69,7 @@ class Gateway:
         self.usage: UsageRecorder | None = None
         self.router: Router | None = None
         self.fleet: Fleet | None = None
+        self.key_reloader: KeyReloader | None = None
         self.ready = False
         # Stopping: no new client requests, those in flight finish (laneway.api.drain).
         self.draining = False
@@ -89,7 +90,9 @@ class Gateway:
         log_storage(settings)
         self.db = await Database.open(settings.storage.resolved_database_url())
         self.usage = UsageRecorder(self.db.usage.add_many, self.clock)
-        self.runtime, cache_store = open_stores(settings, self.clock)
+        self.runtime, cache_store = open_stores(
+            settings.storage.runtime_url, settings.storage.data_dir, self.clock
+        )
         self.signals = Signals(cache_store, self.clock, settings.signals)
         await self.signals.load()
         self.fleet = Fleet(
@@ -119,10 +122,19 @@ class Gateway:
         for warning in route_warnings(settings, frozenset(self.reconciler.refreshers)):
             log.warning(warning)
         self._rebuild_routes(frozenset(self.reconciler.refreshers))
+        self.key_reloader = KeyReloader(
+            self.db,
+            self.keys,
+            self.fleet.tokens,
+            (self._config_keys, self._admin_keys, self._grants),
+            self.clock,
+            interval=self.options.key_reload_interval,
+            on_reload=self.fleet.cut_off,
+        )
         await self.reload_keys()
         await self.reconciler.cycle()
         self._tasks = [
-            asyncio.create_task(self._reload_keys_forever(), name="key-reload"),
+            asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
         ]
         if self.options.schedule:
@@ -187,47 +199,10 @@ class Gateway:
             self.router.resolver = resolver
 
     async def reload_keys(self) -> None:
-        """Client keys and publisher tokens from the database, beside the config file's. Both are
-        read before either is applied: a failed read leaves both as they were.
-
-        A revoked publisher token is refused from then on by every publisher endpoint, and the
-        sessions it opened are cut off: their control streams close, their lanes go inactive."""
-        assert self.db is not None
-        assert self.fleet is not None  # built by start() before its first reload
-        stored = await self.db.keys.active()
-        tokens = await self.db.publisher_tokens.active()
-        callers, admins, grants = merge_key_entries(
-            (self._config_keys, self._admin_keys, self._grants), stored_key_entries(stored)
-        )
-        self.keys.replace(callers, admins=admins, grants=grants)
-        self.fleet.tokens.replace_stored(
-            {h: PublisherGrant(t.name, t.names, t.models, t.join_declared) for h, t in tokens.items()}
-        )
-        self.fleet.cut_off()
-
-    async def _reload_keys_forever(self) -> None:
-        # Keys and publisher tokens created or revoked with the CLI reach a running server within
-        # one interval.
-        failing = False
-        while True:
-            await self.clock.sleep(self.options.key_reload_interval)
-            try:
-                await self.reload_keys()
-            except LanewayError as exc:  # the database may be away for a while; keep the keys we have
-                # One warning when it starts failing, one line when it is back: not a line (let
-                # alone a traceback) every interval of an outage.
-                if not failing:
-                    log.warning(
-                        "could not reload API keys and publisher tokens; keeping the ones loaded",
-                        extra={"error": exc.message},
-                    )
-                failing = True
-            except Exception:  # a bug, not an outage: its traceback once per interval is the point
-                log.exception("could not reload API keys and publisher tokens")
-            else:
-                if failing:
-                    log.info("API keys and publisher tokens reloaded again")
-                failing = False
+        """Client keys and publisher tokens from the database (``laneway.auth.reload``); a revoked
+        publisher token's sessions are cut off: their control streams close, their lanes go inactive."""
+        assert self.key_reloader is not None
+        await self.key_reloader.reload()
 
     async def aclose(self) -> None:
         self.ready = False
@@ -310,14 +285,3 @@ def log_storage(settings: Settings) -> None:
             storage.data_dir,
             legacy.parent,
         )
-
-
-def open_stores(settings: Settings, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:
-    """(runtime store, cache store). Embedded default: runtime state in memory, caches that should
-    survive a restart (model lists) in the local cache directory. Cluster mode: both in Redis."""
-    from laneway.storage import FileStore, open_runtime_store
-
-    runtime = open_runtime_store(settings.storage.runtime_url, clock)
-    if settings.storage.runtime_url == "memory://":
-        return runtime, FileStore(Path(settings.storage.data_dir) / "cache", clock)
-    return runtime, runtime

@@ -20,8 +20,9 @@ from laneway.config import settings_from_data
 from laneway.errors import UpstreamStatusError
 from laneway.gateway import Gateway, GatewayOptions
 from laneway.inventory.lanes import compose_lane_id
+from laneway.operations import Operation
 from laneway.providers.base import Reply
-from laneway.routing.dispatch import Operation, Served
+from laneway.routing.dispatch import Served
 from laneway.routing.failover import RequestInfo, attribution_of
 from tests.conftest import CLIENT_KEY, RunningGateway, Sim
 

@@ -18,8 +18,8 @@ from alembic.config import Config
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+from laneway.auth.keys import Grant, KeyRing, merge_key_entries
 from laneway.gateway import GatewayOptions
-from laneway.keys import Grant, KeyRing, merge_key_entries
 from laneway.storage import Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
 from tests.conftest import RunningGateway

@@ -19,13 +19,13 @@ from alembic.config import Config
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
+from laneway.auth.tokens import PublisherGrant, PublisherTokens
 from laneway.clock import ManualClock
 from laneway.config.schema import PublisherTokenConfig
 from laneway.errors import AuthenticationFailed
 from laneway.gateway import GatewayOptions
 from laneway.storage import AlreadyExists, Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
-from laneway.virtual.tokens import PublisherGrant, PublisherTokens
 from tests.conftest import RunningGateway
 from tests.scripted_publisher import ScriptedPublisher
 from tests.test_cli_admin import laneway, ok, refused

@@ -23,11 +23,12 @@ from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
+from laneway.latency import LatencyWindow
+from laneway.operations import Operation
 from laneway.providers.registry import build_provider
-from laneway.routing.dispatch import Operation, Router
+from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
 from laneway.signals.headers import Quota, RateLimits
-from laneway.signals.latency import LatencyWindow
 from laneway.signals.state import BackendSignal, Status
 from laneway.signals.store import Signals
 from laneway.sim.app import build_sim_app

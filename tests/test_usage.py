@@ -37,8 +37,9 @@ from laneway.sim.app import build_sim_app
 from laneway.sim.options import SimOptions
 from laneway.storage import Database, DatabaseUnavailable, InvalidValue, StorageError
 from laneway.storage.db import create_engine
+from laneway.storage.usage_writer import UsageRecorder
 from laneway.testing import ServerThread
-from laneway.usage import UsageRecord, UsageRecorder, parse_group_by, parse_since
+from laneway.usage import UsageRecord, parse_group_by, parse_since
 from tests.conftest import CLIENT_KEY, Sim, three_family_config
 
 KEY = "sim-secret"

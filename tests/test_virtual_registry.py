@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from laneway.auth.tokens import PublisherGrant
 from laneway.clock import ManualClock
 from laneway.config import settings_from_data
 from laneway.errors import InvalidRequest, PermissionDenied, UpstreamTimeout
@@ -20,7 +21,6 @@ from laneway.virtual import Fleet
 from laneway.virtual.errors import Conflict, PublisherUnavailable, UnknownSession, UnknownTask, WakeFailed
 from laneway.virtual.registry import State
 from laneway.virtual.relay import ControlChannel
-from laneway.virtual.tokens import PublisherGrant
 
 pytestmark = pytest.mark.anyio
 
@@ -435,9 +435,9 @@ async def test_a_draining_publisher_gone_silent_gives_its_tasks_back() -> None:
 
 
 def test_publisher_token_config_errors_name_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from laneway.auth.tokens import PublisherTokens
     from laneway.config.schema import PublisherTokenConfig
     from laneway.errors import ConfigError
-    from laneway.virtual.tokens import PublisherTokens
 
     monkeypatch.delenv("LW_TEST_UNSET_TOKEN", raising=False)
     unset = PublisherTokenConfig(name="a", token_env="LW_TEST_UNSET_TOKEN", names=["*"])

@@ -59,11 +59,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from laneway.api.edge import EdgeStats
+from laneway.auth.keys import secret_digest
 from laneway.errors import AuthenticationFailed, PermissionDenied
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Health, Lane
 from laneway.inventory.refresher import BackendStatus
-from laneway.keys import secret_digest
 from laneway.pools import PoolStatistics
 from laneway.routing.breaker import CLOSED, HALF_OPEN, OPEN
 from laneway.routing.record import RequestRecord

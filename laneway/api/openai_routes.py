@@ -18,7 +18,8 @@ from laneway.api.streaming import ReplyStreamResponse
 from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, parse_body, validate
 from laneway.errors import ClientGone, NoLaneAvailable, PayloadTooLarge
 from laneway.gateway import Gateway
-from laneway.routing.dispatch import Operation, Served
+from laneway.operations import Operation
+from laneway.routing.dispatch import Served
 from laneway.routing.failover import RequestInfo
 
 T = TypeVar("T")

@@ -24,12 +24,12 @@ from starlette.routing import Route
 
 from laneway.api.openai_routes import read_body
 from laneway.api.wire import parse_body
+from laneway.auth.tokens import PublisherGrant
 from laneway.clock import within
 from laneway.errors import NoLaneAvailable
 from laneway.gateway import Gateway
 from laneway.virtual import Fleet
 from laneway.virtual.relay import ControlChannel, control_frame
-from laneway.virtual.tokens import PublisherGrant
 
 PING = control_frame("ping", {})
 

@@ -29,7 +29,6 @@ from laneway.cli.common import (
 from laneway.config.schema import Settings
 from laneway.signals.headers import Quota
 from laneway.signals.state import BackendSignal, Status
-from laneway.signals.store import PREFIX
 
 _ERROR_WIDTH = 48  # LAST ERROR is a hint; the full message is in --json
 _UNREADABLE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
@@ -46,31 +45,24 @@ def read_persisted(settings: Settings) -> Persisted:
     """The persisted signals of the gateway ``settings`` describe; ``StoreUnavailable`` if the
     store cannot be used."""
     from laneway.clock import SystemClock
-    from laneway.gateway import open_stores
-    from laneway.storage import FileStore
+    from laneway.signals.store import read_persisted as scan
+    from laneway.storage import FileStore, open_stores
     from laneway.storage.redisstore import redact_redis_url
 
-    runtime, store = open_stores(settings, SystemClock())
-    if isinstance(store, FileStore):
-        where = str(store.directory)
-    else:
-        where = redact_redis_url(settings.storage.runtime_url)
+    storage = settings.storage
+    runtime, store = open_stores(storage.runtime_url, storage.data_dir, SystemClock())
+    where = str(store.directory) if isinstance(store, FileStore) else redact_redis_url(storage.runtime_url)
 
-    async def scan() -> dict[str, bytes]:
+    async def read() -> tuple[list[BackendSignal], int]:
         try:
-            return await store.scan(PREFIX)
+            return await scan(store, settings.signals.window)
         finally:
             await store.aclose()
             if runtime is not store:
                 await runtime.aclose()
 
-    found, unreadable = [], 0
-    for raw in run_async(scan()).values():
-        try:
-            found.append(BackendSignal.from_record(orjson.loads(raw), settings.signals.window))
-        except _UNREADABLE:
-            unreadable += 1
-    return Persisted(where, sorted(found, key=lambda s: s.backend), unreadable)
+    found, unreadable = run_async(read())
+    return Persisted(where, found, unreadable)
 
 
 @click.command()

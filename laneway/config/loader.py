@@ -97,7 +97,7 @@ def settings_from_data(data: Any, *, source: str, marks: Marks | None = None) ->
         if first["type"] == "extra_forbidden":
             msg = _unknown_key(loc)
         raise ConfigError(msg, key=key, file=source, line=_line_for(loc, marks)) from None
-    from laneway.routing.selectors import validate_routes
+    from laneway.config.selectors import validate_routes  # it imports this module's helpers
 
     validate_routes(settings, marks=marks)
     settings._marks = marks  # for what is checked later, at start (selectors against the database)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from laneway.errors import LanewayError
+from laneway.operations import Operation
 
 
 class Tier(StrEnum):
@@ -23,10 +24,8 @@ class Tier(StrEnum):
     DIRECT = "direct"
 
 
-class LaneType(StrEnum):
-    CHAT = "chat"
-    COMPLETION = "completion"
-    EMBEDDING = "embedding"
+# A lane's type is the operation it serves (laneway.operations, the one operation map).
+LaneType = Operation
 
 
 class Health(StrEnum):

@@ -33,8 +33,8 @@ from typing import Any
 
 from laneway.clock import Clock, within
 from laneway.errors import QueueFull, QueueTimeout
+from laneway.latency import DEFAULT_SIZE, LatencyWindow
 from laneway.pools.queue import FairQueue, Waiter, assign
-from laneway.signals.latency import DEFAULT_SIZE, LatencyWindow
 
 
 @dataclass(frozen=True)

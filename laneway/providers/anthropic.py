@@ -19,7 +19,8 @@ from laneway.errors import UnsupportedParameter, UpstreamProtocolError
 from laneway.providers import anthropic_translate as tr
 from laneway.providers.base import Call, ModelInfo, Reply
 from laneway.providers.http import StreamingBody, Upstream
-from laneway.providers.streams import DONE, TranslatedStream, sse_frame
+from laneway.providers.streams import TranslatedStream, sse_frame
+from laneway.sse import DONE
 
 MODELS_PAGE = 1000  # the largest page /v1/models serves
 MAX_PAGES = 50  # a backend that keeps saying has_more is not allowed to loop us forever

@@ -7,9 +7,11 @@ Errors come back as ``laneway.errors.UpstreamError`` subclasses, never as aiohtt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from laneway.operations import OPERATIONS, Operation
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,3 +105,18 @@ class Provider(Protocol):
     async def embed(self, call: Call) -> Reply: ...
 
     async def aclose(self) -> None: ...
+
+
+def answer(provider: Provider, op: Operation, call: Call) -> Awaitable[Reply]:
+    """The provider's whole answer to ``op`` (the method the operation map names)."""
+    method: Callable[[Call], Awaitable[Reply]] = getattr(provider, OPERATIONS[op].call)
+    return method(call)
+
+
+def stream(provider: Provider, op: Operation, call: Call) -> Awaitable[ReplyStream]:
+    """The provider's stream for ``op``; ``ValueError`` for an operation that never streams."""
+    name = OPERATIONS[op].stream
+    if name is None:
+        raise ValueError(f"'{op}' is not an operation that streams")
+    method: Callable[[Call], Awaitable[ReplyStream]] = getattr(provider, name)
+    return method(call)

@@ -16,7 +16,8 @@ from laneway.errors import UpstreamError
 from laneway.providers import ollama_translate as tr
 from laneway.providers.base import Call, ModelInfo, Reply, Usage
 from laneway.providers.http import StreamingBody, Upstream
-from laneway.providers.streams import DONE, TranslatedStream, sse_frame
+from laneway.providers.streams import TranslatedStream, sse_frame
+from laneway.sse import DONE
 
 NDJSON = ("application/x-ndjson", "application/json")
 SHOW_CONCURRENCY = 8  # /api/show calls in flight at once during discovery

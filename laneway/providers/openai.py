@@ -16,12 +16,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from laneway import sse
 from laneway.config.schema import BackendConfig
 from laneway.errors import StreamBroken, UpstreamProtocolError
 from laneway.providers.base import Call, ModelInfo, Reply, Usage
 from laneway.providers.capabilities import capabilities_from_name
 from laneway.providers.http import StreamingBody, Upstream, loads_object
-from laneway.providers.streams import MAX_EVENT_BYTES, TranslatedStream, event_boundary, sse_data
+from laneway.providers.streams import TranslatedStream
 
 
 def api_root(base_url: str) -> str:
@@ -200,11 +201,11 @@ class _PassThrough:
                 yield chunk
                 continue
             pending = pending + chunk if pending else chunk
-            end = event_boundary(pending)
+            end = sse.boundary(pending)
             if end == 0:
-                if len(pending) > MAX_EVENT_BYTES:
+                if len(pending) > sse.MAX_EVENT_BYTES:
                     raise UpstreamProtocolError(
-                        f"backend '{self._backend}' sent a stream event over {MAX_EVENT_BYTES} bytes",
+                        f"backend '{self._backend}' sent a stream event over {sse.MAX_EVENT_BYTES} bytes",
                         backend=self._backend,
                     )
                 continue
@@ -222,7 +223,7 @@ class _PassThrough:
     def _check(self, events: bytes) -> None:
         # One ``data: {...}`` event, the shape of nearly every frame, without the general parse.
         one = events.startswith(b"data: ") and events.find(b"\n") == len(events) - 2
-        for payload in (events[6:-2],) if one else sse_data(events):
+        for payload in (events[6:-2],) if one else sse.data_of(events):
             if payload == b"[DONE]":
                 self._done = True
                 continue

@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import orjson
-
+from laneway import sse
 from laneway.providers.base import Usage
 from laneway.providers.http import StreamingBody
-
-DONE = b"data: [DONE]\n\n"
-MAX_EVENT_BYTES = 4 * 1024 * 1024  # one SSE event from an upstream; beyond, it is not a stream we read
-
-
-def event_boundary(buffer: bytes) -> int:
-    """The end of the last complete SSE event in ``buffer`` (0: none yet). Events end with a
-    blank line; LF and CRLF line ends are both in use."""
-    lf = buffer.rfind(b"\n\n")
-    crlf = buffer.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
-
-def sse_data(events: bytes) -> Iterator[bytes]:
-    """The data of each event in ``events`` (whole events), its ``data:`` lines joined by newlines
-    as the SSE specification says; events without data (comments, pings) yield nothing."""
-    data: list[bytes] = []
-    for raw in events.split(b"\n"):
-        line = raw[:-1] if raw.endswith(b"\r") else raw
-        if not line:
-            if data:
-                yield b"\n".join(data)
-                data = []
-        elif line.startswith(b"data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
-    if data:
-        yield b"\n".join(data)
 
 
 def sse_frame(payload: Mapping[str, Any]) -> bytes:
     """One OpenAI-style SSE frame: ``data: {json}\\n\\n``."""
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return sse.encode(payload)
 
 
 def _unknown() -> Usage | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
 from laneway.clock import Clock, SystemClock
@@ -43,6 +42,7 @@ from laneway.errors import (
 )
 from laneway.inventory.cooldown import is_auth_failure
 from laneway.inventory.lanes import Health, Lane
+from laneway.operations import Operation
 from laneway.pools import PoolRegistry, Slot
 from laneway.providers.base import Call, Provider, Reply, ReplyStream, Usage
 from laneway.routing.breaker import Breakers
@@ -59,17 +59,12 @@ from laneway.routing.rank import Facts, rank
 from laneway.routing.resolve import Candidate, OutOfRotation, Resolver
 from laneway.routing.streams import ObservedStream, open_stream
 from laneway.signals.store import Signals, counts_against_health
-from laneway.usage import UsageRecord, UsageRecorder
+from laneway.storage.usage_writer import UsageRecorder
+from laneway.usage import UsageRecord
 
 log = logging.getLogger("laneway.routing")
 VIRTUAL = "virtual"  # the provider family of published lanes
 T = TypeVar("T")
-
-
-class Operation(StrEnum):
-    CHAT = "chat"
-    COMPLETION = "completion"
-    EMBEDDING = "embedding"
 
 
 @dataclass(slots=True)

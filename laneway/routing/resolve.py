@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from laneway.config.selectors import Selector
 from laneway.errors import InvalidRequest, ModelNotFound, NoLaneAvailable
 from laneway.inventory.lanes import Lane, is_lane_id
 from laneway.inventory.store import Inventory
-from laneway.routing.selectors import Selector
 
 
 class OutOfRotation(NoLaneAvailable):

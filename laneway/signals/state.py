@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from laneway.latency import LatencyWindow
 from laneway.signals.headers import Quota, RateLimits
-from laneway.signals.latency import LatencyWindow
 
 
 class Status(StrEnum):

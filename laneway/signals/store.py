@@ -153,20 +153,15 @@ class Signals:
     async def load(self) -> int:
         """Read the persisted signals (a restart keeps what was learnt). Unreadable ones are skipped."""
         try:
-            entries = await self.store.scan(PREFIX)
+            found, unreadable = await read_persisted(self.store, self.settings.window)
         except LanewayError as exc:
             log.warning("could not read persisted signals", extra={"error": exc.message})
             return 0
-        loaded = 0
-        for key, raw in entries.items():
-            try:
-                sig = BackendSignal.from_record(orjson.loads(raw), self.settings.window)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                log.warning("skipping an unreadable persisted signal", extra={"key": key})
-                continue
+        if unreadable:
+            log.warning("skipped %d unreadable persisted signal(s)", unreadable)
+        for sig in found:
             self._signals.setdefault(sig.backend, sig)
-            loaded += 1
-        return loaded
+        return len(found)
 
     async def flush(self) -> int:
         """Persist the signals that changed since the last flush."""
@@ -208,3 +203,15 @@ class Signals:
             task.cancel()
         await asyncio.gather(*self._probes.values(), return_exceptions=True)
         await self.flush()
+
+
+async def read_persisted(store: KeyValueStore, window: int) -> tuple[list[BackendSignal], int]:
+    """The signals persisted in ``store`` (sorted by backend), and how many records could not be
+    read (another version's, or torn). ``laneway signals`` reads them this way, without a gateway."""
+    found, unreadable = [], 0
+    for raw in (await store.scan(PREFIX)).values():
+        try:
+            found.append(BackendSignal.from_record(orjson.loads(raw), window))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            unreadable += 1
+    return sorted(found, key=lambda s: s.backend), unreadable

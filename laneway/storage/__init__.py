@@ -8,7 +8,7 @@ from laneway.storage.filestore import FileStore
 from laneway.storage.redisstore import RedisStore
 from laneway.storage.repos import BackendRepo, KeyRepo, StoredBackend, StoredKey, hash_key
 from laneway.storage.runtime import KeyValueStore, MemoryStore, StoreUnavailable
-from laneway.storage.stores import open_runtime_store
+from laneway.storage.stores import open_runtime_store, open_stores
 from laneway.storage.urls import redact_url, sqlite_path, to_async_url
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "hash_key",
     "migrate",
     "open_runtime_store",
+    "open_stores",
     "redact_url",
     "sqlite_path",
     "to_async_url",

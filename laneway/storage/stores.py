@@ -43,3 +43,13 @@ def _shown(url: str) -> str:
         return redact_redis_url(url)
     except ValueError:
         return "<unparseable URL>"
+
+
+def open_stores(runtime_url: str, data_dir: str | Path, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:
+    """(runtime store, cache store). Embedded default: runtime state in memory, caches that should
+    survive a restart (model lists, signals) in the data directory's ``cache``. Cluster mode:
+    both in Redis."""
+    runtime = open_runtime_store(runtime_url, clock)
+    if runtime_url == "memory://":
+        return runtime, FileStore(Path(data_dir) / "cache", clock)
+    return runtime, runtime

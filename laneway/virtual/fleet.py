@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from laneway.auth.tokens import PublisherGrant, PublisherTokens
 from laneway.clock import Clock, within
 from laneway.config.schema import VIRTUAL_CONTEXT, BackendConfig, Settings
 from laneway.errors import InvalidRequest, UpstreamError, UpstreamTimeout
@@ -30,7 +31,6 @@ from laneway.providers.base import Call, ModelInfo, Provider, Reply, ReplyStream
 from laneway.virtual.errors import PublisherUnavailable, WakeFailed
 from laneway.virtual.registry import FAMILY, LaneSpec, Registry, Session, State
 from laneway.virtual.relay import ControlChannel, Relay, RelayStream, Task
-from laneway.virtual.tokens import PublisherGrant, PublisherTokens
 
 log = logging.getLogger("laneway.virtual")
 

@@ -26,13 +26,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from laneway.auth.tokens import PublisherGrant
 from laneway.clock import Clock
 from laneway.config.schema import InventoryConfig, PublishersConfig
 from laneway.errors import InvalidRequest, PermissionDenied
 from laneway.inventory.lanes import Health, Lane, LaneType, Tier, compose_lane_id
 from laneway.inventory.store import Inventory
 from laneway.virtual.errors import Conflict, UnknownSession
-from laneway.virtual.tokens import PublisherGrant
 
 log = logging.getLogger("laneway.virtual")
 

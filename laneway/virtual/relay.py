@@ -26,7 +26,8 @@ from laneway.clock import Clock, within
 from laneway.errors import InvalidRequest, StreamBroken, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from laneway.providers.base import Reply, Usage
 from laneway.providers.openai import usage_of
-from laneway.providers.streams import DONE, sse_frame
+from laneway.providers.streams import sse_frame
+from laneway.sse import DONE
 from laneway.virtual.errors import Conflict, PublisherUnavailable, UnknownTask
 
 log = logging.getLogger("laneway.virtual")

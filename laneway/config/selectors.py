@@ -1,18 +1,22 @@
 """Route selectors: ``[backend-glob/]model-glob[@effort]`` or a mapping over tier, provider,
 backend and model (each a glob). A route is an ordered chain of selectors and may not name
-another route."""
+another route.
+
+The syntax belongs to the config (a file that loads has selectors that parse); routing matches
+them against lanes (``laneway.routing.resolve``), which is why ``matches`` asks only for the four
+fields a selector reads.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Protocol, get_args
 
 from laneway.config.loader import closest, did_you_mean
 from laneway.config.schema import Family, SelectorConfig, TierName
 from laneway.errors import ConfigError
-from laneway.inventory.lanes import Lane
 
 if TYPE_CHECKING:
     from laneway.config.loader import Marks
@@ -24,6 +28,19 @@ TIERS: tuple[str, ...] = get_args(TierName)
 _GLOB_CHARS = set("*?[")
 
 
+class Matchable(Protocol):
+    """What a selector matches: a lane's fields (``laneway.inventory.lanes.Lane``)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def family(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Selector:
     model: str = "*"
@@ -32,7 +49,7 @@ class Selector:
     provider: str | None = None
     effort: str | None = None
 
-    def matches(self, lane: Lane) -> bool:
+    def matches(self, lane: Matchable) -> bool:
         return (
             fnmatchcase(lane.model, self.model)
             and (self.backend is None or fnmatchcase(lane.backend, self.backend))

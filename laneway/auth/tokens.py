@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from laneway.auth.keys import secret_digest
 from laneway.config.schema import PublisherTokenConfig
 from laneway.errors import AuthenticationFailed, PermissionDenied
-from laneway.keys import secret_digest
 from laneway.storage import hash_key
 
 
