@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with whatever ``extra={...}`` a call site adds."""
+"""Structured logs: one JSON object per line, with whatever ``extra={...}`` a call site adds, and
+the current request's id and lane (``laneway.context``) on every line written while serving it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from typing import Any
 
 import orjson
+
+from laneway import context
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
@@ -19,7 +22,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
+        ctx = context.current()
+        if ctx is not None:
+            out.update(ctx.fields())
+        for key, value in record.__dict__.items():  # what the call site says wins
             if key not in _STANDARD:
                 out[key] = value
         if record.exc_info:
@@ -27,11 +33,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message``, then ``[request_id lane]`` for a line written inside a request."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ctx = context.current()
+        if ctx is None:
+            return line
+        return f"{line} [{' '.join(ctx.fields().values())}]"
+
+
 def configure(level: str = "info", *, json: bool = True) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if json else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,4 +1,5 @@
-"""Helpers for tests, ours and our users': run an ASGI app on a loopback port in a thread.
+"""Helpers for tests, ours and our users': run an ASGI app on a loopback port in a thread, and
+capture the log lines it writes.
 
 A thread with its own event loop lets synchronous clients (the ``openai`` SDK's ``OpenAI``)
 and asynchronous tests share one server without blocking each other.
@@ -7,15 +8,20 @@ and asynchronous tests share one server without blocking each other.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+import orjson
 import uvicorn
 
 from laneway.api.edge import EdgeStats, edge_config
 from laneway.config.schema import ServerConfig
+from laneway.logs import JsonFormatter
 
 
 class ServerThread:
@@ -79,3 +85,32 @@ class ServerThread:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(orjson.loads(self.format(record)))
+
+
+@contextmanager
+def captured_logs(logger: str = "laneway", level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
+    """Every line written to ``logger`` (and below) while the block runs, as the JSON lines the
+    gateway writes. Each is formatted when it is written, in the thread that writes it, as a real
+    handler does: so it holds the request context (``laneway.context``) of the request it was
+    written for, which a record formatted later (pytest's ``caplog``) would not."""
+    lines: list[dict[str, Any]] = []
+    handler = _Lines(lines)
+    target = logging.getLogger(logger)
+    before = target.level
+    target.addHandler(handler)
+    target.setLevel(min(level, before) if before else level)
+    try:
+        yield lines
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(before)

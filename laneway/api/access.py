@@ -29,6 +29,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from laneway import context
 from laneway.api.metrics import RequestMetrics
 from laneway.clock import Clock
 from laneway.routing.record import RequestRecord
@@ -133,7 +134,8 @@ class AccessMiddleware:
 
         failed = False
         try:
-            await self.app(scope, receive, send_noting)
+            with context.request(rid):
+                await self.app(scope, receive, send_noting)
         except Exception:
             failed = True
             if record.status is None:
