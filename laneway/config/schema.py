@@ -25,16 +25,12 @@ publishers: {tokens: [{name, token | token_env | token_hash, names, models, join
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -44,14 +40,55 @@ from pydantic import (
     model_validator,
 )
 
-Family = Literal["openai", "ollama", "anthropic", "virtual"]
-TierName = Literal["local", "fleet", "cloud", "frontier", "direct"]
-Effort = Literal["low", "medium", "high"]
-Capability = Literal["chat", "completion", "embedding", "tools", "vision", "reasoning"]
-Weight = Annotated[float, Field(ge=0)]
-Seconds = Annotated[float, Field(gt=0)]
+from laneway.config.access import (
+    AuthConfig as AuthConfig,
+)
+from laneway.config.access import (
+    KeyConfig as KeyConfig,
+)
+from laneway.config.access import (
+    PublishersConfig as PublishersConfig,
+)
+from laneway.config.access import (
+    PublisherTokenConfig as PublisherTokenConfig,
+)
+from laneway.config.common import (
+    NAME_RE as NAME_RE,
+)
+from laneway.config.common import (
+    Capability as Capability,
+)
+from laneway.config.common import (
+    Effort as Effort,
+)
+from laneway.config.common import (
+    Family as Family,
+)
+from laneway.config.common import (
+    Seconds as Seconds,
+)
+from laneway.config.common import (
+    Strict,
+)
+from laneway.config.common import (
+    TierName as TierName,
+)
+from laneway.config.common import (
+    Weight as Weight,
+)
+from laneway.config.server import (
+    ServerConfig as ServerConfig,
+)
+from laneway.config.server import (
+    StorageConfig as StorageConfig,
+)
+from laneway.config.server import (
+    default_data_dir as default_data_dir,
+)
+from laneway.config.server import (
+    instance_data_dir as instance_data_dir,
+)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 DEFAULT_TIER: dict[str, TierName] = {
     "openai": "cloud",
     "anthropic": "frontier",
@@ -63,185 +100,7 @@ DEFAULT_TIER: dict[str, TierName] = {
 VIRTUAL_CONTEXT = {"virtual": True}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Strict):
-    """The HTTP edge. Every limit has a default that a public endpoint can run with; a request over
-    one is refused (431 for headers, 413 for a body, 408 for one too slow) or its connection cut,
-    and never holds memory or a connection for longer than the limit says."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # The HTTP edge (laneway.api.edge, docs/http-edge.md). Each refusal is an OpenAI-shaped error
-    # with `connection: close`, and the connection is closed.
-    # The request line and headers of one request: one byte more is a 431, and is never buffered.
-    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    max_headers: int = Field(100, ge=8, le=10_000)  # header lines in one request: more is a 431
-    # The first request's headers must be complete this long after the connection opened (silent:
-    # closed; else 408); a later request's this long after its first byte.
-    header_timeout: Seconds = 10.0
-    body_timeout: Seconds = 30.0  # the longest silence while a request body arrives: 408
-    # Bytes/s a body must have averaged once it has taken body_timeout: 408 (0: no rate check).
-    min_body_rate: int = Field(1024, ge=0)
-    # A keep-alive connection is closed when no next request starts this long after a response.
-    keepalive_timeout: Seconds = 5.0
-    max_connections: int = Field(4096, ge=1, le=1_000_000)  # open at once; one more is answered 503
-    # On SIGTERM/SIGINT: no new client requests (503, /readyz 503 "draining"); those in flight,
-    # relayed streams too, have this long to finish; then publishers' control streams end.
-    drain_timeout: Seconds = 30.0
-    access_log: bool = True  # one structured line per request (logger laneway.access)
-    show_lane_in_errors: bool = False  # errors to non-admin keys name the lane (admin keys: always)
-
-
-def default_data_dir() -> str:
-    """laneway's folder under ``$XDG_DATA_HOME`` (``~/.local/share``). Instances do not keep their
-    state here but in a folder of their own inside it (``instance_data_dir``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "laneway")
-
-
-def instance_data_dir(config_file: str | None) -> str:
-    """The ``data_dir`` of an instance whose config does not set one: a folder of its own, named
-    after its config file and a short hash of that file's absolute path (``laneway-3f2a9c1d``),
-    so two configs never share a database, signals or caches by accident and every command given
-    the same ``-c FILE`` finds the same folder. ``default`` with no config file."""
-    if not config_file:
-        return os.path.join(default_data_dir(), "default")
-    path = Path(config_file).expanduser().resolve()
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-") or "config"
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
-    return os.path.join(default_data_dir(), f"{stem[:40]}-{digest}")
-
-
-class StorageConfig(_Strict):
-    # Default: instance_data_dir(the config file), chosen by Settings once the file is known.
-    data_dir: str = Field(default_factory=lambda: instance_data_dir(None))
-    database_url: str | None = None  # default: sqlite:///{data_dir}/laneway.db
-    runtime_url: str = "memory://"
-    _derived: bool = PrivateAttr(default=False)
-
-    @property
-    def data_dir_derived(self) -> bool:
-        """True when the config did not set ``data_dir`` (``instance_data_dir`` chose it)."""
-        return self._derived or "data_dir" not in self.model_fields_set
-
-    @field_validator("database_url")
-    @classmethod
-    def _known_scheme(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgresql+")):
-            raise ValueError("must start with sqlite:/// or postgresql://")
-        return v
-
-    @field_validator("runtime_url")
-    @classmethod
-    def _runtime_scheme(cls, v: str) -> str:
-        if v != "memory://" and not re.match(r"^rediss?://[^/\s]+", v):
-            raise ValueError("must be memory:// (one process) or redis://host:port/db (shared by replicas)")
-        return v
-
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'laneway.db'}"
-
-
-def _one_secret(model: BaseModel, field: str) -> None:
-    """A secret is given exactly one way: ``FIELD`` inline, ``FIELD_env`` or ``FIELD_hash``."""
-    given = [f for f in (field, f"{field}_env", f"{field}_hash") if getattr(model, f)]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of {field}, {field}_env, {field}_hash")
-    digest = getattr(model, f"{field}_hash")
-    if digest and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise ValueError(f"{field}_hash must look like sha256:<64 hex digits>")
-
-
-class KeyConfig(_Strict):
-    """A client API key. Give the secret via an environment variable (``key_env``), as a
-    pre-computed ``sha256:<hex>`` hash (``key_hash``), or inline (``key``; for demos)."""
-
-    name: str
-    key: str | None = Field(default=None, repr=False)
-    key_env: str | None = None
-    key_hash: str | None = None
-    caller: str | None = None
-    admin: bool = False  # may call /admin/... (inventory, refresh, caches)
-    max_priority: int = Field(0, ge=0, le=9)  # the highest x-laneway-priority this key may ask for
-    trusted: bool = False  # may name a sub-caller with x-laneway-caller (fair share, usage, attribution)
-    # May be served by lanes people publish (laneway publish): false keeps this key's prompts on
-    # declared backends only.
-    published_lanes: bool = True
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> KeyConfig:
-        _one_secret(self, "key")
-        return self
-
-
-class AuthConfig(_Strict):
-    open: bool = False  # true: no client key needed (development only)
-    keys: list[KeyConfig] = []
-    # GET /metrics: open unless one of these is given; then it needs this key or an admin key.
-    metrics_key: str | None = Field(default=None, repr=False)
-    metrics_key_env: str | None = None
-    metrics_key_hash: str | None = None
-
-    @model_validator(mode="after")
-    def _one_metrics_key(self) -> AuthConfig:
-        if any((self.metrics_key, self.metrics_key_env, self.metrics_key_hash)):
-            _one_secret(self, "metrics_key")
-        return self
-
-
-class PublisherTokenConfig(_Strict):
-    """A publisher token (``laneway publish --token``): not a client key. ``names`` are globs over
-    the publisher names it may register, ``models`` over the model names it may publish."""
-
-    name: str = Field(min_length=1)  # the owner of the sessions it opens
-    token: str | None = Field(default=None, repr=False)
-    token_env: str | None = None
-    token_hash: str | None = None
-    names: list[str] = Field(min_length=1)
-    models: list[str] = ["*"]
-    # May publish a model name that a declared backend serves, its lanes then sharing that
-    # model's traffic (and prompts). Off: such a model is refused at register, and never routed.
-    join_declared: bool = False
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> PublisherTokenConfig:
-        _one_secret(self, "token")
-        return self
-
-
-class PublishersConfig(_Strict):
-    """Virtual lanes: who may publish, and the lifecycle of what they publish (docs/publishers.md)."""
-
-    tokens: list[PublisherTokenConfig] = []
-    heartbeat_interval: Seconds = 30.0  # what publishers are told to keep
-    heartbeat_timeout: Seconds = 90.0  # no heartbeat this long: the publisher's lanes go inactive
-    inactive_retention: Seconds = 4 * 3600.0  # inactive this long: deleted
-    sweep_interval: Seconds = 15.0
-    ping_interval: Seconds = 15.0  # keep-alive events on the control stream
-    timeout: Seconds = 600.0  # a relayed call, never past the request's deadline
-    wake_timeout: Seconds = 300.0
-    # A call whose publisher dropped (or is offline) waits this long for it to come back, unless
-    # another lane of the same model can serve it at once; then it fails over (or gets 503).
-    redispatch_wait: Seconds = 30.0
-    queue_size: int = Field(1000, ge=0, le=1_000_000)
-    queue_timeout: Seconds = 60.0
-    weight: Weight = 100.0  # the instance weight of every virtual lane
-
-    @field_validator("heartbeat_timeout")
-    @classmethod
-    def _timeout_after_interval(cls, v: float, info: ValidationInfo) -> float:
-        interval = info.data.get("heartbeat_interval")
-        if interval is not None and v <= interval:
-            raise ValueError(f"must be longer than heartbeat_interval ({interval:g}s)")
-        return v
-
-
-class DeclaredModel(_Strict):
+class DeclaredModel(Strict):
     """A model declared on a backend. What is given here wins over what the backend reports."""
 
     name: str = Field(min_length=1)
@@ -262,7 +121,7 @@ ModelSpec = Annotated[
 ]
 
 
-class BackendConfig(_Strict):
+class BackendConfig(Strict):
     provider: Family
     base_url: str
     api_key: str | None = Field(default=None, repr=False)
@@ -364,7 +223,7 @@ class BackendConfig(_Strict):
         return self.api_key
 
 
-class SelectorConfig(_Strict):
+class SelectorConfig(Strict):
     """The mapping form of a selector: every field is a glob over the lane's field."""
 
     tier: str | None = None
@@ -382,7 +241,7 @@ SelectorSpec = Annotated[
 DEFAULT_INTERVALS: dict[str, float] = {"ollama": 15.0, "openai": 60.0, "anthropic": 300.0, "virtual": 30.0}
 
 
-class WeightsConfig(_Strict):
+class WeightsConfig(Strict):
     """Tier and provider-family weights (default 100 each); a lane's weight is the product of its
     tier, provider, instance (backend ``weight``) and model weights, times a health factor."""
 
@@ -390,7 +249,7 @@ class WeightsConfig(_Strict):
     providers: dict[Family, Weight] = {}
 
 
-class InventoryConfig(_Strict):
+class InventoryConfig(Strict):
     """How the live lane inventory is kept true (discovery, expiry, cooldowns, caches)."""
 
     intervals: dict[Family, Seconds] = {}  # refresh interval per family; defaults: DEFAULT_INTERVALS
@@ -417,7 +276,7 @@ class InventoryConfig(_Strict):
         )
 
 
-class SignalsConfig(_Strict):
+class SignalsConfig(Strict):
     """Runtime signals: quota from rate-limit headers, latency windows, status per backend."""
 
     ttl: Seconds = 300.0  # a signal nobody refreshed for this long is unknown (and leaves the store)
@@ -428,7 +287,7 @@ class SignalsConfig(_Strict):
     flush_interval: Seconds = 1.0  # changed signals are persisted this often, off the request path
 
 
-class BreakerConfig(_Strict):
+class BreakerConfig(Strict):
     """Per-lane circuit breaker: ``failures`` within ``window`` seconds open it; after ``cooldown``
     seconds it is half-open (one trial); a success closes it, a failure re-opens it."""
 
@@ -437,7 +296,7 @@ class BreakerConfig(_Strict):
     cooldown: Seconds = 30.0
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(Strict):
     attempts: int = Field(3, ge=1, le=20)  # lanes tried per request, at most
     deadline: Seconds = 900.0  # a request's whole life, queueing and failover included
     seed: int | None = None  # ranking's tie-break; None: a new seed per process
@@ -449,7 +308,7 @@ class RoutingConfig(_Strict):
 ROLES = ("chat", "task", "embed")
 
 
-class DefaultsConfig(_Strict):
+class DefaultsConfig(Strict):
     """Role routes: ``chat``, ``task`` and ``embed`` become routes a client can ask for by name."""
 
     chat: SelectorSpec | list[SelectorSpec] | None = None
@@ -465,7 +324,7 @@ class DefaultsConfig(_Strict):
         return out
 
 
-class Settings(_Strict):
+class Settings(Strict):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = Field(default_factory=StorageConfig)
     auth: AuthConfig = AuthConfig()
