@@ -194,36 +194,29 @@ class _PassThrough:
         self._done = False
 
     async def frames(self) -> AsyncIterator[bytes]:
-        pending = b""
+        splitter = sse.Splitter()
         async for chunk in self._body.chunks():
-            if not pending and chunk.endswith(b"\n\n"):  # the common case: whole events
-                self._check(chunk)
-                yield chunk
-                continue
-            pending = pending + chunk if pending else chunk
-            end = sse.boundary(pending)
-            if end == 0:
-                if len(pending) > sse.MAX_EVENT_BYTES:
-                    raise UpstreamProtocolError(
-                        f"backend '{self._backend}' sent a stream event over {sse.MAX_EVENT_BYTES} bytes",
-                        backend=self._backend,
-                    )
-                continue
-            complete, pending = pending[:end], pending[end:]
-            self._check(complete)
-            yield complete
-        if pending.strip():  # a last event without its blank line
-            self._check(pending)
-            yield pending
+            try:
+                events = splitter.feed(chunk)
+            except sse.EventTooLarge:
+                raise UpstreamProtocolError(
+                    f"backend '{self._backend}' sent a stream event over {splitter.max_bytes} bytes",
+                    backend=self._backend,
+                ) from None
+            if events:
+                self._check(events)
+                yield events
+        rest = splitter.close()
+        if rest.strip():  # a last event without its blank line
+            self._check(rest)
+            yield rest
         if not self._done:
             raise StreamBroken(
                 f"backend '{self._backend}' ended its stream without [DONE]", backend=self._backend
             )
 
     def _check(self, events: bytes) -> None:
-        # One ``data: {...}`` event, the shape of nearly every frame, without the general parse.
-        one = events.startswith(b"data: ") and events.find(b"\n") == len(events) - 2
-        for payload in (events[6:-2],) if one else sse.data_of(events):
+        for payload in sse.data_of(events):
             if payload == b"[DONE]":
                 self._done = True
                 continue
