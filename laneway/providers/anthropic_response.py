@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from laneway.errors import UpstreamStatusError
+from laneway.operations import Operation
 from laneway.providers.anthropic_request import can_think
 from laneway.providers.base import ModelInfo, Usage
 from laneway.providers.openai_format import (
@@ -160,7 +161,7 @@ def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
     model_id = entry.get("id")
     if not isinstance(model_id, str) or not model_id:
         return None
-    caps = {"chat", "tools"}
+    caps = {Operation.CHAT.value, "tools"}
     listed = entry.get("capabilities")
     said = listed if isinstance(listed, Mapping) else {}
     if _supported(said, "image_input") is not False:
@@ -171,9 +172,8 @@ def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
     context = entry.get("max_input_tokens")
     if not isinstance(context, int) or isinstance(context, bool) or context <= 0:
         context = CONTEXT_LENGTH
-    return ModelInfo(
-        id=model_id, types=frozenset({"chat"}), capabilities=frozenset(caps), context_length=context
-    )
+    types = frozenset({Operation.CHAT.value})  # no text completion, no embeddings
+    return ModelInfo(id=model_id, types=types, capabilities=frozenset(caps), context_length=context)
 
 
 def model_page(data: Mapping[str, Any], backend: str = "") -> tuple[list[ModelInfo], str | None]:

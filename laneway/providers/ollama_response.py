@@ -15,7 +15,7 @@ import orjson
 
 from laneway.errors import UpstreamStatusError
 from laneway.providers.base import ModelInfo, Usage
-from laneway.providers.capabilities import capabilities_from_name
+from laneway.providers.capabilities import EMBEDDING_TYPES, TEXT_TYPES, capabilities_from_name
 from laneway.providers.openai_format import (
     assistant_message,
     chat_completion,
@@ -174,11 +174,11 @@ def model_info(name: str, show: Mapping[str, Any] | None) -> ModelInfo:
     if isinstance(show, Mapping):
         listed = show.get("capabilities")
         if isinstance(listed, list) and listed:
-            shown_types = set()
-            if "completion" in listed:
-                shown_types |= {"chat", "completion"}
+            shown_types: set[str] = set()
+            if "completion" in listed:  # Ollama's words for what a model does
+                shown_types |= TEXT_TYPES
             if "embedding" in listed:
-                shown_types.add("embedding")
+                shown_types |= EMBEDDING_TYPES
             if shown_types:
                 types = shown_types
             caps = set(types) | {_CAPABILITY_NAMES[c] for c in listed if c in _CAPABILITY_NAMES}

@@ -19,8 +19,9 @@ import orjson
 from laneway import sse
 from laneway.config.schema import BackendConfig
 from laneway.errors import StreamBroken, UpstreamProtocolError
+from laneway.operations import Operation
 from laneway.providers.base import Call, ModelInfo, Reply, Usage
-from laneway.providers.capabilities import capabilities_from_name
+from laneway.providers.capabilities import EMBEDDING_TYPES, TEXT_TYPES, capabilities_from_name
 from laneway.providers.http import StreamingBody, Upstream, loads_object
 from laneway.providers.streams import TranslatedStream
 
@@ -48,14 +49,15 @@ def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
     if modalities is not None:
         inputs, outputs = modalities
         if "text" in outputs:
-            types = {"chat", "completion"}
-            caps = (caps - {"embedding", "vision"}) | types | ({"vision"} if "image" in inputs else set())
-        elif outputs & {"embeddings", "embedding"}:
-            types, caps = {"embedding"}, {"embedding"}
+            types = set(TEXT_TYPES)
+            vision = {"vision"} if "image" in inputs else set()
+            caps = (caps - EMBEDDING_TYPES - {"vision"}) | types | vision
+        elif outputs & {"embeddings", "embedding"}:  # OpenRouter's modality names
+            types, caps = set(EMBEDDING_TYPES), set(EMBEDDING_TYPES)
         else:  # image, audio or video generation only: nothing a lane here can serve
             types, caps = set(), set()
     params = entry.get("supported_parameters")
-    if isinstance(params, list) and "chat" in types:
+    if isinstance(params, list) and Operation.CHAT in types:
         caps -= {"tools", "reasoning"}
         if "tools" in params:
             caps.add("tools")
