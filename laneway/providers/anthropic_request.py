@@ -224,19 +224,21 @@ def _thinking_effort(call: Call, *, forced: bool, messages: list[dict[str, Any]]
     """The effort to think with, if thinking can be on. A client that asked for it explicitly
     learns (422) why it cannot be; a route's effort quietly yields."""
     effort = effort_of(call.body, call.effort)
+    if effort is None:
+        return None
     explicit = call.body.get("reasoning_effort") not in (None, "none")
-    if effort is not None and not can_think(call.model):
+    if not can_think(call.model):
         if explicit:
             raise UnsupportedParameter(f"{call.model} has no extended thinking", param="reasoning_effort")
         return None  # a route's effort only applies to models that can think
-    if effort is not None and forced:
+    if forced:
         if explicit:
             raise UnsupportedParameter(
                 "Anthropic cannot force a tool call while thinking; drop reasoning_effort or tool_choice",
                 param="tool_choice",
             )
         return None  # the route's effort yields to the client's explicit tool choice
-    if effort is not None and _unsigned_tool_turn(messages):
+    if _unsigned_tool_turn(messages):
         # With thinking on, Anthropic wants the assistant's tool-use turn to begin with its
         # signed thinking block; a client that did not send it back continues without thinking.
         return None
