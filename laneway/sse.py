@@ -4,9 +4,10 @@ Every stream laneway reads or writes is SSE (the WHATWG "server-sent events" for
 upstream's OpenAI or Anthropic stream, the OpenAI stream laneway sends a client, a publisher's
 control stream. Framing is ``encode``/``comment``; parsing is the incremental ``Decoder`` (bytes in
 any cut, whole events out, with their names), and, for a pass-through that forwards events as
-they came, ``boundary`` (where the last whole event in a buffer ends) and ``data_of`` (the data
-of whole events, for checking them). Nothing else in laneway splits on blank lines or writes
-``data:`` by hand.
+they came, ``Splitter`` (bytes in any cut, the bytes of whole events out, untouched), built on
+``boundary`` (where the last whole event in a buffer ends), and ``data_of`` (the data of whole
+events, for checking them). Nothing else in laneway splits on blank lines or writes ``data:`` by
+hand.
 
 The format, as the specification has it: an event is a run of ``field: value`` lines ended by a
 blank line; ``data`` lines are joined by newlines; a line starting with ``:`` is a comment
@@ -83,8 +84,50 @@ def boundary(buffer: bytes) -> int:
 def data_of(events: bytes) -> Iterator[bytes]:
     """The data of each event in ``events`` (whole events, as ``boundary`` cut them); events
     without data (comments, a lone ``event:``) yield nothing."""
-    for event in parse(events):
-        yield event.data
+    # One ``data: ...`` line and its blank line, the shape of nearly every event an upstream
+    # sends: its data is the slice between them, without the general parse (this is the hot
+    # path of a pass-through, hence no generator for it). A CR before the blank line is a CRLF
+    # line end: the general parse has it.
+    if (
+        events.startswith(b"data: ")
+        and events.find(b"\n") == len(events) - 2
+        and events[-1] == 0x0A
+        and events[-3] != 0x0D
+    ):
+        return iter((events[6:-2],))
+    return (event.data for event in parse(events))
+
+
+class Splitter:
+    """For a pass-through that forwards an upstream's events as they came: ``feed`` it the
+    body's chunks, cut anywhere, and get back the bytes of the whole events each completes,
+    exactly as they arrived (b"" while none has), the start of the next one held back;
+    ``close`` at the end of the stream returns what is left (a last event without its blank
+    line, or b""). Events are never re-framed, so what reaches the client is what the upstream
+    wrote. ``max_bytes`` bounds one pending event, as for ``Decoder``."""
+
+    __slots__ = ("_pending", "max_bytes")
+
+    def __init__(self, *, max_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._pending and chunk.endswith(b"\n\n"):
+            return chunk  # the common case: a chunk of whole events, passed on without a copy
+        pending = self._pending + chunk
+        end = boundary(pending)
+        if end == 0:
+            if len(pending) > self.max_bytes:
+                raise EventTooLarge(f"a stream event grew past {self.max_bytes} bytes without ending")
+            self._pending = pending
+            return b""
+        self._pending = pending[end:]
+        return pending[:end]
+
+    def close(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
 
 
 def parse(events: bytes) -> Iterator[Event]:

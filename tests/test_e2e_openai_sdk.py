@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
+from laneway.operations import OPERATIONS, Operation
 from tests.conftest import RunningGateway
 
 FAMILY_MODELS = [
@@ -179,3 +181,30 @@ def test_stream_cut_after_first_byte_ends_with_error_event(gw: RunningGateway) -
         received.extend(stream)
     assert received, "the first chunks reached the client before the break"
     assert "broke off" in str(excinfo.value) or "dropped" in str(excinfo.value)
+
+
+ASKS: dict[Operation, dict[str, Any]] = {
+    Operation.CHAT: {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    Operation.COMPLETION: {"model": "gpt-4o-mini", "prompt": "Once"},
+    Operation.EMBEDDING: {"model": "embed", "input": "a text"},
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("op", list(OPERATIONS), ids=str)
+async def test_each_operation_is_served_at_its_path_and_streams_only_if_the_map_says(
+    gw: RunningGateway, op: Operation
+) -> None:
+    spec = OPERATIONS[op]
+    url, auth = gw.url + spec.path, {"authorization": f"Bearer {gw.key}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={**ASKS[op], "stream": True}, headers=auth) as asked:
+            assert asked.status == 200, await asked.text()
+            await asked.read()
+        kind = asked.headers["content-type"]
+        assert kind.startswith("text/event-stream") if spec.streams else kind == "application/json"
+        # the request shape is the operation's own: without its one required field, a 400 names it
+        required = next(k for k in ASKS[op] if k != "model")
+        async with http.post(url, json={"model": ASKS[op]["model"]}, headers=auth) as bare:
+            assert bare.status == 400
+            assert (await bare.json())["error"]["param"] == required

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from laneway import sse
 from laneway.errors import (
     InvalidRequest,
     StreamBroken,
@@ -13,8 +14,10 @@ from laneway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from laneway.providers import anthropic_translate as tr
-from laneway.providers.anthropic import SSEDecoder, api_root
+from laneway.providers.anthropic import api_root
+from laneway.providers.anthropic_request import messages_request
+from laneway.providers.anthropic_response import message_response, model_page
+from laneway.providers.anthropic_stream import MessageStream, event_data, message_stream
 from laneway.providers.base import Call
 
 PNG = "iVBORw0KGgo="
@@ -26,7 +29,7 @@ def call(body: dict[str, Any], effort: str | None = None, model: str = "claude-s
 
 
 def req(body: dict[str, Any], effort: str | None = None, stream: bool = False) -> dict[str, Any]:
-    return tr.messages_request(call(body, effort), stream=stream)
+    return messages_request(call(body, effort), stream=stream)
 
 
 def text(t: str) -> dict[str, Any]:
@@ -233,13 +236,13 @@ def test_thinking_and_forced_tools() -> None:
 
 def test_thinking_only_for_models_that_can() -> None:
     old = call({"messages": USER}, effort="high", model="claude-3-5-haiku-20241022")
-    assert "thinking" not in tr.messages_request(old, stream=False)
+    assert "thinking" not in messages_request(old, stream=False)
     old.body["reasoning_effort"] = "low"
     with pytest.raises(UnsupportedParameter) as exc:
-        tr.messages_request(old, stream=False)
+        messages_request(old, stream=False)
     assert exc.value.param == "reasoning_effort"
     sonnet37 = call({"messages": USER}, effort="low", model="claude-3-7-sonnet-latest")
-    assert tr.messages_request(sonnet37, stream=False)["thinking"]["budget_tokens"] == 1024
+    assert messages_request(sonnet37, stream=False)["thinking"]["budget_tokens"] == 1024
 
 
 def test_thinking_blocks_are_replayed() -> None:
@@ -321,7 +324,7 @@ def message(**overrides: Any) -> dict[str, Any]:
 
 
 def test_message_response() -> None:
-    out = tr.message_response(message(), model="fallback")
+    out = message_response(message(), model="fallback")
     assert out["id"] == "msg_01"
     assert out["object"] == "chat.completion"
     assert out["model"] == "claude-sonnet-4-5-20250929"
@@ -348,13 +351,12 @@ def test_message_response() -> None:
 )
 def test_finish_reasons(stop_reason: str, finish: str) -> None:
     assert (
-        tr.message_response(message(stop_reason=stop_reason), model="m")["choices"][0]["finish_reason"]
-        == finish
+        message_response(message(stop_reason=stop_reason), model="m")["choices"][0]["finish_reason"] == finish
     )
 
 
 def test_message_response_with_tools_thinking_and_cache() -> None:
-    out = tr.message_response(
+    out = message_response(
         message(
             content=[
                 {"type": "thinking", "thinking": "they want weather", "signature": "sig"},
@@ -391,9 +393,9 @@ def test_garbage_and_error_bodies() -> None:
     no_id = {k: v for k, v in message().items() if k != "id"}
     for bad in ({}, message(content="text"), message(content=[{"type": "text"}]), message(usage=None), no_id):
         with pytest.raises(UpstreamProtocolError):
-            tr.message_response(bad, model="m", backend="b")
+            message_response(bad, model="m", backend="b")
     with pytest.raises(UpstreamStatusError) as exc:
-        tr.message_response(
+        message_response(
             {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, model="m"
         )
     assert exc.value.upstream_status == 529
@@ -403,7 +405,7 @@ def test_garbage_and_error_bodies() -> None:
 # --- streams ------------------------------------------------------------------------------------
 
 
-def sse(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
+def stream_lines(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
     import orjson
 
     lines: list[bytes] = []
@@ -413,11 +415,13 @@ def sse(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
 
 
 def decode(lines: list[bytes]) -> list[dict[str, Any]]:
-    decoder = SSEDecoder()
-    return [e for e in (decoder.feed(line) for line in lines) if e is not None]
+    """The events of a stream of ``lines``, as the adapter reads them: the codec's events (not
+    closed at the end: an event without its blank line is dropped), each one's JSON."""
+    decoder = sse.Decoder()
+    return [event_data(e) for e in decoder.feed(b"".join(line + b"\n" for line in lines))]
 
 
-def run(stream: tr.MessageStream, lines: list[bytes]) -> list[dict[str, Any]]:
+def run(stream: MessageStream, lines: list[bytes]) -> list[dict[str, Any]]:
     out = []
     for event in decode(lines):
         out.extend(stream.feed(event))
@@ -433,10 +437,10 @@ STOP = ("message_stop", {})
 
 
 def test_text_stream_with_usage() -> None:
-    stream = tr.message_stream(call({"messages": USER, "stream_options": {"include_usage": True}}))
+    stream = message_stream(call({"messages": USER, "stream_options": {"include_usage": True}}))
     chunks = run(
         stream,
-        sse(
+        stream_lines(
             START,
             ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
             ("ping", {}),
@@ -459,10 +463,10 @@ def test_text_stream_with_usage() -> None:
 
 
 def test_tool_and_thinking_stream() -> None:
-    stream = tr.message_stream(call({"messages": USER}))
+    stream = message_stream(call({"messages": USER}))
     chunks = run(
         stream,
-        sse(
+        stream_lines(
             START,
             ("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
             ("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
@@ -520,9 +524,11 @@ def test_tool_and_thinking_stream() -> None:
 
 
 def test_stream_without_message_stop_is_broken() -> None:
-    stream = tr.message_stream(call({"messages": USER}))
+    stream = message_stream(call({"messages": USER}))
     for event in decode(
-        sse(START, ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": "x"}}))
+        stream_lines(
+            START, ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": "x"}})
+        )
     ):
         stream.feed(event)
     with pytest.raises(StreamBroken):
@@ -534,8 +540,8 @@ def test_stream_without_message_stop_is_broken() -> None:
     [("overloaded_error", 529), ("rate_limit_error", 429), ("api_error", 500), ("mystery", 500)],
 )
 def test_error_event_raises_a_status_error(kind: str, status: int) -> None:
-    stream = tr.message_stream(call({"messages": USER}))
-    stream.feed(decode(sse(START))[0])
+    stream = message_stream(call({"messages": USER}))
+    stream.feed(decode(stream_lines(START))[0])
     with pytest.raises(UpstreamStatusError) as exc:
         stream.feed({"type": "error", "error": {"type": kind, "message": "try later"}})
     assert exc.value.upstream_status == status
@@ -545,11 +551,11 @@ def test_garbage_stream_events() -> None:
     with pytest.raises(UpstreamProtocolError):
         decode([b"data: {not json", b""])
     with pytest.raises(UpstreamProtocolError):
-        tr.message_stream(call({"messages": USER})).feed(
+        message_stream(call({"messages": USER})).feed(
             {"type": "content_block_start", "index": 0}
         )  # before message_start
-    stream = tr.message_stream(call({"messages": USER}))
-    stream.feed(decode(sse(START))[0])
+    stream = message_stream(call({"messages": USER}))
+    stream.feed(decode(stream_lines(START))[0])
     with pytest.raises(UpstreamProtocolError):
         stream.feed({"type": "content_block_delta", "index": 7, "delta": {"type": "text_delta", "text": "x"}})
     with pytest.raises(UpstreamProtocolError):
@@ -561,6 +567,11 @@ def test_sse_decoder_details() -> None:
     assert decode(lines) == [{"type": "ping"}, {"type": "message_stop"}]
     # an event cut off before its blank line never counts: that stream is broken, not finished
     assert decode([b'data: {"type": "message_stop"}']) == []
+    # the name is the type only when the data has none, and an unnamed event names nothing
+    assert decode([b"event: ping", b'data: {"type": "pong"}', b"", b'data: {"a": 1}', b""]) == [
+        {"type": "pong"},
+        {"a": 1},
+    ]
 
 
 # --- discovery ----------------------------------------------------------------------------------
@@ -577,16 +588,16 @@ def test_model_pages() -> None:
         "first_id": "claude-sonnet-4-5-20250929",
         "last_id": "claude-3-5-haiku-20241022",
     }
-    models, after = tr.model_page(page)
+    models, after = model_page(page)
     assert after == "claude-3-5-haiku-20241022"
     assert [m.id for m in models] == ["claude-sonnet-4-5-20250929", "claude-3-5-haiku-20241022"]
     assert all(m.types == {"chat"} and {"tools", "vision"} <= m.capabilities for m in models)
     assert "reasoning" in models[0].capabilities
     assert "reasoning" not in models[1].capabilities
     assert models[0].context_length == 200_000
-    assert tr.model_page({**page, "has_more": False})[1] is None
+    assert model_page({**page, "has_more": False})[1] is None
     with pytest.raises(UpstreamProtocolError):
-        tr.model_page({"data": None})
+        model_page({"data": None})
 
 
 def test_api_root() -> None:

@@ -16,9 +16,23 @@ from laneway.errors import (
     UpstreamProtocolError,
     UpstreamStatusError,
 )
-from laneway.providers import ollama_translate as tr
 from laneway.providers.base import Call
 from laneway.providers.ollama import api_base
+from laneway.providers.ollama_request import chat_request, embed_request, generate_request
+from laneway.providers.ollama_response import (
+    chat_response,
+    embed_response,
+    generate_response,
+    model_info,
+    tag_names,
+)
+from laneway.providers.ollama_stream import (
+    ChatStream,
+    GenerateStream,
+    chat_stream,
+    generate_stream,
+    parse_line,
+)
 
 PNG = "iVBORw0KGgo="
 
@@ -28,7 +42,7 @@ def call(body: dict[str, Any], effort: str | None = None, model: str = "llama3.2
 
 
 def chat(body: dict[str, Any], effort: str | None = None) -> dict[str, Any]:
-    return tr.chat_request(call(body, effort), stream=False)
+    return chat_request(call(body, effort), stream=False)
 
 
 USER = [{"role": "user", "content": "hi"}]
@@ -161,7 +175,7 @@ def test_response_format_becomes_format() -> None:
 
 
 def test_effort_turns_thinking_on() -> None:
-    assert tr.chat_request(call({"messages": USER}, "high"), stream=False, thinks=True)["think"] is True
+    assert chat_request(call({"messages": USER}, "high"), stream=False, thinks=True)["think"] is True
     assert chat({"messages": USER, "reasoning_effort": "low"})["think"] is True
     assert chat({"messages": USER, "reasoning_effort": "none"}, effort="high")["think"] is False
     with pytest.raises(InvalidRequest):
@@ -170,9 +184,9 @@ def test_effort_turns_thinking_on() -> None:
 
 def test_route_effort_skips_models_known_not_to_think() -> None:
     def think(body: dict[str, Any], thinks: bool | None) -> Any:
-        return tr.chat_request(
-            call({"messages": USER, **body}, effort="low"), stream=False, thinks=thinks
-        ).get("think")
+        return chat_request(call({"messages": USER, **body}, effort="low"), stream=False, thinks=thinks).get(
+            "think"
+        )
 
     assert think({}, thinks=True) is True
     assert think({}, thinks=False) is None  # Ollama would answer 400 to think: true
@@ -203,7 +217,7 @@ def test_malformed_messages() -> None:
 
 
 def test_generate_request_is_raw_unless_filling_in_the_middle() -> None:
-    out = tr.generate_request(call({"prompt": ["def f():"], "max_tokens": 16}), stream=True)
+    out = generate_request(call({"prompt": ["def f():"], "max_tokens": 16}), stream=True)
     assert out == {
         "model": "llama3.2:3b",
         "stream": True,
@@ -211,7 +225,7 @@ def test_generate_request_is_raw_unless_filling_in_the_middle() -> None:
         "prompt": "def f():",
         "raw": True,
     }
-    fim = tr.generate_request(call({"prompt": "def f():", "suffix": "return 1"}), stream=False)
+    fim = generate_request(call({"prompt": "def f():", "suffix": "return 1"}), stream=False)
     assert fim["suffix"] == "return 1"
     assert "raw" not in fim
     for bad, param in (
@@ -220,17 +234,17 @@ def test_generate_request_is_raw_unless_filling_in_the_middle() -> None:
         ({"prompt": "a", "echo": True}, "echo"),
     ):
         with pytest.raises(UnsupportedParameter) as exc:
-            tr.generate_request(call(bad), stream=False)
+            generate_request(call(bad), stream=False)
         assert exc.value.param == param
 
 
 def test_embed_request() -> None:
-    assert tr.embed_request(call({"input": "a"})) == {"model": "llama3.2:3b", "input": "a"}
-    assert tr.embed_request(call({"input": ["a", "b"], "dimensions": 8}))["dimensions"] == 8
+    assert embed_request(call({"input": "a"})) == {"model": "llama3.2:3b", "input": "a"}
+    assert embed_request(call({"input": ["a", "b"], "dimensions": 8}))["dimensions"] == 8
     with pytest.raises(UnsupportedParameter):
-        tr.embed_request(call({"input": [[1, 2, 3]]}))
+        embed_request(call({"input": [[1, 2, 3]]}))
     with pytest.raises(InvalidRequest):
-        tr.embed_request(call({"input": "a", "encoding_format": "hex"}))
+        embed_request(call({"input": "a", "encoding_format": "hex"}))
 
 
 # --- answers ------------------------------------------------------------------------------------
@@ -245,7 +259,7 @@ def test_chat_response() -> None:
         "prompt_eval_count": 10,
         "eval_count": 3,
     }
-    out = tr.chat_response(data, model="fallback")
+    out = chat_response(data, model="fallback")
     assert out["id"].startswith("chatcmpl-")
     assert out["object"] == "chat.completion"
     assert out["model"] == "llama3.2:3b"
@@ -254,7 +268,7 @@ def test_chat_response() -> None:
     assert choice["message"] == {"role": "assistant", "content": "Hello!", "reasoning_content": "greet"}
     assert choice["finish_reason"] == "stop"
     assert out["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
-    truncated = tr.chat_response({**data, "done_reason": "length"}, model="m")
+    truncated = chat_response({**data, "done_reason": "length"}, model="m")
     assert truncated["choices"][0]["finish_reason"] == "length"
 
 
@@ -269,7 +283,7 @@ def test_chat_response_with_tool_calls() -> None:
         "done": True,
         "done_reason": "stop",
     }
-    out = tr.chat_response(data, model="m")
+    out = chat_response(data, model="m")
     message = out["choices"][0]["message"]
     assert message["content"] is None
     [tc] = message["tool_calls"]
@@ -283,18 +297,18 @@ def test_chat_response_with_tool_calls() -> None:
 def test_garbage_answers_are_protocol_errors() -> None:
     for data in ({}, {"message": "text"}, {"message": {"content": 5}}, {"message": {}, "eval_count": "many"}):
         with pytest.raises(UpstreamProtocolError):
-            tr.chat_response(data, model="m", backend="b")
+            chat_response(data, model="m", backend="b")
     with pytest.raises(UpstreamProtocolError):
-        tr.generate_response({"done": True}, model="m")
+        generate_response({"done": True}, model="m")
     with pytest.raises(UpstreamProtocolError):
-        tr.embed_response({"embeddings": [["x"]]}, model="m")
+        embed_response({"embeddings": [["x"]]}, model="m")
     with pytest.raises(UpstreamStatusError):
-        tr.chat_response({"error": "model not loaded"}, model="m")
+        chat_response({"error": "model not loaded"}, model="m")
 
 
 def test_generate_response() -> None:
     data = {"model": "m", "response": " return 1", "done": True, "done_reason": "length", "eval_count": 4}
-    out = tr.generate_response(data, model="m")
+    out = generate_response(data, model="m")
     assert out["object"] == "text_completion"
     assert out["id"].startswith("cmpl-")
     assert out["choices"] == [{"index": 0, "text": " return 1", "logprobs": None, "finish_reason": "length"}]
@@ -303,7 +317,7 @@ def test_generate_response() -> None:
 
 def test_embed_response_float_and_base64() -> None:
     data = {"model": "nomic", "embeddings": [[0.5, -1.0], [0.25, 2.0]], "prompt_eval_count": 6}
-    out = tr.embed_response(data, model="m")
+    out = embed_response(data, model="m")
     assert out == {
         "object": "list",
         "data": [
@@ -313,7 +327,7 @@ def test_embed_response_float_and_base64() -> None:
         "model": "nomic",
         "usage": {"prompt_tokens": 6, "total_tokens": 6},
     }
-    b64 = tr.embed_response(data, model="m", encoding_format="base64")
+    b64 = embed_response(data, model="m", encoding_format="base64")
     raw = base64.b64decode(b64["data"][1]["embedding"])
     assert struct.unpack("<2f", raw) == (0.25, 2.0)
 
@@ -322,10 +336,10 @@ def test_embed_response_float_and_base64() -> None:
 
 
 def lines(*objs: dict[str, Any]) -> list[dict[str, Any]]:
-    return [o for o in (tr.parse_line(orjson.dumps(o)) for o in objs) if o is not None]
+    return [o for o in (parse_line(orjson.dumps(o)) for o in objs) if o is not None]
 
 
-def run(stream: tr.ChatStream | tr.GenerateStream, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run(stream: ChatStream | GenerateStream, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for e in events:
         out.extend(stream.feed(e))
@@ -334,7 +348,7 @@ def run(stream: tr.ChatStream | tr.GenerateStream, events: list[dict[str, Any]])
 
 
 def test_chat_stream() -> None:
-    stream = tr.chat_stream(call({"messages": USER, "stream_options": {"include_usage": True}}))
+    stream = chat_stream(call({"messages": USER, "stream_options": {"include_usage": True}}))
     chunks = run(
         stream,
         lines(
@@ -360,7 +374,7 @@ def test_chat_stream() -> None:
 
 
 def test_chat_stream_tool_calls_and_no_usage_unless_asked() -> None:
-    stream = tr.chat_stream(call({"messages": USER}))
+    stream = chat_stream(call({"messages": USER}))
     chunks = run(
         stream,
         lines(
@@ -391,7 +405,7 @@ def test_chat_stream_tool_calls_and_no_usage_unless_asked() -> None:
 
 def test_chat_stream_thinking_becomes_reasoning_content() -> None:
     chunks = run(
-        tr.chat_stream(call({"messages": USER})),
+        chat_stream(call({"messages": USER})),
         lines(
             {"model": "m", "message": {"content": "", "thinking": "Let me"}, "done": False},
             {"model": "m", "message": {"content": "Hi"}, "done": False},
@@ -403,27 +417,27 @@ def test_chat_stream_thinking_becomes_reasoning_content() -> None:
 
 
 def test_stream_without_done_is_broken() -> None:
-    stream = tr.chat_stream(call({"messages": USER}))
+    stream = chat_stream(call({"messages": USER}))
     stream.feed({"model": "m", "message": {"content": "Hel"}, "done": False})
     with pytest.raises(StreamBroken):
         stream.close()
 
 
 def test_stream_error_line_and_garbage() -> None:
-    stream = tr.chat_stream(call({"messages": USER}))
+    stream = chat_stream(call({"messages": USER}))
     with pytest.raises(UpstreamStatusError, match="runner crashed"):
         stream.feed({"error": "runner crashed"})
     with pytest.raises(UpstreamProtocolError):
-        tr.parse_line(b"<html>")
+        parse_line(b"<html>")
     with pytest.raises(UpstreamProtocolError):
-        tr.parse_line(b"[1, 2]")
-    assert tr.parse_line(b"  ") is None
+        parse_line(b"[1, 2]")
+    assert parse_line(b"  ") is None
     with pytest.raises(UpstreamProtocolError):
-        tr.chat_stream(call({"messages": USER})).feed({"message": {"content": ["x"]}})
+        chat_stream(call({"messages": USER})).feed({"message": {"content": ["x"]}})
 
 
 def test_generate_stream() -> None:
-    stream = tr.generate_stream(call({"prompt": "a", "stream_options": {"include_usage": True}}))
+    stream = generate_stream(call({"prompt": "a", "stream_options": {"include_usage": True}}))
     chunks = run(
         stream,
         lines(
@@ -453,25 +467,25 @@ def test_model_info_from_show() -> None:
         "capabilities": ["completion", "tools", "vision", "thinking"],
         "model_info": {"general.architecture": "qwen3", "qwen3.context_length": 40960},
     }
-    info = tr.model_info("qwen3:8b", show)
+    info = model_info("qwen3:8b", show)
     assert info.types == {"chat", "completion"}
     assert {"tools", "vision", "reasoning"} <= info.capabilities
     assert info.context_length == 40960
-    embed = tr.model_info("nomic-embed-text:latest", {"capabilities": ["embedding"], "model_info": {}})
+    embed = model_info("nomic-embed-text:latest", {"capabilities": ["embedding"], "model_info": {}})
     assert embed.types == {"embedding"}
     assert embed.context_length is None
 
 
 def test_model_info_falls_back_to_the_name() -> None:
-    assert tr.model_info("mxbai-embed-large", None).types == {"embedding"}
-    assert tr.model_info("llama3.2:3b", None).types == {"chat", "completion"}
-    assert tr.model_info("llama3.2:3b", {"model_info": "garbage"}).context_length is None
+    assert model_info("mxbai-embed-large", None).types == {"embedding"}
+    assert model_info("llama3.2:3b", None).types == {"chat", "completion"}
+    assert model_info("llama3.2:3b", {"model_info": "garbage"}).context_length is None
 
 
 def test_tag_names() -> None:
-    assert tr.tag_names({"models": [{"name": "a:1"}, {"model": "b"}, {"size": 1}]}) == ["a:1", "b"]
+    assert tag_names({"models": [{"name": "a:1"}, {"model": "b"}, {"size": 1}]}) == ["a:1", "b"]
     with pytest.raises(UpstreamProtocolError):
-        tr.tag_names({"models": "none"})
+        tag_names({"models": "none"})
 
 
 def test_api_base() -> None:

@@ -91,10 +91,7 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True, edge: EdgeStats 
 
     return Starlette(
         routes=[
-            Route("/v1/chat/completions", api.chat, methods=["POST"]),
-            Route("/v1/completions", api.completions, methods=["POST"]),
-            Route("/v1/embeddings", api.embeddings, methods=["POST"]),
-            Route("/v1/models", api.models, methods=["GET"]),
+            *api.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),

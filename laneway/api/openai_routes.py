@@ -1,24 +1,26 @@
-"""The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models."""
+"""The OpenAI-compatible surface: a route per operation at its OpenAI path (/v1/chat/completions,
+/v1/completions, /v1/embeddings: the operation map's), and /v1/models."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from laneway.api.access import request_record
 from laneway.api.errors import SHOW_LANE
 from laneway.api.streaming import ReplyStreamResponse
-from laneway.api.wire import ChatRequest, CompletionRequest, EmbeddingRequest, parse_body, validate
+from laneway.api.wire import SHAPES, parse_body, validate
 from laneway.errors import ClientGone, NoLaneAvailable, PayloadTooLarge
 from laneway.gateway import Gateway
-from laneway.operations import Operation
+from laneway.operations import OPERATIONS, Operation
 from laneway.routing.dispatch import Served
 from laneway.routing.failover import RequestInfo
 
@@ -127,7 +129,7 @@ class OpenAIRoutes:
         raw = await read_body(request, self.limit)
         body = parse_body(raw)
         validate(shape, body)
-        streamed = bool(body.get("stream")) and op is not Operation.EMBEDDING
+        streamed = bool(body.get("stream")) and OPERATIONS[op].streams
         if info.record is not None:
             record = info.record
             record.caller, record.operation = who.caller, op.value
@@ -149,14 +151,21 @@ class OpenAIRoutes:
             served.result.body, media_type="application/json", headers=served_headers(served, rid)
         )
 
-    async def chat(self, request: Request) -> Response:
-        return await self._handle(request, Operation.CHAT, ChatRequest)
+    def routes(self) -> list[Route]:
+        """A POST route per operation at its OpenAI path, then ``GET /v1/models``."""
+        posts = [
+            Route(spec.path, self._endpoint(op), methods=["POST"], name=op.value)
+            for op, spec in OPERATIONS.items()
+        ]
+        return [*posts, Route("/v1/models", self.models, methods=["GET"])]
 
-    async def completions(self, request: Request) -> Response:
-        return await self._handle(request, Operation.COMPLETION, CompletionRequest)
+    def _endpoint(self, op: Operation) -> Callable[[Request], Awaitable[Response]]:
+        shape = SHAPES[op]
 
-    async def embeddings(self, request: Request) -> Response:
-        return await self._handle(request, Operation.EMBEDDING, EmbeddingRequest)
+        async def endpoint(request: Request) -> Response:
+            return await self._handle(request, op, shape)
+
+        return endpoint
 
     async def models(self, request: Request) -> Response:
         """Every model a lane can serve now, once, then every route; ``laneway`` says which lanes

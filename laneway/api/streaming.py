@@ -12,9 +12,9 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
+from laneway import sse
 from laneway.api.access import RECORD
 from laneway.api.errors import error_body
 from laneway.errors import LanewayError
@@ -70,7 +70,7 @@ class ReplyStreamResponse:
                         "lane": attribution.lane if attribution else None,
                     },
                 )
-                frame = b"data: " + orjson.dumps(error_body(exc, show_lane=self.show_lane)) + b"\n\n"
+                frame = sse.encode(error_body(exc, show_lane=self.show_lane))
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             state["done"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from laneway.errors import InvalidRequest
+from laneway.operations import Operation
 
 _Open = ConfigDict(extra="allow")
 
@@ -87,6 +88,14 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Field(strict=True, ge=1, le=MAX_DIMENSIONS)] | None = None
     user: Str | None = None
+
+
+# The request shape of each operation, checked at its OpenAI path (the operation map's).
+SHAPES: dict[Operation, type[BaseModel]] = {
+    Operation.CHAT: ChatRequest,
+    Operation.COMPLETION: CompletionRequest,
+    Operation.EMBEDDING: EmbeddingRequest,
+}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

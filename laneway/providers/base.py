@@ -16,7 +16,8 @@ from laneway.operations import OPERATIONS, Operation
 
 @dataclass(slots=True, frozen=True)
 class ModelInfo:
-    """A model as a backend reports it. ``types`` are lane types (chat, completion, embedding)."""
+    """A model as a backend reports it. ``types`` are the lane types it serves: operations of the
+    operation map (``laneway.operations``; ``providers.capabilities`` has them by kind of model)."""
 
     id: str
     types: frozenset[str]

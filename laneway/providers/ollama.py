@@ -1,23 +1,33 @@
 """The ``ollama`` family: Ollama's native API (``/api/chat``, ``/api/generate``, ``/api/embed``,
 ``/api/tags`` + ``/api/show``). This module is the provider: identity, base URL, auth and
-client; the wire-format translation lives in ``ollama_translate``."""
+client; the wire-format translation lives in ``ollama_request`` (requests), ``ollama_response``
+(answers and discovery's) and ``ollama_stream`` (streams)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from laneway.config.schema import BackendConfig
 from laneway.errors import UpstreamError
-from laneway.providers import ollama_translate as tr
-from laneway.providers.base import Call, ModelInfo, Reply, Usage
-from laneway.providers.http import StreamingBody, Upstream
-from laneway.providers.streams import TranslatedStream, sse_frame
-from laneway.sse import DONE
+from laneway.providers.base import Call, ModelInfo, Reply
+from laneway.providers.http import Upstream
+from laneway.providers.ollama_request import chat_request, embed_request, generate_request
+from laneway.providers.ollama_response import (
+    chat_response,
+    embed_response,
+    generate_response,
+    model_info,
+    running_names,
+    tag_names,
+    usage_of,
+)
+from laneway.providers.ollama_stream import LineStream, chat_stream, frames, generate_stream
+from laneway.providers.streams import TranslatedStream
 
 NDJSON = ("application/x-ndjson", "application/json")
 SHOW_CONCURRENCY = 8  # /api/show calls in flight at once during discovery
@@ -31,27 +41,6 @@ def api_base(base_url: str) -> str:
         if base.endswith(suffix):
             return base[: -len(suffix)]
     return base
-
-
-class LineTranslator(Protocol):
-    usage: Usage | None  # what the ``done`` line reported; None before it
-
-    def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-
-async def ndjson_frames(
-    body: StreamingBody, translator: LineTranslator, backend: str
-) -> AsyncIterator[bytes]:
-    """Read NDJSON lines, yield OpenAI SSE frames, end with ``[DONE]`` (or raise if cut off)."""
-    async for line in body.lines():
-        data = tr.parse_line(line, backend)
-        if data is not None:
-            for chunk in translator.feed(data):
-                yield sse_frame(chunk)
-    translator.close()
-    yield DONE
 
 
 class OllamaProvider:
@@ -75,7 +64,7 @@ class OllamaProvider:
         """``/api/tags`` names the models; then, all at once, ``/api/show`` describes each and
         ``/api/ps`` says which are in memory. A failed ``/api/show`` or ``/api/ps`` costs only
         what it would have told: the model list itself stands."""
-        names = tr.tag_names(await self.upstream.get_json("/api/tags"), self.name)
+        names = tag_names(await self.upstream.get_json("/api/tags"), self.name)
         limit = asyncio.Semaphore(SHOW_CONCURRENCY)
         timeout = min(SHOW_TIMEOUT, self.upstream.timeout)
 
@@ -85,14 +74,14 @@ class OllamaProvider:
                     _, show = await self.upstream.post_json("/api/show", {"model": model}, timeout=timeout)
                 except UpstreamError:
                     show = None  # the name still tells us something; one bad model must not hide the rest
-            info = tr.model_info(model, show)
+            info = model_info(model, show)
             if show is not None:
                 self.thinks[model] = "reasoning" in info.capabilities
             return info
 
         async def running() -> set[str] | None:
             try:
-                return tr.running_names(await self.upstream.get_json("/api/ps", timeout=timeout), self.name)
+                return running_names(await self.upstream.get_json("/api/ps", timeout=timeout), self.name)
             except UpstreamError:
                 return None  # unknown, not "none loaded"
 
@@ -111,39 +100,39 @@ class OllamaProvider:
         return headers
 
     async def _stream(
-        self, path: str, payload: dict[str, Any], call: Call, translator: LineTranslator
+        self, path: str, payload: dict[str, Any], call: Call, translator: LineStream
     ) -> TranslatedStream:
         body = await self.upstream.open_stream(
             path, orjson.dumps(payload), timeout=call.timeout, expect=NDJSON
         )
-        return TranslatedStream(body, ndjson_frames(body, translator, self.name), lambda: translator.usage)
+        return TranslatedStream(body, frames(body, translator, self.name), lambda: translator.usage)
 
     async def chat(self, call: Call) -> Reply:
-        payload = tr.chat_request(call, stream=False, thinks=self.thinks.get(call.model))
+        payload = chat_request(call, stream=False, thinks=self.thinks.get(call.model))
         headers, data = await self.upstream.post_json("/api/chat", payload, timeout=call.timeout)
-        answer = tr.chat_response(data, model=call.model, backend=self.name)
-        return Reply(orjson.dumps(answer), headers, tr.usage_of(data))
+        answer = chat_response(data, model=call.model, backend=self.name)
+        return Reply(orjson.dumps(answer), headers, usage_of(data))
 
     async def stream_chat(self, call: Call) -> TranslatedStream:
-        payload = tr.chat_request(call, stream=True, thinks=self.thinks.get(call.model))
-        return await self._stream("/api/chat", payload, call, tr.chat_stream(call, self.name))
+        payload = chat_request(call, stream=True, thinks=self.thinks.get(call.model))
+        return await self._stream("/api/chat", payload, call, chat_stream(call, self.name))
 
     async def complete(self, call: Call) -> Reply:
-        payload = tr.generate_request(call, stream=False)
+        payload = generate_request(call, stream=False)
         headers, data = await self.upstream.post_json("/api/generate", payload, timeout=call.timeout)
-        answer = tr.generate_response(data, model=call.model, backend=self.name)
-        return Reply(orjson.dumps(answer), headers, tr.usage_of(data))
+        answer = generate_response(data, model=call.model, backend=self.name)
+        return Reply(orjson.dumps(answer), headers, usage_of(data))
 
     async def stream_complete(self, call: Call) -> TranslatedStream:
-        payload = tr.generate_request(call, stream=True)
-        return await self._stream("/api/generate", payload, call, tr.generate_stream(call, self.name))
+        payload = generate_request(call, stream=True)
+        return await self._stream("/api/generate", payload, call, generate_stream(call, self.name))
 
     async def embed(self, call: Call) -> Reply:
-        payload = tr.embed_request(call)
+        payload = embed_request(call)
         headers, data = await self.upstream.post_json("/api/embed", payload, timeout=call.timeout)
         encoding = call.body.get("encoding_format")
-        answer = tr.embed_response(data, model=call.model, encoding_format=encoding, backend=self.name)
-        return Reply(orjson.dumps(answer), headers, tr.usage_of(data))
+        answer = embed_response(data, model=call.model, encoding_format=encoding, backend=self.name)
+        return Reply(orjson.dumps(answer), headers, usage_of(data))
 
     async def aclose(self) -> None:
         await self.upstream.aclose()

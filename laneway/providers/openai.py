@@ -19,8 +19,9 @@ import orjson
 from laneway import sse
 from laneway.config.schema import BackendConfig
 from laneway.errors import StreamBroken, UpstreamProtocolError
+from laneway.operations import Operation
 from laneway.providers.base import Call, ModelInfo, Reply, Usage
-from laneway.providers.capabilities import capabilities_from_name
+from laneway.providers.capabilities import EMBEDDING_TYPES, TEXT_TYPES, capabilities_from_name
 from laneway.providers.http import StreamingBody, Upstream, loads_object
 from laneway.providers.streams import TranslatedStream
 
@@ -48,14 +49,15 @@ def model_info(entry: Mapping[str, Any]) -> ModelInfo | None:
     if modalities is not None:
         inputs, outputs = modalities
         if "text" in outputs:
-            types = {"chat", "completion"}
-            caps = (caps - {"embedding", "vision"}) | types | ({"vision"} if "image" in inputs else set())
-        elif outputs & {"embeddings", "embedding"}:
-            types, caps = {"embedding"}, {"embedding"}
+            types = set(TEXT_TYPES)
+            vision = {"vision"} if "image" in inputs else set()
+            caps = (caps - EMBEDDING_TYPES - {"vision"}) | types | vision
+        elif outputs & {"embeddings", "embedding"}:  # OpenRouter's modality names
+            types, caps = set(EMBEDDING_TYPES), set(EMBEDDING_TYPES)
         else:  # image, audio or video generation only: nothing a lane here can serve
             types, caps = set(), set()
     params = entry.get("supported_parameters")
-    if isinstance(params, list) and "chat" in types:
+    if isinstance(params, list) and Operation.CHAT in types:
         caps -= {"tools", "reasoning"}
         if "tools" in params:
             caps.add("tools")
@@ -194,36 +196,29 @@ class _PassThrough:
         self._done = False
 
     async def frames(self) -> AsyncIterator[bytes]:
-        pending = b""
+        splitter = sse.Splitter()
         async for chunk in self._body.chunks():
-            if not pending and chunk.endswith(b"\n\n"):  # the common case: whole events
-                self._check(chunk)
-                yield chunk
-                continue
-            pending = pending + chunk if pending else chunk
-            end = sse.boundary(pending)
-            if end == 0:
-                if len(pending) > sse.MAX_EVENT_BYTES:
-                    raise UpstreamProtocolError(
-                        f"backend '{self._backend}' sent a stream event over {sse.MAX_EVENT_BYTES} bytes",
-                        backend=self._backend,
-                    )
-                continue
-            complete, pending = pending[:end], pending[end:]
-            self._check(complete)
-            yield complete
-        if pending.strip():  # a last event without its blank line
-            self._check(pending)
-            yield pending
+            try:
+                events = splitter.feed(chunk)
+            except sse.EventTooLarge:
+                raise UpstreamProtocolError(
+                    f"backend '{self._backend}' sent a stream event over {splitter.max_bytes} bytes",
+                    backend=self._backend,
+                ) from None
+            if events:
+                self._check(events)
+                yield events
+        rest = splitter.close()
+        if rest.strip():  # a last event without its blank line
+            self._check(rest)
+            yield rest
         if not self._done:
             raise StreamBroken(
                 f"backend '{self._backend}' ended its stream without [DONE]", backend=self._backend
             )
 
     def _check(self, events: bytes) -> None:
-        # One ``data: {...}`` event, the shape of nearly every frame, without the general parse.
-        one = events.startswith(b"data: ") and events.find(b"\n") == len(events) - 2
-        for payload in (events[6:-2],) if one else sse.data_of(events):
+        for payload in sse.data_of(events):
             if payload == b"[DONE]":
                 self._done = True
                 continue

@@ -1,18 +1,12 @@
-"""Building blocks for ``ReplyStream``s: OpenAI SSE frames and a stream that translates as it reads."""
+"""The ``ReplyStream`` every adapter hands out: an upstream body, translated (or passed through)
+into OpenAI SSE frames as it is read."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
 
-from laneway import sse
 from laneway.providers.base import Usage
 from laneway.providers.http import StreamingBody
-
-
-def sse_frame(payload: Mapping[str, Any]) -> bytes:
-    """One OpenAI-style SSE frame: ``data: {json}\\n\\n``."""
-    return sse.encode(payload)
 
 
 def _unknown() -> Usage | None:

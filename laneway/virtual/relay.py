@@ -26,8 +26,7 @@ from laneway.clock import Clock, within
 from laneway.errors import InvalidRequest, StreamBroken, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from laneway.providers.base import Reply, Usage
 from laneway.providers.openai import usage_of
-from laneway.providers.streams import sse_frame
-from laneway.sse import DONE
+from laneway.sse import DONE, encode
 from laneway.virtual.errors import Conflict, PublisherUnavailable, UnknownTask
 
 log = logging.getLogger("laneway.virtual")
@@ -198,7 +197,7 @@ class Relay:
         for chunk in chunks:
             if chunk.get("usage"):
                 task.usage = usage_of(chunk) or task.usage
-            task.frames.put_nowait(sse_frame(chunk))
+            task.frames.put_nowait(encode(chunk))
         if chunks:
             task.produced = True
         if done is True:

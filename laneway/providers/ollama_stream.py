@@ -1,0 +1,164 @@
+"""Ollama's NDJSON streams → OpenAI chat and completion streams: each line parsed
+(``parse_line``) and translated by a ``LineStream`` into OpenAI chunk objects, framed with the one
+SSE codec (``laneway.sse``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from laneway import sse
+from laneway.errors import StreamBroken, UpstreamProtocolError
+from laneway.providers.base import Call, Usage
+from laneway.providers.http import StreamingBody
+from laneway.providers.ollama_response import (
+    finish_reason,
+    openai_tool_calls,
+    openai_usage,
+    raise_if_error,
+    usage_of,
+)
+from laneway.providers.openai_format import (
+    ChunkWriter,
+    include_usage,
+    new_id,
+    protocol_guard,
+    str_field,
+    text_completion,
+)
+
+
+async def frames(body: StreamingBody, translator: LineStream, backend: str) -> AsyncIterator[bytes]:
+    """Read NDJSON lines, yield OpenAI SSE frames, end with ``[DONE]`` (or raise if cut off)."""
+    async for line in body.lines():
+        data = parse_line(line, backend)
+        if data is not None:
+            for chunk in translator.feed(data):
+                yield sse.encode(chunk)
+    translator.close()
+    yield sse.DONE
+
+
+def parse_line(line: bytes, backend: str = "") -> dict[str, Any] | None:
+    """One NDJSON line of an Ollama stream; None for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(
+            f"backend '{backend}' sent a stream line that is not JSON", backend=backend
+        ) from None
+    if not isinstance(data, dict):
+        raise UpstreamProtocolError(
+            f"backend '{backend}' sent a stream line that is not an object", backend=backend
+        )
+    return data
+
+
+class LineStream:
+    """Shared state of an Ollama stream: it must end with a ``done: true`` line."""
+
+    what = "stream"
+
+    def __init__(self, *, model: str, include_usage: bool, backend: str = "") -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.backend = backend
+        self.done = False
+        self.usage: Usage | None = None  # from the ``done`` line: None until the stream ended
+
+    def feed(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        raise_if_error(data, self.backend)
+        if self.done:
+            raise UpstreamProtocolError(
+                f"backend '{self.backend}' sent data after 'done'", backend=self.backend
+            )
+        with protocol_guard(self.backend, f"{self.what} line"):
+            return self._feed(data)
+
+    def _feed(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called when the upstream body ended; a stream without its ``done`` line was cut off."""
+        if not self.done:
+            raise StreamBroken(
+                f"backend '{self.backend}' ended its stream before 'done'", backend=self.backend
+            )
+
+
+class ChatStream(LineStream):
+    """``/api/chat`` NDJSON lines → ``chat.completion.chunk`` objects. Ollama sends each tool
+    call whole, so one delta carries its id, name and all of its arguments."""
+
+    what = "chat stream"
+
+    def __init__(self, *, model: str, include_usage: bool, backend: str = "") -> None:
+        super().__init__(model=model, include_usage=include_usage, backend=backend)
+        self.writer: ChunkWriter | None = None
+        self.tool_calls = 0
+
+    def _feed(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        if self.writer is None:
+            self.writer = ChunkWriter(
+                id=new_id("chatcmpl"), model=data.get("model") or self.model, include_usage=self.include_usage
+            )
+            out.append(self.writer.role())
+        writer = self.writer
+        message = data.get("message") or {}
+        if thinking := str_field(message, "thinking", optional=True):
+            out.append(writer.reasoning(thinking))
+        if content := str_field(message, "content", optional=True):
+            out.append(writer.content(content))
+        for call in openai_tool_calls(message):
+            function = call["function"]
+            out.append(
+                writer.tool_call_start(self.tool_calls, call["id"], function["name"], function["arguments"])
+            )
+            self.tool_calls += 1
+        if data.get("done") is True:
+            self.done = True
+            self.usage = usage_of(data)
+            out.extend(writer.end(finish_reason(data, self.tool_calls > 0), openai_usage(data)))
+        return out
+
+
+class GenerateStream(LineStream):
+    """``/api/generate`` NDJSON lines → ``text_completion`` chunks."""
+
+    what = "generate stream"
+
+    def __init__(self, *, model: str, include_usage: bool, backend: str = "") -> None:
+        super().__init__(model=model, include_usage=include_usage, backend=backend)
+        self.id = new_id("cmpl")
+
+    def _feed(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        model = data.get("model") or self.model
+        out = []
+        if text := str_field(data, "response", optional=True):
+            out.append(text_completion(id=self.id, model=model, text=text, finish_reason=None))
+        if data.get("done") is True:
+            self.done = True
+            self.usage = usage_of(data)
+            out.append(
+                text_completion(id=self.id, model=model, text="", finish_reason=finish_reason(data, False))
+            )
+            if self.include_usage:
+                last = text_completion(
+                    id=self.id, model=model, text="", finish_reason=None, usage=openai_usage(data)
+                )
+                last["choices"] = []
+                out.append(last)
+        return out
+
+
+def chat_stream(call: Call, backend: str = "") -> ChatStream:
+    return ChatStream(model=call.model, include_usage=include_usage(call.body), backend=backend)
+
+
+def generate_stream(call: Call, backend: str = "") -> GenerateStream:
+    return GenerateStream(model=call.model, include_usage=include_usage(call.body), backend=backend)
