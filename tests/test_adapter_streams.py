@@ -34,7 +34,9 @@ def anyio_backend() -> str:
 
 
 @contextmanager
-def upstream(chunks: list[bytes], path: str = "/v1/chat/completions") -> Iterator[str]:
+def upstream(
+    chunks: list[bytes], path: str = "/v1/chat/completions", media_type: str = "text/event-stream"
+) -> Iterator[str]:
     """A server whose stream at ``path`` is ``chunks``, each sent on its own."""
 
     async def answer(request: Request) -> StreamingResponse:
@@ -43,7 +45,7 @@ def upstream(chunks: list[bytes], path: str = "/v1/chat/completions") -> Iterato
                 yield chunk
                 await asyncio.sleep(0.005)  # so the cuts travel as cuts, not one coalesced read
 
-        return StreamingResponse(body(), media_type="text/event-stream")
+        return StreamingResponse(body(), media_type=media_type)
 
     app = Starlette(routes=[Route(path, answer, methods=["POST"])])
     with ServerThread(app) as url:
@@ -190,3 +192,24 @@ async def test_anthropic_event_that_is_not_json_or_never_ends_is_a_protocol_erro
         pytest.raises(UpstreamProtocolError, match="stream event over"),
     ):
         await read(url, "anthropic")
+
+
+async def test_ollama_line_past_the_readers_limit_is_a_protocol_error() -> None:
+    """Ollama streams NDJSON lines; one longer than aiohttp's line limit (a huge tool call, or a
+    server that never ends its line) is the backend's fault, said in laneway's words, not an
+    aiohttp exception escaping the adapter."""
+    from laneway.providers.ollama import OllamaProvider
+
+    line = b'{"model":"m","message":{"role":"assistant","content":"' + b"x" * (600 * 1024) + b'"}}\n'
+    with upstream([line[:1000], line[1000:]], path="/api/chat", media_type="application/x-ndjson") as url:
+        provider = OllamaProvider("up", BackendConfig(provider="ollama", base_url=url))
+        call = Call(model="m", body={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        try:
+            stream = await provider.stream_chat(call)
+            try:
+                with pytest.raises(UpstreamProtocolError, match="line"):
+                    _ = [frame async for frame in stream]
+            finally:
+                await stream.aclose()
+        finally:
+            await provider.aclose()

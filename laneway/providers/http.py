@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
+import aiohttp.http_exceptions
 import orjson
 
 from laneway.errors import (
@@ -48,6 +49,11 @@ def map_errors(backend: str, *, in_body: bool = False) -> Iterator[None]:
         raise UpstreamConnectError(f"backend '{backend}' is unreachable: {exc}", backend=backend) from None
     except aiohttp.ClientError as exc:
         raise UpstreamProtocolError(f"backend '{backend}': {exc}", backend=backend) from None
+    except aiohttp.http_exceptions.LineTooLong:
+        # An NDJSON line past the reader's limit: never ended, or not a stream we will buffer.
+        raise UpstreamProtocolError(
+            f"backend '{backend}' sent a line longer than laneway reads", backend=backend
+        ) from None
     except orjson.JSONDecodeError:
         raise UpstreamProtocolError(
             f"backend '{backend}' answered with invalid JSON", backend=backend
