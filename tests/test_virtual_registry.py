@@ -96,6 +96,17 @@ async def test_register_creates_fleet_lanes_and_a_session() -> None:
     assert (config.provider, config.pool_slots, config.stream_holds_slot) == ("virtual", 3, True)
 
 
+async def test_hello_is_the_register_answer_with_the_protocol_version() -> None:
+    fleet, _, _ = make_fleet()
+    answer = register(fleet)
+    channel = fleet.sessions.open_control(ALICE, answer.session_id)
+    ((name, data),) = events(channel)
+    hello = orjson.loads(data)
+    assert (name, hello["session_id"], hello["protocol"]) == ("hello", answer.session_id, 1)
+    assert hello["lanes"] == [{"id": LANE, "model": "llama3.2:3b", "type": "chat", "state": "active"}]
+    assert answer.protocol == 1
+
+
 async def test_same_session_reactivates_its_rows_in_place() -> None:
     fleet, inventory, _ = make_fleet()
     sid = register(fleet).session_id
@@ -332,6 +343,53 @@ async def test_a_parked_task_gives_up_after_the_redispatch_wait() -> None:
     with pytest.raises(PublisherUnavailable, match="did not come back within 30s"):
         await call
     assert fleet.pending() == 0
+
+
+async def test_a_parked_task_sent_when_its_publisher_returns_no_longer_gives_up() -> None:
+    fleet, _, clock = make_fleet(redispatch_wait=30)
+    sid = register(fleet).session_id
+    channel = fleet.sessions.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call(timeout=600)))
+    await settle()
+    fleet.sessions.close_control(channel)
+    await settle()
+    clock.advance(20)
+    channel = fleet.sessions.open_control(ALICE, sid)  # back within the wait: sent again
+    resent = orjson.loads(events(channel)[-1][1])
+    assert fleet.pending() == 0
+    clock.advance(20)  # past the wait since it was parked: its timer stopped when it was sent
+    await settle()
+    assert not call.done()
+    result(fleet, sid, resent["task_id"], {"status": 200, "body": {"ok": 1}})
+    assert orjson.loads((await call).body) == {"ok": 1}
+
+
+def parked_timers() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("parked-") and not t.done()]
+
+
+async def test_a_caller_who_leaves_while_parked_leaves_nothing_behind() -> None:
+    fleet, _, _ = make_fleet()
+    register(fleet)  # no control stream yet: its task waits for one
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    assert (fleet.pending(), fleet.in_flight(), len(parked_timers())) == (1, 1, 1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await settle()
+    assert (fleet.pending(), fleet.in_flight(), parked_timers()) == (0, 0, [])
+
+
+async def test_closing_the_fleet_stops_the_parked_tasks_timers() -> None:
+    fleet, _, _ = make_fleet()
+    register(fleet)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    assert len(parked_timers()) == 1
+    await fleet.aclose()
+    assert parked_timers() == []
+    call.cancel()
 
 
 async def test_a_dropped_task_fails_over_at_once_when_another_lane_serves_the_model() -> None:

@@ -16,17 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from laneway.clock import Clock, SystemClock, within
-from laneway.errors import UpstreamError
+from laneway.errors import InvalidRequest, UpstreamError
+from laneway.operations import OPERATIONS
 from laneway.publisher.chunks import ChunkSender
 from laneway.publisher.client import GatewayClient, GatewayError
 from laneway.publisher.local import Lane, LocalBackend, WakeFailed, WakeRecipe, error_result
 from laneway.publisher.state import PublisherState, save_state, session_for
+from laneway.publishing.protocol import (
+    CancelEvent,
+    Chunks,
+    EventName,
+    Failure,
+    Register,
+    Registered,
+    Result,
+    SessionState,
+    TaskEvent,
+    WakeEvent,
+    read,
+)
 
 # A register refused with one of these will be refused again: a wrong token, a name or model
 # outside its scope, a malformed body, no publisher endpoint at all. Other failures are retried.
@@ -51,7 +65,7 @@ class PublisherStatus:
     connected: bool = False
     session_id: str | None = None
     lanes: tuple[str, ...] = ()
-    state: str = "active"
+    state: SessionState = SessionState.ACTIVE
     in_flight: int = 0
     done: int = 0
     last_error: str | None = None
@@ -186,9 +200,9 @@ class Publisher:
         session_id = self._session_id
         if not self._tasks or not self._status.connected or session_id is None or self._drain_timeout <= 0:
             return
-        self._set_state("draining")
+        self._set_state(SessionState.DRAINING)
         try:
-            await self._client.heartbeat(session_id, "draining")
+            await self._client.heartbeat(session_id, SessionState.DRAINING)
         except GatewayError as exc:
             self._note_error(exc.message)
             return
@@ -248,8 +262,8 @@ class Publisher:
     def _note_error(self, message: str) -> None:
         self._update(last_error=message)
 
-    def _set_state(self, state: str) -> None:
-        if state == "active":
+    def _set_state(self, state: SessionState) -> None:
+        if state == SessionState.ACTIVE:
             self._awake.set()
         else:
             self._awake.clear()
@@ -258,8 +272,8 @@ class Publisher:
     def _activity(self) -> None:
         """A task arrived or a wake succeeded: not idle any more."""
         self._last_activity = self._clock.monotonic()
-        if self._status.state != "active" and not self._stopping.is_set():  # never undo "draining"
-            self._set_state("active")
+        if self._status.state != SessionState.ACTIVE and not self._stopping.is_set():  # never undo draining
+            self._set_state(SessionState.ACTIVE)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -284,20 +298,20 @@ class Publisher:
             await self._clock.sleep(delay)
             self._update(retry_in=None)
 
-    async def _register(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": self._name,
-            "max_concurrency": self._max_concurrency,
-            "state": self._status.state,
-            "lanes": [lane.wire() for lane in self._lanes],
-        }
-        if self._session_id is not None:
-            body["session_id"] = self._session_id
+    async def _register(self) -> Registered:
+        announced = self._status.state
+        if announced == SessionState.DRAINING:  # stopping: what it registered stays as it was
+            raise GatewayError("register: not while draining")
+        request = Register(
+            name=self._name,
+            session_id=self._session_id,
+            max_concurrency=self._max_concurrency,
+            state=announced,
+            lanes=[lane.offer() for lane in self._lanes],
+        )
         self._registered = False
-        answer = await self._client.register(body)
-        session_id = answer.get("session_id")
-        if not isinstance(session_id, str) or not session_id:
-            raise GatewayError("register: the gateway's answer has no session_id")
+        answer = await self._client.register(request)
+        session_id = answer.session_id
         self._registered = True
         if session_id != self._session_id and self._state_file is not None:
             state = PublisherState(session_id=session_id, gateway=self._client.url, name=self._name)
@@ -306,18 +320,16 @@ class Publisher:
             except OSError as exc:  # only a restart's re-adoption is lost: keep publishing
                 self._note_error(f"cannot write the state file {self._state_file}: {exc.strerror or exc}")
         self._session_id = session_id
-        lanes = answer.get("lanes")
-        ids = tuple(str(lane["id"]) for lane in (lanes or []) if isinstance(lane, dict) and "id" in lane)
+        ids = tuple(lane.id for lane in answer.lanes)
         self._update(session_id=session_id, lanes=ids or self._status.lanes)
         return answer
 
     async def _connection(self) -> None:
         answer = await self._register()
-        session_id = str(answer["session_id"])
-        interval = self._heartbeat_interval
-        offered = answer.get("heartbeat_interval")
-        if isinstance(offered, int | float) and offered > 0:
-            interval = min(interval, float(offered))  # beat more often than asked, never less
+        session_id = answer.session_id
+        interval = min(
+            self._heartbeat_interval, answer.heartbeat_interval
+        )  # more often than asked, never less
         beats = asyncio.create_task(self._heartbeats(session_id, interval))
         listen = asyncio.create_task(self._listen(session_id))
         try:
@@ -332,22 +344,34 @@ class Publisher:
     async def _listen(self, session_id: str) -> None:
         async with contextlib.aclosing(self._client.control(session_id)) as events:
             async for event, data in events:
-                if event == "hello":
-                    self._good = True
-                    self._update(connected=True, retry_in=None)
-                elif event in ("task", "wake"):
-                    task_id = data.get("task_id")
-                    if not isinstance(task_id, str) or not task_id:
-                        self._note_error(f"the gateway sent a {event} without a task_id")
-                        continue
-                    if event == "task":
-                        self._spawn(task_id, self._run_task(session_id, task_id, data))
-                    else:
-                        self._spawn(task_id, self._run_wake(session_id, task_id))
-                elif event == "cancel":
-                    running = self._tasks.get(str(data.get("task_id")))
-                    if running is not None:
-                        running.cancel()
+                try:
+                    self._on_event(session_id, event, data)
+                except InvalidRequest as exc:  # an event this publisher cannot read
+                    self._refuse(session_id, event, data, exc)
+
+    def _on_event(self, session_id: str, event: str, data: dict[str, Any]) -> None:
+        """One control-stream event; a ping, or an event of a later version, does nothing."""
+        if event == EventName.HELLO:
+            self._good = True
+            self._update(connected=True, retry_in=None)
+        elif event == EventName.TASK:
+            task = read(TaskEvent, data)
+            self._spawn(task.task_id, self._run_task(session_id, task))
+        elif event == EventName.WAKE:
+            wake = read(WakeEvent, data)
+            self._spawn(wake.task_id, self._run_wake(session_id, wake.task_id))
+        elif event == EventName.CANCEL:
+            running = self._tasks.get(read(CancelEvent, data).task_id)
+            if running is not None:
+                running.cancel()
+
+    def _refuse(self, session_id: str, event: str, data: dict[str, Any], exc: InvalidRequest) -> None:
+        self._note_error(f"the gateway sent a {event} this publisher cannot read: {exc.message}")
+        task_id = data.get("task_id")
+        if event in (EventName.TASK, EventName.WAKE) and isinstance(task_id, str) and task_id:
+            # Said at once, so that the call fails over now rather than at its timeout.
+            refusal = Result(error=Failure(status=400, message=exc.message))
+            self._spawn(task_id, self._post_quietly(session_id, task_id, refusal))
 
     def _spawn(self, task_id: str, work: Coroutine[Any, Any, None]) -> None:
         previous = self._tasks.pop(task_id, None)
@@ -372,7 +396,7 @@ class Publisher:
                     raise _SessionLost from None
                 self._note_error(exc.message)  # the control stream tells whether the link is gone
                 continue
-            if answer.get("control") is False:
+            if not answer.control:
                 raise GatewayError("heartbeat: the gateway says this session's control stream is closed")
 
     async def _next_beat(self, interval: float) -> None:
@@ -404,15 +428,24 @@ class Publisher:
                 continue
             idle = self._clock.monotonic() - self._last_activity
             if not self._tasks and idle >= after:
-                self._set_state("hibernating")
+                self._set_state(SessionState.HIBERNATING)
                 self._beat_now.set()
                 continue
             await self._clock.sleep(after if self._tasks else after - idle)  # then look again
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def _post_result(self, session_id: str, task_id: str, result: Mapping[str, Any]) -> None:
+    async def _post_result(self, session_id: str, task_id: str, result: Result) -> None:
         await self._to_gateway(self._client.post_result(session_id, task_id, result))
+
+    async def _post_quietly(self, session_id: str, task_id: str, result: Result) -> None:
+        """Post ``result``; a failure to is only noted (there is nothing more to do for the task)."""
+        try:
+            await self._post_result(session_id, task_id, result)
+        except _TaskGone:
+            pass
+        except GatewayError as exc:
+            self._note_error(exc.message)
 
     @staticmethod
     async def _to_gateway(call: Awaitable[None]) -> None:
@@ -423,22 +456,20 @@ class Publisher:
                 raise _TaskGone from None
             raise
 
-    async def _run_task(self, session_id: str, task_id: str, data: Mapping[str, Any]) -> None:
+    async def _run_task(self, session_id: str, task: TaskEvent) -> None:
         self._activity()
-        operation, model, body = data.get("operation"), data.get("model"), data.get("body")
-        lane = self._by_name.get((str(model), str(operation)))
+        lane = self._by_name.get((task.model, task.operation))
         try:
-            if lane is None or not isinstance(body, dict):
-                problem = "no body" if lane is not None else f"no {operation} lane for model '{model}' here"
-                status = 400 if lane is not None else 404
+            if lane is None:
+                problem = f"no {task.operation} lane for model '{task.model}' here"
                 await self._post_result(
-                    session_id, task_id, {"error": {"status": status, "message": problem}}
+                    session_id, task.task_id, Result(error=Failure(status=404, message=problem))
                 )
                 return
             async with self._slots:
                 self._update(in_flight=self._status.in_flight + 1)
                 try:
-                    await self._call_backend(session_id, task_id, lane, body, bool(data.get("stream")))
+                    await self._call_backend(session_id, task, lane)
                     self._update(done=self._status.done + 1)
                 finally:
                     self._last_activity = self._clock.monotonic()
@@ -448,20 +479,18 @@ class Publisher:
         except GatewayError as exc:
             self._note_error(exc.message)
 
-    async def _call_backend(
-        self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any], stream: bool
-    ) -> None:
+    async def _call_backend(self, session_id: str, task: TaskEvent, lane: Lane) -> None:
         try:
-            if stream and lane.type != "embedding":
-                if await self._relay_stream(session_id, task_id, lane, body):
+            if task.stream and OPERATIONS[lane.type].streams:
+                if await self._relay_stream(session_id, task.task_id, lane, task.body):
                     return  # its last chunk post said done
-                result: dict[str, Any] = {"status": 200}
+                result = Result(status=200)
             else:
-                answer = await self._backend.reply(lane, body, timeout=self._task_timeout)
-                result = {"status": 200, "body": answer}
+                answer = await self._backend.reply(lane, task.body, timeout=self._task_timeout)
+                result = Result(status=200, body=answer)
         except UpstreamError as exc:
             result = error_result(exc)
-        await self._post_result(session_id, task_id, result)
+        await self._post_result(session_id, task.task_id, result)
 
     async def _relay_stream(self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any]) -> bool:
         """Read the backend's stream and post its chunks as they come (see ``ChunkSender``).
@@ -470,7 +499,8 @@ class Publisher:
         before) and ``_TaskGone`` when the gateway drops the task."""
 
         async def post(seq: int, chunks: list[dict[str, Any]], done: bool) -> None:
-            await self._to_gateway(self._client.post_chunks(session_id, task_id, seq, chunks, done=done))
+            post = Chunks(seq=seq, chunks=chunks, done=done)
+            await self._to_gateway(self._client.post_chunks(session_id, task_id, post))
 
         sender = ChunkSender(post)
         async with self._backend.stream(lane, body, timeout=self._task_timeout) as batches:
@@ -501,15 +531,10 @@ class Publisher:
             await within(self._clock, timeout, self._backend.wake(self._wake, self._clock))
         except TimeoutError:
             message = f"the local backend did not answer within {timeout:g}s of the wake"
-            result: dict[str, Any] = {"error": {"status": 504, "message": message}}
+            result = Result(error=Failure(status=504, message=message))
         except WakeFailed as exc:
-            result = {"error": {"status": 502, "message": str(exc)}}
+            result = Result(error=Failure(status=502, message=str(exc)))
         else:
-            result = {"status": 200}
+            result = Result(status=200)
             self._activity()
-        try:
-            await self._post_result(session_id, task_id, result)
-        except _TaskGone:
-            pass
-        except GatewayError as exc:
-            self._note_error(exc.message)
+        await self._post_quietly(session_id, task_id, result)

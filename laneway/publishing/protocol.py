@@ -108,7 +108,7 @@ class LaneOffer(Message):
         Field(strict=True, min_length=1, max_length=256, description="a model name of 1 to 256 characters"),
     ]
     type: Annotated[Operation, Field(description=f"one of: {', '.join(Operation)}")] = Operation.CHAT
-    capabilities: Annotated[list[Str], _null_is([]), Field(description="a list of capability names")] = []
+    capabilities: Annotated[list[Str] | None, Field(description="a list of capability names")] = None
     context_length: Annotated[int | None, Field(strict=True, gt=0, description="a positive integer")] = None
 
 

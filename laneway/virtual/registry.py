@@ -277,7 +277,7 @@ class Registry:
             backend=name,
             type=offer.type,
             model=offer.model,
-            capabilities=frozenset(offer.capabilities) | {offer.type},
+            capabilities=frozenset(offer.capabilities or ()) | {offer.type},
             context_length=offer.context_length,
             base_weight=weight,
             health=_HEALTH[state],
