@@ -1,5 +1,5 @@
-"""The publisher's loops: stay registered and connected, run the tasks the gateway sends, wake the
-backend, announce idleness.
+"""The publisher's loops: stay registered and connected, hand the tasks the gateway sends to the
+``TaskRunner`` (``tasks``), announce idleness, drain when stopping.
 
 Shape of a run (``Publisher.run``)::
 
@@ -16,26 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from laneway.clock import Clock, SystemClock, within
 from laneway.errors import InvalidRequest, UpstreamError
-from laneway.operations import OPERATIONS
-from laneway.publisher.chunks import ChunkSender
 from laneway.publisher.client import GatewayClient, GatewayError
-from laneway.publisher.local import Lane, LocalBackend, WakeFailed, WakeRecipe, error_result
+from laneway.publisher.local import Lane, LocalBackend, WakeRecipe
 from laneway.publisher.state import PublisherState, save_state, session_for
+from laneway.publisher.tasks import TaskRunner, cancel_all
 from laneway.publishing.protocol import (
     CancelEvent,
-    Chunks,
     EventName,
-    Failure,
     Register,
     Registered,
-    Result,
     SessionState,
     TaskEvent,
     WakeEvent,
@@ -45,8 +41,6 @@ from laneway.publishing.protocol import (
 # A register refused with one of these will be refused again: a wrong token, a name or model
 # outside its scope, a malformed body, no publisher endpoint at all. Other failures are retried.
 FATAL_REGISTER = frozenset({400, 401, 403, 404, 413, 422})
-# A chunk or result post refused with one of these: the gateway no longer wants the task.
-TASK_GONE = frozenset({404, 409})
 
 
 def backoff_delay(failures: int, base: float = 5.0, cap: float = 60.0) -> float:
@@ -74,16 +68,6 @@ class PublisherStatus:
 
 class _SessionLost(Exception):
     """The gateway no longer knows the session (a heartbeat got 404): register again at once."""
-
-
-class _TaskGone(Exception):
-    """The gateway refused a post for a task: it was cancelled, timed out or re-dispatched."""
-
-
-async def _cancel_all(*tasks: asyncio.Future[Any]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Publisher:
@@ -126,12 +110,10 @@ class Publisher:
         self._name = name
         self._max_concurrency = max_concurrency
         self._state_file = state_file
-        self._wake = wake or WakeRecipe()
         self._hibernate_after = hibernate_after
         self._heartbeat_interval = heartbeat_interval
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
-        self._task_timeout = task_timeout
         self._unregister_timeout = unregister_timeout
         self._drain_timeout = drain_timeout
         self._clock: Clock = clock or SystemClock()
@@ -145,8 +127,17 @@ class Publisher:
             session_id=self._session_id,
             lanes=tuple(f"{lane.type}:{lane.published}" for lane in lanes),  # ids once registered
         )
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = TaskRunner(
+            self._client,
+            backend,
+            self._clock,
+            max_concurrency=max_concurrency,
+            task_timeout=task_timeout,
+            wake=wake or WakeRecipe(),
+            arrived=self._activity,
+            counted=self._counted,
+            noted=self._note_error,
+        )
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()  # a second stop(): no draining
         self._beat_now = asyncio.Event()  # the hibernate loop asks for a heartbeat at once
@@ -186,7 +177,7 @@ class Publisher:
                 serve.result()  # it ends on its own only by a fatal refusal
             await self._drain()
         finally:
-            await _cancel_all(serve, *helpers)
+            await cancel_all(serve, *helpers)
             try:
                 if self._stopping.is_set():
                     await self._unregister()
@@ -207,16 +198,12 @@ class Publisher:
             self._note_error(exc.message)
             return
 
-        async def finished() -> None:
-            while self._tasks:
-                await asyncio.wait(list(self._tasks.values()))
-
-        draining = asyncio.ensure_future(within(self._clock, self._drain_timeout, finished()))
+        draining = asyncio.ensure_future(within(self._clock, self._drain_timeout, self._tasks.finished()))
         hurry = asyncio.ensure_future(self._stop_now.wait())
         try:
             await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await _cancel_all(draining, hurry)
+            await cancel_all(draining, hurry)
 
     # --- the local backend's models -------------------------------------------------------------
 
@@ -274,6 +261,11 @@ class Publisher:
         self._last_activity = self._clock.monotonic()
         if self._status.state != SessionState.ACTIVE and not self._stopping.is_set():  # never undo draining
             self._set_state(SessionState.ACTIVE)
+
+    def _counted(self, in_flight: int, done: int) -> None:
+        if in_flight < 0:  # a task ended: idle from now on, if nothing else runs
+            self._last_activity = self._clock.monotonic()
+        self._update(in_flight=self._status.in_flight + in_flight, done=self._status.done + done)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -337,8 +329,8 @@ class Publisher:
             for finished in done:
                 finished.result()
         finally:
-            await _cancel_all(beats, listen, *self._tasks.values())
-            self._tasks.clear()
+            await cancel_all(beats, listen)
+            await self._tasks.cancel_all()
             self._update(connected=False)
 
     async def _listen(self, session_id: str) -> None:
@@ -356,35 +348,17 @@ class Publisher:
             self._update(connected=True, retry_in=None)
         elif event == EventName.TASK:
             task = read(TaskEvent, data)
-            self._spawn(task.task_id, self._run_task(session_id, task))
+            self._tasks.run(session_id, task, self._by_name.get((task.model, task.operation)))
         elif event == EventName.WAKE:
-            wake = read(WakeEvent, data)
-            self._spawn(wake.task_id, self._run_wake(session_id, wake.task_id))
+            self._tasks.wake(session_id, read(WakeEvent, data).task_id)
         elif event == EventName.CANCEL:
-            running = self._tasks.get(read(CancelEvent, data).task_id)
-            if running is not None:
-                running.cancel()
+            self._tasks.cancel(read(CancelEvent, data).task_id)
 
     def _refuse(self, session_id: str, event: str, data: dict[str, Any], exc: InvalidRequest) -> None:
         self._note_error(f"the gateway sent a {event} this publisher cannot read: {exc.message}")
         task_id = data.get("task_id")
         if event in (EventName.TASK, EventName.WAKE) and isinstance(task_id, str) and task_id:
-            # Said at once, so that the call fails over now rather than at its timeout.
-            refusal = Result(error=Failure(status=400, message=exc.message))
-            self._spawn(task_id, self._post_quietly(session_id, task_id, refusal))
-
-    def _spawn(self, task_id: str, work: Coroutine[Any, Any, None]) -> None:
-        previous = self._tasks.pop(task_id, None)
-        if previous is not None:  # sent again: the gateway refuses the old copy's posts anyway
-            previous.cancel()
-        task = asyncio.create_task(work, name=f"publisher-task-{task_id}")
-        self._tasks[task_id] = task
-
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._tasks.get(task_id) is done:
-                del self._tasks[task_id]
-
-        task.add_done_callback(forget)
+            self._tasks.refuse(session_id, task_id, exc.message)
 
     async def _heartbeats(self, session_id: str, interval: float) -> None:
         while True:
@@ -406,7 +380,7 @@ class Publisher:
         try:
             await asyncio.wait((sleeper, poked), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await _cancel_all(sleeper, poked)
+            await cancel_all(sleeper, poked)
         self._beat_now.clear()
 
     async def _unregister(self) -> None:
@@ -432,109 +406,3 @@ class Publisher:
                 self._beat_now.set()
                 continue
             await self._clock.sleep(after if self._tasks else after - idle)  # then look again
-
-    # --- tasks ----------------------------------------------------------------------------------
-
-    async def _post_result(self, session_id: str, task_id: str, result: Result) -> None:
-        await self._to_gateway(self._client.post_result(session_id, task_id, result))
-
-    async def _post_quietly(self, session_id: str, task_id: str, result: Result) -> None:
-        """Post ``result``; a failure to is only noted (there is nothing more to do for the task)."""
-        try:
-            await self._post_result(session_id, task_id, result)
-        except _TaskGone:
-            pass
-        except GatewayError as exc:
-            self._note_error(exc.message)
-
-    @staticmethod
-    async def _to_gateway(call: Awaitable[None]) -> None:
-        try:
-            await call
-        except GatewayError as exc:
-            if exc.status_code in TASK_GONE:
-                raise _TaskGone from None
-            raise
-
-    async def _run_task(self, session_id: str, task: TaskEvent) -> None:
-        self._activity()
-        lane = self._by_name.get((task.model, task.operation))
-        try:
-            if lane is None:
-                problem = f"no {task.operation} lane for model '{task.model}' here"
-                await self._post_result(
-                    session_id, task.task_id, Result(error=Failure(status=404, message=problem))
-                )
-                return
-            async with self._slots:
-                self._update(in_flight=self._status.in_flight + 1)
-                try:
-                    await self._call_backend(session_id, task, lane)
-                    self._update(done=self._status.done + 1)
-                finally:
-                    self._last_activity = self._clock.monotonic()
-                    self._update(in_flight=self._status.in_flight - 1)
-        except _TaskGone:
-            pass  # cancelled, timed out or re-dispatched on the gateway: nothing more to say
-        except GatewayError as exc:
-            self._note_error(exc.message)
-
-    async def _call_backend(self, session_id: str, task: TaskEvent, lane: Lane) -> None:
-        try:
-            if task.stream and OPERATIONS[lane.type].streams:
-                if await self._relay_stream(session_id, task.task_id, lane, task.body):
-                    return  # its last chunk post said done
-                result = Result(status=200)
-            else:
-                answer = await self._backend.reply(lane, task.body, timeout=self._task_timeout)
-                result = Result(status=200, body=answer)
-        except UpstreamError as exc:
-            result = error_result(exc)
-        await self._post_result(session_id, task.task_id, result)
-
-    async def _relay_stream(self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any]) -> bool:
-        """Read the backend's stream and post its chunks as they come (see ``ChunkSender``).
-        Returns once every chunk is posted: True if the last post also ended the stream (else a
-        result must); raises ``UpstreamError`` when the backend fails (after posting what it sent
-        before) and ``_TaskGone`` when the gateway drops the task."""
-
-        async def post(seq: int, chunks: list[dict[str, Any]], done: bool) -> None:
-            post = Chunks(seq=seq, chunks=chunks, done=done)
-            await self._to_gateway(self._client.post_chunks(session_id, task_id, post))
-
-        sender = ChunkSender(post)
-        async with self._backend.stream(lane, body, timeout=self._task_timeout) as batches:
-
-            async def pump() -> None:
-                async for chunks in batches:
-                    sender.put(chunks)
-
-            sending = asyncio.create_task(sender.run())
-            reading = asyncio.create_task(pump())
-            try:
-                await asyncio.wait((sending, reading), return_when=asyncio.FIRST_COMPLETED)
-                if not reading.done():  # the sender stopped first: only ever by an error
-                    sending.result()
-                # The last post may end the stream, unless the backend failed (a result says so).
-                sender.close(final=not reading.cancelled() and reading.exception() is None)
-                await sending  # flush what is pending, even when the backend failed
-                reading.result()
-            finally:
-                await _cancel_all(sending, reading)
-        return sender.ended
-
-    # --- wake -----------------------------------------------------------------------------------
-
-    async def _run_wake(self, session_id: str, task_id: str) -> None:
-        timeout = self._wake.timeout
-        try:
-            await within(self._clock, timeout, self._backend.wake(self._wake, self._clock))
-        except TimeoutError:
-            message = f"the local backend did not answer within {timeout:g}s of the wake"
-            result = Result(error=Failure(status=504, message=message))
-        except WakeFailed as exc:
-            result = Result(error=Failure(status=502, message=str(exc)))
-        else:
-            result = Result(status=200)
-            self._activity()
-        await self._post_quietly(session_id, task_id, result)
