@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner, Result
 
@@ -85,13 +86,13 @@ def test_every_model_becomes_one_lane_per_type() -> None:
         ("qwen2.5:7b", "completion"),
         ("nomic-embed-text:latest", "embedding"),
     ]
-    assert lanes[0].offer().model_dump(mode="json", exclude_none=True) == {
+    assert orjson.loads(lanes[0].offer().wire()) == {
         "model": "llama3.2:3b",
         "type": "chat",
         "capabilities": ["chat", "completion", "tools"],
         "context_length": 8192,
     }
-    assert lanes[2].offer().model_dump(mode="json", exclude_none=True) == {
+    assert orjson.loads(lanes[2].offer().wire()) == {
         "model": "qwen2.5:7b",
         "type": "chat",
     }
@@ -155,9 +156,7 @@ def test_sse_error_frames_and_garbage_raise() -> None:
     ],
 )
 def test_backend_errors_keep_their_status(exc: UpstreamError, status: int) -> None:
-    assert error_result(exc).model_dump(exclude_none=True) == {
-        "error": {"status": status, "message": exc.message}
-    }
+    assert orjson.loads(error_result(exc).wire()) == {"error": {"status": status, "message": exc.message}}
 
 
 def test_gateway_root_accepts_the_clients_base_url() -> None:

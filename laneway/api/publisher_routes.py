@@ -46,12 +46,12 @@ from laneway.sse import encode
 from laneway.virtual import Fleet
 from laneway.virtual.relay import ControlChannel
 
-PING = encode(Ping().model_dump_json(), event=EventName.PING)
+PING = encode(Ping().wire(), event=EventName.PING)
 M = TypeVar("M", bound=Message)
 
 
 def _json(message: Message) -> Response:
-    return Response(message.model_dump_json(), media_type="application/json")
+    return Response(message.wire(), media_type="application/json")
 
 
 class PublisherRoutes:

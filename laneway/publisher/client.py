@@ -115,8 +115,7 @@ class GatewayClient:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """One request and its JSON answer; an error status raises ``GatewayError``."""
-        # Fields left unset (None) are left out: what a publisher does not say, the gateway defaults.
-        data = payload.model_dump_json(exclude_none=True).encode() if payload is not None else None
+        data = payload.wire() if payload is not None else None
         headers = {"content-type": "application/json"} if data is not None else None
         limit = aiohttp.ClientTimeout(total=timeout) if timeout is not None else self._timeout
         with _map_errors(what):

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -94,6 +95,19 @@ class Message(BaseModel):
     """A message of the protocol: unknown fields are ignored (see the module's docstring)."""
 
     model_config = ConfigDict(extra="ignore")
+
+    def wire(self) -> bytes:
+        """The message as JSON, a field that is None left out (what is not said is the default,
+        as ``read`` takes ``null``). Written by orjson from the validated fields: a task carries a
+        whole request body and a chunk post its chunks, which orjson writes about twice as fast as
+        pydantic's serializer writes values typed ``Any``."""
+        return orjson.dumps(_said(self), default=_said)
+
+
+def _said(message: Any) -> dict[str, Any]:
+    if not isinstance(message, BaseModel):
+        raise TypeError(f"{type(message).__name__} is not a protocol message")
+    return {name: value for name, value in message.__dict__.items() if value is not None}
 
 
 # -- register ----------------------------------------------------------------------------------

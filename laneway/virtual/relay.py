@@ -50,7 +50,7 @@ class ControlChannel:
 
     def send(self, event: EventName, message: Message) -> None:
         if not self.closed:
-            self.events.put_nowait(encode(message.model_dump_json(), event=event))
+            self.events.put_nowait(encode(message.wire(), event=event))
 
     def close(self) -> None:
         if not self.closed:
