@@ -310,6 +310,7 @@ async def test_registers_discovered_lanes_filtered_and_aliased(sim_factory: Any,
             assert reg["name"] == "alice-laptop"
             assert reg["max_concurrency"] == 2
             assert reg["state"] == "active"
+            assert reg["protocol"] == 1  # the version of the publisher protocol it speaks
             assert "session_id" not in reg
             assert sorted((lane["model"], lane["type"]) for lane in reg["lanes"]) == [
                 ("llama-small", "chat"),
@@ -402,6 +403,26 @@ async def test_backend_errors_are_posted_with_their_status(sim_factory: Any, gat
                 assert results["t-502"]["error"]["status"] == 502
         finally:
             await unreachable.aclose()
+
+
+async def test_a_task_it_cannot_read_is_refused_at_once_naming_the_field(
+    sim_factory: Any, gateway: Gateway
+) -> None:
+    sim = sim_factory(family="ollama", reply=REPLY)
+    async with backend_of(sim) as (backend, lanes), running(make(gateway, backend, lanes)) as pub:
+        sid = await connected(gateway, pub)
+        unreadable = {**chat_task("t-odd"), "stream": "yes"}  # a string where the protocol has a boolean
+        gateway.standin.send(sid, "task", unreadable)
+        gateway.standin.send(sid, "task", {"lane": "-"})  # no task id: nothing to answer
+        await eventually(lambda: "t-odd" in gateway.standin.results, "the refusal")
+        error = gateway.standin.results["t-odd"]["error"]
+        assert error["status"] == 400
+        assert "'stream'" in error["message"]
+        assert sim.stats.inference_requests == 0  # never run
+        await eventually(lambda: "'task_id'" in (pub.status.last_error or ""), "the second one noted")
+        gateway.standin.send(sid, "task", chat_task("t-fine"))  # and it goes on serving
+        await eventually(lambda: "t-fine" in gateway.standin.results, "the next task's result")
+        assert gateway.standin.results["t-fine"]["status"] == 200
 
 
 async def test_a_stream_broken_midway_posts_its_chunks_then_an_error(

@@ -166,6 +166,51 @@ async def test_register_refuses_shadowing_scope_and_garbage(pub_gw: RunningGatew
         await bob.aclose()
 
 
+async def test_register_says_which_protocol_version_it_speaks(
+    pub_gw: RunningGateway, publisher: ScriptedPublisher
+) -> None:
+    lanes = [{"model": MODEL}]
+    status, body = await publisher.call(
+        "POST", "/v1/publishers/register", {"name": "alice-laptop", "lanes": lanes, "protocol": 2}
+    )
+    assert status == 400
+    assert body["error"]["param"] == "protocol"
+    assert "speaks version 1 of the publisher protocol, not 2" in body["error"]["message"]
+    assert (await admin(pub_gw, "/admin/publishers"))["publishers"] == []
+    # A register without the field (every publisher from before versions) speaks version 1.
+    answer = await publisher.register(lanes=lanes)
+    assert answer["protocol"] == 1
+
+
+async def test_malformed_posts_are_400_naming_the_field(
+    pub_gw: RunningGateway, publisher: ScriptedPublisher
+) -> None:
+    await publisher.register()
+    await publisher.connect()
+    request = asyncio.create_task(
+        client(pub_gw).chat.completions.create(model=MODEL, messages=CHAT, stream=True)
+    )
+    task = await publisher.task()
+    base = f"{publisher.base}/tasks/{task['task_id']}"
+    for path, body, param in [
+        ("/chunks", {"seq": "0", "chunks": []}, "seq"),  # a number in a string: not coerced
+        ("/chunks", {"seq": 0, "chunks": ["data: {}"]}, "chunks"),
+        ("/result", {"status": 200, "body": []}, "body"),
+        ("/result", {}, "status"),
+    ]:
+        status, answer = await publisher.call("POST", base + path, body)
+        assert (status, answer["error"]["param"]) == (400, param), answer
+        assert f"'{param}'" in answer["error"]["message"]
+    status, answer = await publisher.heartbeat("asleep")
+    assert (status, answer["error"]["param"]) == (400, "state")
+    assert "one of: active, hibernating, draining" in answer["error"]["message"]
+    # None of them changed anything: the task is still the publisher's to answer.
+    assert (await publisher.chunks(task["task_id"], 0, [chunk(MODEL, "fine")]))[0] == 200
+    assert (await publisher.result(task["task_id"], {"status": 200}))[0] == 200
+    stream = await request
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "fine"
+
+
 async def test_a_declared_backend_name_is_refused_with_409(
     gateway_factory: Any, three_sims: dict[str, Sim], tmp_path: Path
 ) -> None:

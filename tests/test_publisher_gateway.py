@@ -97,6 +97,22 @@ async def test_a_stopping_publisher_finishes_its_stream_then_goes(
     await eventually(lambda: _no_session(gw), "unregistered once drained")
 
 
+async def test_a_prompt_of_a_megabyte_reaches_the_publisher_whole(
+    gw: RunningGateway, slow: Sim, publisher: Publisher
+) -> None:
+    """A task carries the client's whole request in one control-stream event, one line of JSON:
+    a long prompt (here 1.25 MiB, past aiohttp's 512 KiB line limit, which once broke the
+    publisher's control stream) arrives whole and is answered."""
+    words = 1 << 18
+    prompt: Any = [{"role": "user", "content": "long " * words}]
+    async with openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0) as sdk:
+        reply = await sdk.chat.completions.create(model="slow-llama", messages=prompt)
+    assert (reply.choices[0].message.content or "").split() == REPLY.split()
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens >= words  # the sim counted every word: nothing was cut
+    assert publisher.status.last_error is None
+
+
 async def _no_session(gw: RunningGateway) -> bool:
     sessions = (await admin(gw, "/admin/publishers"))["publishers"]
     return all(not s["control"] for s in sessions)

@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner, Result
 
@@ -23,6 +24,7 @@ from laneway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
+from laneway.operations import Operation
 from laneway.providers.base import ModelInfo
 from laneway.publisher.chunks import ChunkSender
 from laneway.publisher.client import gateway_root
@@ -84,13 +86,16 @@ def test_every_model_becomes_one_lane_per_type() -> None:
         ("qwen2.5:7b", "completion"),
         ("nomic-embed-text:latest", "embedding"),
     ]
-    assert lanes[0].wire() == {
+    assert orjson.loads(lanes[0].offer().wire()) == {
         "model": "llama3.2:3b",
         "type": "chat",
         "capabilities": ["chat", "completion", "tools"],
         "context_length": 8192,
     }
-    assert lanes[2].wire() == {"model": "qwen2.5:7b", "type": "chat"}
+    assert orjson.loads(lanes[2].offer().wire()) == {
+        "model": "qwen2.5:7b",
+        "type": "chat",
+    }
 
 
 def test_filters_match_local_or_published_names_and_aliases_rename() -> None:
@@ -151,7 +156,7 @@ def test_sse_error_frames_and_garbage_raise() -> None:
     ],
 )
 def test_backend_errors_keep_their_status(exc: UpstreamError, status: int) -> None:
-    assert error_result(exc) == {"error": {"status": status, "message": exc.message}}
+    assert orjson.loads(error_result(exc).wire()) == {"error": {"status": status, "message": exc.message}}
 
 
 def test_gateway_root_accepts_the_clients_base_url() -> None:
@@ -230,7 +235,7 @@ async def test_reconnect_backoff_on_the_injected_clock() -> None:
         gateway=dead_url(),
         token="t",
         backend=backend,
-        lanes=[Lane("m", "m", "chat")],
+        lanes=[Lane("m", "m", Operation.CHAT)],
         name="box",
         clock=clock,
         on_status=record,

@@ -2,20 +2,22 @@
 
     POST   /v1/publishers/register                                   the sticky upsert → session id
     GET    /v1/publishers/sessions/{session_id}/control              SSE: hello, task, wake, cancel, ping
-    POST   /v1/publishers/sessions/{session_id}/heartbeat            {"state": "active"|"hibernating"}
+    POST   /v1/publishers/sessions/{session_id}/heartbeat            {"state": "active"|"hibernating"|...}
     POST   /v1/publishers/sessions/{session_id}/tasks/{task_id}/chunks   {"seq", "chunks": [...]}
     POST   /v1/publishers/sessions/{session_id}/tasks/{task_id}/result   {"status": 200, "body"} | {"error"}
     DELETE /v1/publishers/sessions/{session_id}                      stopping: lanes inactive at once
     GET    /admin/publishers                                         sessions, lanes, tasks (admin key)
 
 Every publisher endpoint needs a publisher token (not a client key) and answers errors in the
-OpenAI shape; the token is checked before the body is read.
+OpenAI shape; the token is checked before the body is read. Bodies and answers are the messages
+of ``laneway.publishing.protocol``; a body that is not one is refused (400) before its session or
+task is looked at.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -28,14 +30,28 @@ from laneway.auth.tokens import PublisherGrant
 from laneway.clock import within
 from laneway.errors import NoLaneAvailable
 from laneway.gateway import Gateway
+from laneway.publishing.protocol import (
+    Accepted,
+    Acknowledged,
+    Chunks,
+    EventName,
+    Heartbeat,
+    Message,
+    Ping,
+    Register,
+    Result,
+    read,
+)
+from laneway.sse import encode
 from laneway.virtual import Fleet
-from laneway.virtual.relay import ControlChannel, control_frame
+from laneway.virtual.relay import ControlChannel
 
-PING = control_frame("ping", {})
+PING = encode(Ping().wire(), event=EventName.PING)
+M = TypeVar("M", bound=Message)
 
 
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
+def _json(message: Message) -> Response:
+    return Response(message.wire(), media_type="application/json")
 
 
 class PublisherRoutes:
@@ -62,43 +78,43 @@ class PublisherRoutes:
 
     def _caller(self, request: Request) -> tuple[Fleet, PublisherGrant]:
         fleet = self._fleet()
-        return fleet, fleet.identify(request.headers.get("authorization"))
+        return fleet, fleet.tokens.identify(request.headers.get("authorization"))
 
-    async def _body(self, request: Request, *, optional: bool = False) -> dict[str, Any]:
+    async def _body(self, request: Request, message: type[M], *, optional: bool = False) -> M:
+        """The request's body as a protocol message (400 naming the field that is wrong)."""
         raw = await read_body(request, self.gateway.settings.server.max_body_bytes)
-        if optional and not raw.strip():
-            return {}
-        return parse_body(raw)
+        data: Any = {} if optional and not raw.strip() else parse_body(raw)
+        return read(message, data)
 
     async def register(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        return _json(fleet.register(grant, await self._body(request)))
+        return _json(fleet.sessions.register(grant, await self._body(request, Register)))
 
     async def heartbeat(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        body = await self._body(request, optional=True)
-        return _json(fleet.heartbeat(grant, request.path_params["session_id"], body))
+        beat = await self._body(request, Heartbeat, optional=True)
+        return _json(fleet.sessions.heartbeat(grant, request.path_params["session_id"], beat))
 
     async def chunks(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
         p = request.path_params
-        accepted = fleet.chunks(grant, p["session_id"], p["task_id"], await self._body(request))
-        return _json({"accepted": accepted})
+        post = await self._body(request, Chunks)
+        return _json(Accepted(accepted=fleet.sessions.chunks(grant, p["session_id"], p["task_id"], post)))
 
     async def result(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
         p = request.path_params
-        fleet.result(grant, p["session_id"], p["task_id"], await self._body(request))
-        return _json({"ok": True})
+        fleet.sessions.result(grant, p["session_id"], p["task_id"], await self._body(request, Result))
+        return _json(Acknowledged())
 
     async def unregister(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        fleet.unregister(grant, request.path_params["session_id"])
-        return _json({"ok": True})
+        fleet.sessions.unregister(grant, request.path_params["session_id"])
+        return _json(Acknowledged())
 
     async def control(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        channel = fleet.open_control(grant, request.path_params["session_id"])
+        channel = fleet.sessions.open_control(grant, request.path_params["session_id"])
         return StreamingResponse(
             self._events(fleet, channel),
             media_type="text/event-stream",
@@ -121,12 +137,11 @@ class PublisherRoutes:
                     return
                 yield frame
         finally:
-            fleet.close_control(channel)
+            fleet.sessions.close_control(channel)
 
     async def admin(self, request: Request) -> Response:
         gw = self.gateway
         gw.keys.require_admin(request.headers.get("authorization"), request.headers.get("x-api-key"))
         fleet = self._fleet()
-        return _json(
-            {"now": gw.clock.now(), "publishers": fleet.snapshot(), "pending_tasks": fleet.pending()}
-        )
+        body = {"now": gw.clock.now(), "publishers": fleet.snapshot(), "pending_tasks": fleet.pending()}
+        return Response(orjson.dumps(body), media_type="application/json")

@@ -9,12 +9,14 @@ otherwise one log line per change. Ctrl-C or SIGTERM unregisters (best effort) a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
@@ -27,8 +29,9 @@ from laneway.config.schema import NAME_RE
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 if TYPE_CHECKING:  # the command imports the publisher lazily, so `laneway --help` stays fast
+    from laneway.providers.base import ModelInfo
     from laneway.publisher.local import Lane, LocalBackend, ProviderChoice, WakeRecipe
-    from laneway.publisher.runner import PublisherStatus
+    from laneway.publisher.runner import Publisher, PublisherStatus
 
 
 class BadInput(click.ClickException):
@@ -214,14 +217,7 @@ def publish(
     from laneway.publisher.local import WakeRecipe, parse_aliases
     from laneway.publisher.state import default_state_path
 
-    if not gateway:
-        raise BadInput("no gateway: give --gateway URL or set LANEWAY_GATEWAY")
-    if not re.match(r"^https?://[^/\s]+", gateway):
-        raise BadInput(f"--gateway must be an http:// or https:// URL, not {gateway!r}")
-    if not token:
-        raise BadInput("no publisher token: give --token or set LANEWAY_PUBLISH_TOKEN")
-    if not re.match(r"^https?://[^/\s]+", backend_url):
-        raise BadInput(f"--backend must be an http:// or https:// URL, not {backend_url!r}")
+    gateway, token = _checked(gateway, token, backend_url)
     name = name or default_name()
     if not NAME_RE.match(name):
         raise BadInput(f"--name {name!r}: use 1-63 of A-Z a-z 0-9 . _ - (starting with a letter or digit)")
@@ -253,6 +249,56 @@ def publish(
     )
 
 
+def _checked(gateway: str | None, token: str | None, backend_url: str) -> tuple[str, str]:
+    """The gateway and the token, both given; the URLs, URLs."""
+    if not gateway:
+        raise BadInput("no gateway: give --gateway URL or set LANEWAY_GATEWAY")
+    if not re.match(r"^https?://[^/\s]+", gateway):
+        raise BadInput(f"--gateway must be an http:// or https:// URL, not {gateway!r}")
+    if not token:
+        raise BadInput("no publisher token: give --token or set LANEWAY_PUBLISH_TOKEN")
+    if not re.match(r"^https?://[^/\s]+", backend_url):
+        raise BadInput(f"--backend must be an http:// or https:// URL, not {backend_url!r}")
+    return gateway, token
+
+
+def _first_lanes(
+    models: list[ModelInfo], globs: tuple[str, ...], aliases: dict[str, str], backend_url: str
+) -> list[Lane]:
+    """The lanes to publish at the start: refused (exit status 2) when the filters leave none or
+    two models would be published under one name; an alias of no model is a warning."""
+    from laneway.publisher.local import select_lanes, unknown_aliases
+
+    try:
+        lanes = select_lanes(models, globs, aliases)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if not lanes:
+        served = ", ".join(sorted(m.id for m in models)) or "none"
+        raise BadInput(f"no models to publish at {backend_url} after --model filters (it serves: {served})")
+    for local in unknown_aliases(models, aliases):
+        click.echo(f"warning: --alias names '{local}', which {backend_url} does not serve", err=True)
+    return lanes
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(publisher: Publisher) -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop ``publisher`` (a second one cuts its drain short) in the block."""
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, publisher.stop)
+            handled.append(signum)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, or not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
 async def _lanes_now(backend: LocalBackend, globs: tuple[str, ...], aliases: dict[str, str]) -> list[Lane]:
     """What the backend serves now, as lanes, with the same filters and aliases as at the start."""
     from laneway.publisher.local import select_lanes
@@ -279,7 +325,7 @@ async def _publish(
     heartbeat_interval: float,
 ) -> None:
     from laneway.publisher.client import GatewayError
-    from laneway.publisher.local import LocalBackend, LocalBackendError, select_lanes, unknown_aliases
+    from laneway.publisher.local import LocalBackend, LocalBackendError
     from laneway.publisher.runner import Publisher
 
     try:
@@ -288,17 +334,7 @@ async def _publish(
         raise BadInput(exc.message) from None
     view = StatusView(sys.stdout, tty=sys.stdout.isatty())
     try:
-        try:
-            lanes = select_lanes(models, model_globs, aliases)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
-        if not lanes:
-            served = ", ".join(sorted(m.id for m in models)) or "none"
-            raise BadInput(
-                f"no models to publish at {backend_url} after --model filters (it serves: {served})"
-            )
-        for local in unknown_aliases(models, aliases):
-            click.echo(f"warning: --alias names '{local}', which {backend_url} does not serve", err=True)
+        lanes = _first_lanes(models, model_globs, aliases, backend_url)
         publisher = Publisher(
             gateway=gateway,
             token=token,
@@ -316,21 +352,11 @@ async def _publish(
             on_status=view,
         )
         view(publisher.status)
-        loop = asyncio.get_running_loop()
-        handled: list[signal.Signals] = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, publisher.stop)
-                handled.append(signum)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, or not the main thread
-                pass
         try:
-            await publisher.run()
+            with _stopped_by_signals(publisher):
+                await publisher.run()
         except GatewayError as exc:
             raise BadInput(f"the gateway refused to register '{name}': {exc.message}") from None
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
         view.close()
         done = publisher.status.done
         click.echo(f"stopped: {name} left {gateway} ({done} task{'' if done == 1 else 's'} done)")

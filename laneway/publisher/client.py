@@ -8,7 +8,7 @@ of an HTTP client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -16,10 +16,23 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from laneway.errors import LanewayError
+from laneway.errors import InvalidRequest, LanewayError
 from laneway.providers.http import error_message
+from laneway.publishing.protocol import (
+    MAX_EVENT_BYTES,
+    Chunks,
+    Heartbeat,
+    HeartbeatAnswer,
+    Message,
+    Register,
+    Registered,
+    Result,
+    SessionState,
+    read,
+)
+from laneway.sse import Decoder, Event, EventTooLarge
 
-ControlEvent = tuple[str, dict[str, Any]]
+ControlEvent = tuple[str, dict[str, Any]]  # an event's name and its data (a JSON object)
 
 
 class GatewayError(LanewayError):
@@ -43,6 +56,12 @@ def _map_errors(what: str) -> Iterator[None]:
         raise GatewayError(f"{what}: {exc or type(exc).__name__}") from None
     except orjson.JSONDecodeError:
         raise GatewayError(f"{what}: the gateway answered with invalid JSON") from None
+    except InvalidRequest as exc:  # an answer that is not the protocol's message
+        raise GatewayError(
+            f"{what}: the gateway's answer is not one this publisher reads: {exc.message}"
+        ) from None
+    except EventTooLarge as exc:
+        raise GatewayError(f"{what}: {exc}") from None
 
 
 def gateway_root(url: str) -> str:
@@ -91,12 +110,12 @@ class GatewayClient:
         method: str,
         url: str,
         what: str,
-        payload: Mapping[str, Any] | None = None,
+        payload: Message | None = None,
         *,
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """One request and its JSON answer; an error status raises ``GatewayError``."""
-        data = orjson.dumps(payload) if payload is not None else None
+        data = payload.wire() if payload is not None else None
         headers = {"content-type": "application/json"} if data is not None else None
         limit = aiohttp.ClientTimeout(total=timeout) if timeout is not None else self._timeout
         with _map_errors(what):
@@ -112,25 +131,25 @@ class GatewayClient:
             raise GatewayError(f"{what}: the gateway answered with JSON that is not an object")
         return answer
 
-    async def register(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", f"{self.url}/v1/publishers/register", "register", body)
+    async def register(self, request: Register) -> Registered:
+        what = "register"
+        answer = await self._call("POST", f"{self.url}/v1/publishers/register", what, request)
+        with _map_errors(what):
+            return read(Registered, answer)
 
-    async def heartbeat(self, session_id: str, state: str) -> dict[str, Any]:
-        return await self._call(
-            "POST", self._session_path(session_id, "/heartbeat"), "heartbeat", {"state": state}
-        )
+    async def heartbeat(self, session_id: str, state: SessionState) -> HeartbeatAnswer:
+        what = "heartbeat"
+        beat = Heartbeat(state=state)
+        answer = await self._call("POST", self._session_path(session_id, "/heartbeat"), what, beat)
+        with _map_errors(what):
+            return read(HeartbeatAnswer, answer)
 
-    async def post_chunks(
-        self, session_id: str, task_id: str, seq: int, chunks: list[dict[str, Any]], *, done: bool = False
-    ) -> None:
-        body: dict[str, Any] = {"seq": seq, "chunks": chunks}
-        if done:
-            body["done"] = True
+    async def post_chunks(self, session_id: str, task_id: str, post: Chunks) -> None:
         await self._call(
-            "POST", self._task_path(session_id, task_id, "chunks"), f"chunks of task {task_id}", body
+            "POST", self._task_path(session_id, task_id, "chunks"), f"chunks of task {task_id}", post
         )
 
-    async def post_result(self, session_id: str, task_id: str, result: Mapping[str, Any]) -> None:
+    async def post_result(self, session_id: str, task_id: str, result: Result) -> None:
         await self._call(
             "POST", self._task_path(session_id, task_id, "result"), f"result of task {task_id}", result
         )
@@ -158,27 +177,19 @@ class GatewayClient:
                 ctype = resp.headers.get("content-type", "")
                 if not ctype.startswith("text/event-stream"):
                     raise GatewayError(f"{what}: the gateway answered with content-type '{ctype}'")
-                event, data = "message", b""
-                async for raw in resp.content:
-                    line = raw.rstrip(b"\r\n")
-                    if not line:  # a blank line ends an event
-                        if data:
-                            yield event, _event_data(data)
-                        event, data = "message", b""
-                    elif line.startswith(b":"):
-                        continue  # an SSE comment (keep-alive)
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode("utf-8", "replace")
-                    elif line.startswith(b"data:"):
-                        data = data + b"\n" + line[5:].strip() if data else line[5:].strip()
+                # Whole events only: one the gateway cut off when the stream ended is dropped.
+                decoder = Decoder(max_bytes=MAX_EVENT_BYTES)
+                async for data in resp.content.iter_any():
+                    for event in decoder.feed(data):
+                        yield event.event, _event_data(event)
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
 
-def _event_data(data: bytes) -> dict[str, Any]:
-    parsed = orjson.loads(data)
+def _event_data(event: Event) -> dict[str, Any]:
+    parsed = event.json()
     if not isinstance(parsed, dict):
         raise GatewayError("control stream: an event's data is not a JSON object")
     return parsed

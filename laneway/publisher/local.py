@@ -32,12 +32,15 @@ from laneway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from laneway.providers.base import Call, ModelInfo, Provider, Reply, ReplyStream
+from laneway.operations import OPERATIONS, Operation
+from laneway.providers.base import Call, ModelInfo, Provider, ReplyStream, answer
+from laneway.providers.base import stream as open_stream
 from laneway.providers.http import Upstream
 from laneway.providers.registry import build_provider
+from laneway.publishing.protocol import Failure, LaneOffer, Result
+from laneway.sse import Decoder, EventTooLarge
 
 ProviderChoice = Literal["auto", "ollama", "openai"]
-LANE_TYPES = ("chat", "completion", "embedding")  # also the task operations, one for one
 BACKEND_NAME = "local"  # how the adapters name this backend in their error messages
 
 
@@ -51,22 +54,23 @@ class LocalBackendError(LanewayError):
 @dataclass(frozen=True, slots=True)
 class Lane:
     """One (model, type) this publisher offers. ``published`` is the name the gateway routes by;
-    ``local`` is the backend's own name for the same model."""
+    ``local`` is the backend's own name for the same model. A lane's type is the operation its
+    tasks run."""
 
     published: str
     local: str
-    type: str
+    type: Operation
     capabilities: frozenset[str] = frozenset()
     context_length: int | None = None
 
-    def wire(self) -> dict[str, Any]:
+    def offer(self) -> LaneOffer:
         """The lane as the register call lists it."""
-        lane: dict[str, Any] = {"model": self.published, "type": self.type}
-        if self.capabilities:
-            lane["capabilities"] = sorted(self.capabilities)
-        if self.context_length is not None:
-            lane["context_length"] = self.context_length
-        return lane
+        return LaneOffer(
+            model=self.published,
+            type=self.type,
+            capabilities=sorted(self.capabilities) or None,
+            context_length=self.context_length,
+        )
 
 
 def parse_aliases(values: Iterable[str]) -> dict[str, str]:
@@ -100,7 +104,7 @@ def select_lanes(
         published = aliases.get(info.id, info.id)
         if globs and not any(fnmatchcase(info.id, g) or fnmatchcase(published, g) for g in globs):
             continue
-        for lane_type in LANE_TYPES:
+        for lane_type in Operation:
             if lane_type not in info.types:
                 continue
             first = owner.setdefault((published, lane_type), info.id)
@@ -119,16 +123,16 @@ def unknown_aliases(models: Sequence[ModelInfo], aliases: Mapping[str, str]) -> 
 # --- answers ------------------------------------------------------------------------------------------
 
 
-def error_result(exc: UpstreamError) -> dict[str, Any]:
-    """The result body of a call the backend failed: its own status when it answered with one,
-    504 when it timed out, 502 when it could not be reached or answered garbage."""
+def error_result(exc: UpstreamError) -> Result:
+    """The result of a call the backend failed: its own status when it answered with one, 504
+    when it timed out, 502 when it could not be reached or answered garbage."""
     if isinstance(exc, UpstreamStatusError):
         status = exc.upstream_status
     elif isinstance(exc, UpstreamTimeout):
         status = 504
     else:
         status = 502
-    return {"error": {"status": status, "message": exc.message}}
+    return Result(error=Failure(status=status, message=exc.message))
 
 
 def renamed(obj: Any, published: str) -> Any:
@@ -141,31 +145,28 @@ def renamed(obj: Any, published: str) -> Any:
 
 class SSEChunks:
     """Turns OpenAI SSE bytes into chunk objects. The OpenAI adapter passes the upstream's bytes
-    through as they arrive, so a frame may come split over several reads or several frames in
-    one; only whole frames are decoded. ``[DONE]`` is dropped: the gateway ends its own stream.
-    An ``{"error": ...}`` frame (how OpenAI-compatible servers fail mid-stream) raises."""
+    through as they arrive, so an event may come split over several reads or several events in
+    one; the codec (``laneway.sse.Decoder``) hands over whole events only. ``[DONE]`` is dropped:
+    the gateway ends its own stream. An ``{"error": ...}`` event (how OpenAI-compatible servers
+    fail mid-stream) raises."""
 
     def __init__(self, published: str) -> None:
         self._published = published
-        self._buf = b""
+        self._decoder = Decoder()
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buf = (self._buf + data).replace(b"\r\n", b"\n")
-        *frames, self._buf = self._buf.split(b"\n\n")
-        return [chunk for frame in frames if (chunk := self._decode(frame)) is not None]
+        try:
+            events = self._decoder.feed(data)
+        except EventTooLarge as exc:
+            raise UpstreamProtocolError(f"the local backend's stream: {exc}", backend=BACKEND_NAME) from None
+        return [chunk for event in events if (chunk := self._decode(event.data)) is not None]
 
     def close(self) -> list[dict[str, Any]]:
-        """Whatever whole frame is left (a server may omit the last blank line)."""
-        rest, self._buf = self._buf, b""
-        chunk = self._decode(rest)
-        return [] if chunk is None else [chunk]
+        """Whatever whole event is left (a server may omit the last blank line)."""
+        return [chunk for event in self._decoder.close() if (chunk := self._decode(event.data)) is not None]
 
-    def _decode(self, frame: bytes) -> dict[str, Any] | None:
-        lines = [line[5:].removeprefix(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")]
-        if not lines:
-            return None  # a comment, an ``event:`` line alone, or a keep-alive
-        payload = b"\n".join(lines).strip()
-        if payload == b"[DONE]":
+    def _decode(self, payload: bytes) -> dict[str, Any] | None:
+        if payload.strip() == b"[DONE]":
             return None
         try:
             chunk = orjson.loads(payload)
@@ -270,26 +271,29 @@ class LocalBackend:
             return False
         return True
 
-    def _call(self, lane: Lane, body: Mapping[str, Any], stream: bool | None, timeout: float | None) -> Call:
+    def _call(self, lane: Lane, body: Mapping[str, Any], streamed: bool, timeout: float | None) -> Call:
         local_body = {**body, "model": lane.local}
-        if stream is not None:
-            local_body["stream"] = stream
+        if OPERATIONS[lane.type].streams:  # say which it is; an operation that never streams has no flag
+            local_body["stream"] = streamed
         return Call(model=lane.local, body=local_body, timeout=timeout)
 
-    async def reply(self, lane: Lane, body: Mapping[str, Any], *, timeout: float | None = None) -> Any:
+    async def reply(
+        self, lane: Lane, body: Mapping[str, Any], *, timeout: float | None = None
+    ) -> dict[str, Any]:
         """The complete answer of a call that is not streamed, named by the published name."""
-        if lane.type == "embedding":
-            answer: Reply = await self.provider.embed(self._call(lane, body, None, timeout))
-        elif lane.type == "completion":
-            answer = await self.provider.complete(self._call(lane, body, False, timeout))
-        else:
-            answer = await self.provider.chat(self._call(lane, body, False, timeout))
+        reply = await answer(self.provider, lane.type, self._call(lane, body, False, timeout))
         try:
-            return renamed(orjson.loads(answer.body), lane.published)
+            parsed = orjson.loads(reply.body)
         except orjson.JSONDecodeError:
             raise UpstreamProtocolError(
                 "the local backend answered with invalid JSON", backend=BACKEND_NAME
             ) from None
+        if not isinstance(parsed, dict):
+            raise UpstreamProtocolError(
+                "the local backend answered with JSON that is not an object", backend=BACKEND_NAME
+            )
+        renamed(parsed, lane.published)
+        return parsed
 
     @asynccontextmanager
     async def stream(
@@ -298,12 +302,7 @@ class LocalBackend:
         """A streamed call: yields an iterator of chunk batches (one per read from the backend),
         each chunk named by the published name. The backend stream is closed on leaving the block,
         however it is left, so a cancelled task stops the generation."""
-        call = self._call(lane, body, True, timeout)
-        opened: ReplyStream
-        if lane.type == "completion":
-            opened = await self.provider.stream_complete(call)
-        else:
-            opened = await self.provider.stream_chat(call)
+        opened = await open_stream(self.provider, lane.type, self._call(lane, body, True, timeout))
         batches = _batches(opened, SSEChunks(lane.published))
         try:
             yield batches

@@ -1,5 +1,5 @@
-"""The publisher's loops: stay registered and connected, run the tasks the gateway sends, wake the
-backend, announce idleness.
+"""The publisher's loops: stay registered and connected, hand the tasks the gateway sends to the
+``TaskRunner`` (``tasks``), announce idleness, drain when stopping.
 
 Shape of a run (``Publisher.run``)::
 
@@ -16,23 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from laneway.clock import Clock, SystemClock, within
-from laneway.errors import UpstreamError
-from laneway.publisher.chunks import ChunkSender
+from laneway.errors import InvalidRequest, UpstreamError
 from laneway.publisher.client import GatewayClient, GatewayError
-from laneway.publisher.local import Lane, LocalBackend, WakeFailed, WakeRecipe, error_result
+from laneway.publisher.local import Lane, LocalBackend, WakeRecipe
 from laneway.publisher.state import PublisherState, save_state, session_for
+from laneway.publisher.tasks import TaskRunner, cancel_all
+from laneway.publishing.protocol import (
+    CancelEvent,
+    EventName,
+    Register,
+    Registered,
+    SessionState,
+    TaskEvent,
+    WakeEvent,
+    read,
+)
 
 # A register refused with one of these will be refused again: a wrong token, a name or model
 # outside its scope, a malformed body, no publisher endpoint at all. Other failures are retried.
 FATAL_REGISTER = frozenset({400, 401, 403, 404, 413, 422})
-# A chunk or result post refused with one of these: the gateway no longer wants the task.
-TASK_GONE = frozenset({404, 409})
 
 
 def backoff_delay(failures: int, base: float = 5.0, cap: float = 60.0) -> float:
@@ -51,7 +59,7 @@ class PublisherStatus:
     connected: bool = False
     session_id: str | None = None
     lanes: tuple[str, ...] = ()
-    state: str = "active"
+    state: SessionState = SessionState.ACTIVE
     in_flight: int = 0
     done: int = 0
     last_error: str | None = None
@@ -60,16 +68,6 @@ class PublisherStatus:
 
 class _SessionLost(Exception):
     """The gateway no longer knows the session (a heartbeat got 404): register again at once."""
-
-
-class _TaskGone(Exception):
-    """The gateway refused a post for a task: it was cancelled, timed out or re-dispatched."""
-
-
-async def _cancel_all(*tasks: asyncio.Future[Any]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Publisher:
@@ -112,12 +110,10 @@ class Publisher:
         self._name = name
         self._max_concurrency = max_concurrency
         self._state_file = state_file
-        self._wake = wake or WakeRecipe()
         self._hibernate_after = hibernate_after
         self._heartbeat_interval = heartbeat_interval
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
-        self._task_timeout = task_timeout
         self._unregister_timeout = unregister_timeout
         self._drain_timeout = drain_timeout
         self._clock: Clock = clock or SystemClock()
@@ -131,8 +127,17 @@ class Publisher:
             session_id=self._session_id,
             lanes=tuple(f"{lane.type}:{lane.published}" for lane in lanes),  # ids once registered
         )
-        self._slots = asyncio.Semaphore(max_concurrency)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = TaskRunner(
+            self._client,
+            backend,
+            self._clock,
+            max_concurrency=max_concurrency,
+            task_timeout=task_timeout,
+            wake=wake or WakeRecipe(),
+            arrived=self._activity,
+            counted=self._counted,
+            noted=self._note_error,
+        )
         self._stopping = asyncio.Event()
         self._stop_now = asyncio.Event()  # a second stop(): no draining
         self._beat_now = asyncio.Event()  # the hibernate loop asks for a heartbeat at once
@@ -172,7 +177,7 @@ class Publisher:
                 serve.result()  # it ends on its own only by a fatal refusal
             await self._drain()
         finally:
-            await _cancel_all(serve, *helpers)
+            await cancel_all(serve, *helpers)
             try:
                 if self._stopping.is_set():
                     await self._unregister()
@@ -186,23 +191,19 @@ class Publisher:
         session_id = self._session_id
         if not self._tasks or not self._status.connected or session_id is None or self._drain_timeout <= 0:
             return
-        self._set_state("draining")
+        self._set_state(SessionState.DRAINING)
         try:
-            await self._client.heartbeat(session_id, "draining")
+            await self._client.heartbeat(session_id, SessionState.DRAINING)
         except GatewayError as exc:
             self._note_error(exc.message)
             return
 
-        async def finished() -> None:
-            while self._tasks:
-                await asyncio.wait(list(self._tasks.values()))
-
-        draining = asyncio.ensure_future(within(self._clock, self._drain_timeout, finished()))
+        draining = asyncio.ensure_future(within(self._clock, self._drain_timeout, self._tasks.finished()))
         hurry = asyncio.ensure_future(self._stop_now.wait())
         try:
             await asyncio.wait((draining, hurry), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await _cancel_all(draining, hurry)
+            await cancel_all(draining, hurry)
 
     # --- the local backend's models -------------------------------------------------------------
 
@@ -248,8 +249,8 @@ class Publisher:
     def _note_error(self, message: str) -> None:
         self._update(last_error=message)
 
-    def _set_state(self, state: str) -> None:
-        if state == "active":
+    def _set_state(self, state: SessionState) -> None:
+        if state == SessionState.ACTIVE:
             self._awake.set()
         else:
             self._awake.clear()
@@ -258,8 +259,13 @@ class Publisher:
     def _activity(self) -> None:
         """A task arrived or a wake succeeded: not idle any more."""
         self._last_activity = self._clock.monotonic()
-        if self._status.state != "active" and not self._stopping.is_set():  # never undo "draining"
-            self._set_state("active")
+        if self._status.state != SessionState.ACTIVE and not self._stopping.is_set():  # never undo draining
+            self._set_state(SessionState.ACTIVE)
+
+    def _counted(self, in_flight: int, done: int) -> None:
+        if in_flight < 0:  # a task ended: idle from now on, if nothing else runs
+            self._last_activity = self._clock.monotonic()
+        self._update(in_flight=self._status.in_flight + in_flight, done=self._status.done + done)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -284,20 +290,20 @@ class Publisher:
             await self._clock.sleep(delay)
             self._update(retry_in=None)
 
-    async def _register(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "name": self._name,
-            "max_concurrency": self._max_concurrency,
-            "state": self._status.state,
-            "lanes": [lane.wire() for lane in self._lanes],
-        }
-        if self._session_id is not None:
-            body["session_id"] = self._session_id
+    async def _register(self) -> Registered:
+        announced = self._status.state
+        if announced == SessionState.DRAINING:  # stopping: what it registered stays as it was
+            raise GatewayError("register: not while draining")
+        request = Register(
+            name=self._name,
+            session_id=self._session_id,
+            max_concurrency=self._max_concurrency,
+            state=announced,
+            lanes=[lane.offer() for lane in self._lanes],
+        )
         self._registered = False
-        answer = await self._client.register(body)
-        session_id = answer.get("session_id")
-        if not isinstance(session_id, str) or not session_id:
-            raise GatewayError("register: the gateway's answer has no session_id")
+        answer = await self._client.register(request)
+        session_id = answer.session_id
         self._registered = True
         if session_id != self._session_id and self._state_file is not None:
             state = PublisherState(session_id=session_id, gateway=self._client.url, name=self._name)
@@ -306,18 +312,16 @@ class Publisher:
             except OSError as exc:  # only a restart's re-adoption is lost: keep publishing
                 self._note_error(f"cannot write the state file {self._state_file}: {exc.strerror or exc}")
         self._session_id = session_id
-        lanes = answer.get("lanes")
-        ids = tuple(str(lane["id"]) for lane in (lanes or []) if isinstance(lane, dict) and "id" in lane)
+        ids = tuple(lane.id for lane in answer.lanes)
         self._update(session_id=session_id, lanes=ids or self._status.lanes)
         return answer
 
     async def _connection(self) -> None:
         answer = await self._register()
-        session_id = str(answer["session_id"])
-        interval = self._heartbeat_interval
-        offered = answer.get("heartbeat_interval")
-        if isinstance(offered, int | float) and offered > 0:
-            interval = min(interval, float(offered))  # beat more often than asked, never less
+        session_id = answer.session_id
+        interval = min(
+            self._heartbeat_interval, answer.heartbeat_interval
+        )  # more often than asked, never less
         beats = asyncio.create_task(self._heartbeats(session_id, interval))
         listen = asyncio.create_task(self._listen(session_id))
         try:
@@ -325,42 +329,36 @@ class Publisher:
             for finished in done:
                 finished.result()
         finally:
-            await _cancel_all(beats, listen, *self._tasks.values())
-            self._tasks.clear()
+            await cancel_all(beats, listen)
+            await self._tasks.cancel_all()
             self._update(connected=False)
 
     async def _listen(self, session_id: str) -> None:
         async with contextlib.aclosing(self._client.control(session_id)) as events:
             async for event, data in events:
-                if event == "hello":
-                    self._good = True
-                    self._update(connected=True, retry_in=None)
-                elif event in ("task", "wake"):
-                    task_id = data.get("task_id")
-                    if not isinstance(task_id, str) or not task_id:
-                        self._note_error(f"the gateway sent a {event} without a task_id")
-                        continue
-                    if event == "task":
-                        self._spawn(task_id, self._run_task(session_id, task_id, data))
-                    else:
-                        self._spawn(task_id, self._run_wake(session_id, task_id))
-                elif event == "cancel":
-                    running = self._tasks.get(str(data.get("task_id")))
-                    if running is not None:
-                        running.cancel()
+                try:
+                    self._on_event(session_id, event, data)
+                except InvalidRequest as exc:  # an event this publisher cannot read
+                    self._refuse(session_id, event, data, exc)
 
-    def _spawn(self, task_id: str, work: Coroutine[Any, Any, None]) -> None:
-        previous = self._tasks.pop(task_id, None)
-        if previous is not None:  # sent again: the gateway refuses the old copy's posts anyway
-            previous.cancel()
-        task = asyncio.create_task(work, name=f"publisher-task-{task_id}")
-        self._tasks[task_id] = task
+    def _on_event(self, session_id: str, event: str, data: dict[str, Any]) -> None:
+        """One control-stream event; a ping, or an event of a later version, does nothing."""
+        if event == EventName.HELLO:
+            self._good = True
+            self._update(connected=True, retry_in=None)
+        elif event == EventName.TASK:
+            task = read(TaskEvent, data)
+            self._tasks.run(session_id, task, self._by_name.get((task.model, task.operation)))
+        elif event == EventName.WAKE:
+            self._tasks.wake(session_id, read(WakeEvent, data).task_id)
+        elif event == EventName.CANCEL:
+            self._tasks.cancel(read(CancelEvent, data).task_id)
 
-        def forget(done: asyncio.Task[None]) -> None:
-            if self._tasks.get(task_id) is done:
-                del self._tasks[task_id]
-
-        task.add_done_callback(forget)
+    def _refuse(self, session_id: str, event: str, data: dict[str, Any], exc: InvalidRequest) -> None:
+        self._note_error(f"the gateway sent a {event} this publisher cannot read: {exc.message}")
+        task_id = data.get("task_id")
+        if event in (EventName.TASK, EventName.WAKE) and isinstance(task_id, str) and task_id:
+            self._tasks.refuse(session_id, task_id, exc.message)
 
     async def _heartbeats(self, session_id: str, interval: float) -> None:
         while True:
@@ -372,7 +370,7 @@ class Publisher:
                     raise _SessionLost from None
                 self._note_error(exc.message)  # the control stream tells whether the link is gone
                 continue
-            if answer.get("control") is False:
+            if not answer.control:
                 raise GatewayError("heartbeat: the gateway says this session's control stream is closed")
 
     async def _next_beat(self, interval: float) -> None:
@@ -382,7 +380,7 @@ class Publisher:
         try:
             await asyncio.wait((sleeper, poked), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await _cancel_all(sleeper, poked)
+            await cancel_all(sleeper, poked)
         self._beat_now.clear()
 
     async def _unregister(self) -> None:
@@ -404,112 +402,7 @@ class Publisher:
                 continue
             idle = self._clock.monotonic() - self._last_activity
             if not self._tasks and idle >= after:
-                self._set_state("hibernating")
+                self._set_state(SessionState.HIBERNATING)
                 self._beat_now.set()
                 continue
             await self._clock.sleep(after if self._tasks else after - idle)  # then look again
-
-    # --- tasks ----------------------------------------------------------------------------------
-
-    async def _post_result(self, session_id: str, task_id: str, result: Mapping[str, Any]) -> None:
-        await self._to_gateway(self._client.post_result(session_id, task_id, result))
-
-    @staticmethod
-    async def _to_gateway(call: Awaitable[None]) -> None:
-        try:
-            await call
-        except GatewayError as exc:
-            if exc.status_code in TASK_GONE:
-                raise _TaskGone from None
-            raise
-
-    async def _run_task(self, session_id: str, task_id: str, data: Mapping[str, Any]) -> None:
-        self._activity()
-        operation, model, body = data.get("operation"), data.get("model"), data.get("body")
-        lane = self._by_name.get((str(model), str(operation)))
-        try:
-            if lane is None or not isinstance(body, dict):
-                problem = "no body" if lane is not None else f"no {operation} lane for model '{model}' here"
-                status = 400 if lane is not None else 404
-                await self._post_result(
-                    session_id, task_id, {"error": {"status": status, "message": problem}}
-                )
-                return
-            async with self._slots:
-                self._update(in_flight=self._status.in_flight + 1)
-                try:
-                    await self._call_backend(session_id, task_id, lane, body, bool(data.get("stream")))
-                    self._update(done=self._status.done + 1)
-                finally:
-                    self._last_activity = self._clock.monotonic()
-                    self._update(in_flight=self._status.in_flight - 1)
-        except _TaskGone:
-            pass  # cancelled, timed out or re-dispatched on the gateway: nothing more to say
-        except GatewayError as exc:
-            self._note_error(exc.message)
-
-    async def _call_backend(
-        self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any], stream: bool
-    ) -> None:
-        try:
-            if stream and lane.type != "embedding":
-                if await self._relay_stream(session_id, task_id, lane, body):
-                    return  # its last chunk post said done
-                result: dict[str, Any] = {"status": 200}
-            else:
-                answer = await self._backend.reply(lane, body, timeout=self._task_timeout)
-                result = {"status": 200, "body": answer}
-        except UpstreamError as exc:
-            result = error_result(exc)
-        await self._post_result(session_id, task_id, result)
-
-    async def _relay_stream(self, session_id: str, task_id: str, lane: Lane, body: dict[str, Any]) -> bool:
-        """Read the backend's stream and post its chunks as they come (see ``ChunkSender``).
-        Returns once every chunk is posted: True if the last post also ended the stream (else a
-        result must); raises ``UpstreamError`` when the backend fails (after posting what it sent
-        before) and ``_TaskGone`` when the gateway drops the task."""
-
-        async def post(seq: int, chunks: list[dict[str, Any]], done: bool) -> None:
-            await self._to_gateway(self._client.post_chunks(session_id, task_id, seq, chunks, done=done))
-
-        sender = ChunkSender(post)
-        async with self._backend.stream(lane, body, timeout=self._task_timeout) as batches:
-
-            async def pump() -> None:
-                async for chunks in batches:
-                    sender.put(chunks)
-
-            sending = asyncio.create_task(sender.run())
-            reading = asyncio.create_task(pump())
-            try:
-                await asyncio.wait((sending, reading), return_when=asyncio.FIRST_COMPLETED)
-                if not reading.done():  # the sender stopped first: only ever by an error
-                    sending.result()
-                # The last post may end the stream, unless the backend failed (a result says so).
-                sender.close(final=not reading.cancelled() and reading.exception() is None)
-                await sending  # flush what is pending, even when the backend failed
-                reading.result()
-            finally:
-                await _cancel_all(sending, reading)
-        return sender.ended
-
-    # --- wake -----------------------------------------------------------------------------------
-
-    async def _run_wake(self, session_id: str, task_id: str) -> None:
-        timeout = self._wake.timeout
-        try:
-            await within(self._clock, timeout, self._backend.wake(self._wake, self._clock))
-        except TimeoutError:
-            message = f"the local backend did not answer within {timeout:g}s of the wake"
-            result: dict[str, Any] = {"error": {"status": 504, "message": message}}
-        except WakeFailed as exc:
-            result = {"error": {"status": 502, "message": str(exc)}}
-        else:
-            result = {"status": 200}
-            self._activity()
-        try:
-            await self._post_result(session_id, task_id, result)
-        except _TaskGone:
-            pass
-        except GatewayError as exc:
-            self._note_error(exc.message)

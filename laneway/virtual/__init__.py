@@ -1,9 +1,10 @@
 """Virtual lanes: models that publishers (``laneway publish``) register from their own machines.
 
-The gateway never connects to a publisher; the publisher dials out (docs/publishers.md):
-``tokens`` says who may publish what, ``registry`` keeps the sessions and their lanes (the
-lifecycle state machine), ``relay`` carries tasks over the control streams and results back,
-and ``fleet`` puts them together for the gateway and the API.
+The gateway never connects to a publisher; the publisher dials out (docs/publishers.md), in the
+messages of ``laneway.publishing.protocol``. ``registry`` keeps the sessions and their lanes (the
+lifecycle state machine), ``relay`` the control streams and the tasks on them, ``dispatch`` turns
+calls into tasks, ``sessions`` serves the publisher endpoints, and ``fleet`` composes them for the
+gateway and the API.
 """
 
 from laneway.virtual.fleet import Fleet

@@ -14,13 +14,13 @@ Register is an upsert honouring the sticky session id (the reference's rules):
 Heartbeats bump a session and revive it if its control stream is open; a missing heartbeat for
 ``heartbeat_timeout`` makes its rows inactive, a closed control stream at once; rows inactive
 for ``inactive_retention`` are deleted. Every transition is driven by the injected clock and every
-sweep is idempotent. No I/O here: the relay carries tasks, the fleet wires the two together.
+sweep is idempotent. No I/O here: the relay carries tasks; ``sessions`` and ``dispatch`` use the
+two together.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -29,14 +29,14 @@ from enum import StrEnum
 from laneway.auth.tokens import PublisherGrant
 from laneway.clock import Clock
 from laneway.config.schema import InventoryConfig, PublishersConfig
-from laneway.errors import InvalidRequest, PermissionDenied
-from laneway.inventory.lanes import Health, Lane, LaneType, Tier, compose_lane_id
+from laneway.errors import PermissionDenied
+from laneway.inventory.lanes import Health, Lane, Tier, compose_lane_id
 from laneway.inventory.store import Inventory
+from laneway.publishing.protocol import LaneOffer, LaneStatus, Register
 from laneway.virtual.errors import Conflict, UnknownSession
 
 log = logging.getLogger("laneway.virtual")
 
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 FAMILY = "virtual"
 
 
@@ -54,16 +54,6 @@ _HEALTH = {
     State.HIBERNATING: Health.HIBERNATING,
     State.INACTIVE: Health.INACTIVE,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class LaneSpec:
-    """One lane a publisher registers."""
-
-    model: str
-    type: str
-    capabilities: frozenset[str] = frozenset()
-    context_length: int | None = None
 
 
 @dataclass(slots=True)
@@ -105,7 +95,9 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class SweepResult:
-    inactivated: list[str]  # sessions that went inactive (heartbeat timeout)
+    # Sessions that went inactive (heartbeat timeout): their control streams are to be closed
+    # and their tasks in flight given back (the registry does neither: it holds no tasks).
+    inactivated: list[Session]
     deleted: list[str]  # lane ids deleted (inactive too long)
 
 
@@ -130,8 +122,6 @@ class Registry:
         self.serves_declared = serves_declared
         self.sessions: dict[str, Session] = {}
         self.rows: dict[str, Row] = {}
-        # Called with a session that went inactive (its tasks in flight go back to pending).
-        self.on_inactive: Callable[[Session], None] | None = None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -152,38 +142,55 @@ class Registry:
         row = self.rows.get(lane_id)
         return row.state if row is not None else None
 
+    def named(self, name: str) -> list[Session]:
+        return [s for s in self.sessions.values() if s.name == name]
+
     def names(self) -> set[str]:
         """Publisher names that have rows (the virtual backends)."""
         return {s.name for s in self.sessions.values() if s.rows}
 
-    def lanes_of(self, session: Session) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
+    def lanes_of(self, session: Session) -> list[LaneStatus]:
+        out: list[LaneStatus] = []
         for lane_id in sorted(session.rows):
             lane, row = self.inventory.get(lane_id), self.rows[lane_id]
             if lane is not None:
-                out.append({"id": lane_id, "model": lane.model, "type": lane.type, "state": row.state})
+                out.append(LaneStatus(id=lane_id, model=lane.model, type=lane.type, state=row.state))
         return out
 
     # -- register ------------------------------------------------------------------------------
 
-    def register(
-        self,
-        grant: PublisherGrant,
-        *,
-        name: str,
-        session_id: str | None,
-        lanes: list[LaneSpec],
-        max_concurrency: int,
-        state: State,
-    ) -> Session:
+    def register(self, grant: PublisherGrant, request: Register) -> Session:
         """The sticky upsert; all or nothing: every rule is checked before anything is written."""
-        grant.check_name(name)
-        if not lanes:
-            raise InvalidRequest("register at least one lane", param="lanes")
-        for spec in lanes:
-            grant.check_model(spec.model)
+        self._check_scope(grant, request)
+        now = self.clock.now()
+        session = self._session_for(grant, request, now)
+        self._check_name_free(session, now)
+        # Checked: now write. A new session object is only kept from here on.
+        self.sessions[session.id] = session
+        session.max_concurrency, session.last_heartbeat = request.max_concurrency, now
+        session.state = State(request.state)
+        session.join_declared = grant.join_declared
+        session.connecting = not session.bound
+        self._write_rows(session, request.lanes, now)
+        log.info(
+            "publisher registered",
+            extra={
+                "publisher": session.name,
+                "session": session.id,
+                "lanes": len(session.rows),
+                "state": session.state,
+            },
+        )
+        return session
+
+    def _check_scope(self, grant: PublisherGrant, request: Register) -> None:
+        """The token's scope, and what a declared backend has: its name and (unless the token
+        may join them) its models."""
+        grant.check_name(request.name)
+        for offer in request.lanes:
+            grant.check_model(offer.model)
         if not grant.join_declared:
-            taken = sorted({spec.model for spec in lanes if self.serves_declared(spec.model)})
+            taken = sorted({offer.model for offer in request.lanes if self.serves_declared(offer.model)})
             if taken:
                 raise Conflict(
                     f"a declared backend of this gateway serves {', '.join(map(repr, taken))}; this "
@@ -191,32 +198,32 @@ class Registry:
                     "for a token with join_declared)",
                     param="lanes",
                 )
-        if name in self.declared():
+        if request.name in self.declared():
             raise Conflict(
-                f"'{name}' is a declared backend of this gateway; a publisher may not shadow it "
+                f"'{request.name}' is a declared backend of this gateway; a publisher may not shadow it "
                 "(publish under another --name)",
                 param="name",
             )
-        now = self.clock.now()
-        session = self._session_for(grant, name, session_id, max_concurrency, state, now)
+
+    def _check_name_free(self, session: Session, now: float) -> None:
+        """No other session that is still alive publishes under the name."""
         for other in self.sessions.values():
-            if other.name == name and other.id != session.id and other.rows and self._alive(other):
+            if other.name == session.name and other.id != session.id and other.rows and self._alive(other):
                 raise Conflict(
-                    f"'{name}' is published by another session that is still active (last heartbeat "
-                    f"{now - other.last_heartbeat:.0f}s ago); it can be adopted once that session "
-                    f"has been silent for {self.settings.heartbeat_timeout:g}s",
+                    f"'{session.name}' is published by another session that is still active (last "
+                    f"heartbeat {now - other.last_heartbeat:.0f}s ago); it can be adopted once that "
+                    f"session has been silent for {self.settings.heartbeat_timeout:g}s",
                     param="name",
                 )
-        wanted = {self._lane_id(name, spec): spec for spec in lanes}
-        # Checked: now write. A new session object is only kept from here on.
-        self.sessions[session.id] = session
-        session.max_concurrency, session.state, session.last_heartbeat = max_concurrency, state, now
-        session.join_declared = grant.join_declared
-        session.connecting = not session.bound
+
+    def _write_rows(self, session: Session, offers: list[LaneOffer], now: float) -> None:
+        """The session's rows and lanes as registered: new and adopted ones written first, then
+        the ones it no longer lists deleted."""
         # Routable only once tasks can reach it: until its control stream opens, inactive.
-        row_state = state if session.bound else State.INACTIVE
+        row_state = session.state if session.bound else State.INACTIVE
+        wanted = {self._lane_id(session.name, offer): offer for offer in offers}
         written: list[Lane] = []
-        for lane_id, spec in wanted.items():
+        for lane_id, offer in wanted.items():
             row = self.rows.get(lane_id)
             if row is not None and row.session_id != session.id:  # adopted from an inactive session
                 previous = self.sessions.get(row.session_id)
@@ -230,35 +237,21 @@ class Registry:
                 lane_id, session.id, row_state, None if row_state != State.INACTIVE else now
             )
             session.rows.add(lane_id)
-            written.append(self._lane(name, spec, row_state, now))
+            written.append(self._lane(session.name, offer, row_state, now))
         self.inventory.write_lanes(written)
         dropped = [lane_id for lane_id in session.rows if lane_id not in wanted]
         for lane_id in dropped:  # no longer served by this publisher: write first, then delete
             session.rows.discard(lane_id)
             self.rows.pop(lane_id, None)
         self.inventory.delete_lanes(dropped, reason="publisher no longer registers it")
-        log.info(
-            "publisher registered",
-            extra={"publisher": name, "session": session.id, "lanes": len(wanted), "state": state},
-        )
-        return session
 
-    def _session_for(
-        self,
-        grant: PublisherGrant,
-        name: str,
-        session_id: str | None,
-        max_concurrency: int,
-        state: State,
-        now: float,
-    ) -> Session:
+    def _session_for(self, grant: PublisherGrant, request: Register, now: float) -> Session:
+        session_id, name = request.session_id, request.name
         if session_id is None:
             session_id = "ps_" + secrets.token_hex(16)
-        elif not SESSION_ID_RE.match(session_id):
-            raise InvalidRequest("session_id must be 8 to 64 of [A-Za-z0-9_-]", param="session_id")
         existing = self.sessions.get(session_id)
         if existing is None:  # new, or one the gateway forgot (it restarted): taken as is
-            return Session(session_id, grant.owner, name, max_concurrency, state, now)
+            return Session(session_id, grant.owner, name, request.max_concurrency, State(request.state), now)
         if existing.owner != grant.owner:
             raise PermissionDenied(f"publisher session '{session_id}' belongs to another publisher token")
         if existing.name != name:
@@ -267,16 +260,13 @@ class Registry:
             )
         return existing
 
-    def _lane_id(self, name: str, spec: LaneSpec) -> str:
-        if spec.type not in LaneType.__members__.values():
-            raise InvalidRequest(
-                f"lane type '{spec.type}' is not chat, completion or embedding", param="lanes"
-            )
+    @staticmethod
+    def _lane_id(name: str, offer: LaneOffer) -> str:
         return compose_lane_id(
-            tier=Tier.FLEET, provider_family=FAMILY, instance_id=name, type=spec.type, model=spec.model
+            tier=Tier.FLEET, provider_family=FAMILY, instance_id=name, type=offer.type, model=offer.model
         )
 
-    def _lane(self, name: str, spec: LaneSpec, state: State, now: float) -> Lane:
+    def _lane(self, name: str, offer: LaneOffer, state: State, now: float) -> Lane:
         # tier x provider x instance x model, as for declared lanes (every virtual model weighs 100)
         w = self.weights.weights
         weight = w.tiers.get("fleet", 100.0) * w.providers.get("virtual", 100.0) * self.settings.weight
@@ -285,10 +275,10 @@ class Registry:
             tier=Tier.FLEET,
             family=FAMILY,
             backend=name,
-            type=spec.type,
-            model=spec.model,
-            capabilities=spec.capabilities | {spec.type},
-            context_length=spec.context_length,
+            type=offer.type,
+            model=offer.model,
+            capabilities=frozenset(offer.capabilities or ()) | {offer.type},
+            context_length=offer.context_length,
             base_weight=weight,
             health=_HEALTH[state],
             observed_at=now,
@@ -321,12 +311,13 @@ class Registry:
     def _apply(self, session: Session) -> None:
         """The session's own state onto its rows. Draining: inactive, its tasks left running."""
         if session.state == State.DRAINING:
-            self._inactivate(session, "draining", redispatch=False)
+            self._inactivate(session, "draining")
         else:
             self._set_rows(session, session.state)
 
     def unbind(self, session: Session, *, reason: str) -> None:
-        """Its control stream closed (or it said goodbye): inactive at once."""
+        """Its control stream closed (or it said goodbye): inactive at once. Its tasks in flight
+        are not the registry's: the caller gives them back (``Dispatcher.session_down``)."""
         session.bound = session.connecting = False
         self._inactivate(session, reason)
 
@@ -344,7 +335,7 @@ class Registry:
             self.inventory.set_health([r.lane_id for r in changed], _HEALTH[state])
             log.info("publisher lanes %s", state, extra={"publisher": session.name, "session": session.id})
 
-    def _inactivate(self, session: Session, reason: str, *, redispatch: bool = True) -> None:
+    def _inactivate(self, session: Session, reason: str) -> None:
         now = self.clock.now()
         changed = [
             self.rows[i] for i in session.rows if i in self.rows and self.rows[i].state != State.INACTIVE
@@ -357,8 +348,6 @@ class Registry:
                 "publisher lanes inactive",
                 extra={"publisher": session.name, "session": session.id, "reason": reason},
             )
-        if redispatch and self.on_inactive is not None:
-            self.on_inactive(session)
 
     # -- the sweep -----------------------------------------------------------------------------
 
@@ -367,13 +356,17 @@ class Registry:
         Idempotent: a second sweep at the same time changes nothing."""
         now = self.clock.now()
         cutoff = now - self.settings.heartbeat_timeout
-        inactivated: list[str] = []
+        inactivated: list[Session] = []
         for session in list(self.sessions.values()):
             # A draining session whose heartbeats stopped while its control stream looks open
             # counts too: its tasks in flight must go back to pending.
             if session.last_heartbeat <= cutoff and (self._alive(session) or session.bound):
                 self._inactivate(session, f"no heartbeat for {now - session.last_heartbeat:.0f}s")
-                inactivated.append(session.id)
+                # Silent too long: a control stream the gateway still thinks open is a dead
+                # connection (or its heartbeats are lost). The caller closes it, so a live
+                # publisher reconnects and registers again.
+                session.bound = False
+                inactivated.append(session)
         expired = now - self.settings.inactive_retention
         deleted = [
             row.lane_id

@@ -1,11 +1,13 @@
 """The task relay: calls for virtual lanes go to their publisher as ``task`` events on its control
 stream, and come back as result and chunk posts.
 
-A task is *pending* until its publisher's control stream can take it, then *sent*. When the
-publisher drops with tasks in flight, each one that has not yet produced output goes back to
-pending (with a new id, so a late result for the old one is refused): the fleet decides whether it
-waits for the publisher to come back or fails over at once. A stream that already produced output
-cannot be replayed: it breaks, and the client gets an error event.
+A task is *parked* until its publisher's control stream can take it, then *sent*. The relay owns a
+parked task whole: its place in its publisher's queue and its give-up timer. Sending it stops the
+timer; a task still parked after ``redispatch_wait`` fails (503, retryable: the router tries the
+route's other lanes). When a publisher drops with tasks in flight, each one that has not produced
+output yet is *renewed* (a new id, so a late result for the old one is refused) and dispatched
+again (``dispatch`` decides: sent elsewhere, failed over at once, or parked). A stream that already
+produced output cannot be replayed: it breaks, and the client gets an error event.
 
 Every result and chunk is checked against the task's session, its kind and its sequence number,
 so a post for an unknown, re-dispatched, cancelled or finished task is refused and changes nothing.
@@ -14,28 +16,27 @@ so a post for an unknown, re-dispatched, cancelled or finished task is refused a
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from laneway.clock import Clock, within
-from laneway.errors import InvalidRequest, StreamBroken, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from laneway.errors import InvalidRequest, StreamBroken, UpstreamStatusError, UpstreamTimeout
+from laneway.operations import Operation
 from laneway.providers.base import Reply, Usage
 from laneway.providers.openai import usage_of
+from laneway.publishing.protocol import CancelEvent, Chunks, EventName, Message, Result, TaskEvent, WakeEvent
 from laneway.sse import DONE, encode
 from laneway.virtual.errors import Conflict, PublisherUnavailable, UnknownTask
-
-log = logging.getLogger("laneway.virtual")
 
 _END = object()  # the end of a stream's frames
 
 
-def control_frame(event: str, data: Mapping[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def _task_id() -> str:
+    return "t_" + secrets.token_hex(12)
 
 
 class ControlChannel:
@@ -47,9 +48,9 @@ class ControlChannel:
         self.events: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
 
-    def send(self, event: str, data: Mapping[str, Any]) -> None:
+    def send(self, event: EventName, message: Message) -> None:
         if not self.closed:
-            self.events.put_nowait(control_frame(event, data))
+            self.events.put_nowait(encode(message.wire(), event=event))
 
     def close(self) -> None:
         if not self.closed:
@@ -59,15 +60,18 @@ class ControlChannel:
 
 @dataclass(eq=False)
 class Task:
-    kind: str  # infer | wake
+    """One call (``infer``) or one wake, from the moment it is dispatched until its caller is done
+    with it. ``session_id`` is the session it was sent to, None while it is parked."""
+
+    kind: Literal["infer", "wake"]
     backend: str  # the publisher's name
     lane_id: str
     model: str
-    operation: str = ""  # chat | completion | embedding (infer)
+    operation: Operation = Operation.CHAT  # what an infer task runs
     stream: bool = False
-    body: dict[str, Any] | None = None
-    id: str = field(default_factory=lambda: "t_" + secrets.token_hex(12))
-    session_id: str | None = None  # the session it was sent to; None: pending
+    body: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=_task_id)
+    session_id: str | None = None
     done: asyncio.Future[Reply | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -80,17 +84,17 @@ class Task:
         if self.stream:
             self.frames = asyncio.Queue()
 
-    def event(self) -> tuple[str, dict[str, Any]]:
+    def event(self) -> tuple[EventName, TaskEvent | WakeEvent]:
         if self.kind == "wake":
-            return "wake", {"task_id": self.id, "model": self.model, "lane": self.lane_id}
-        return "task", {
-            "task_id": self.id,
-            "lane": self.lane_id,
-            "model": self.model,
-            "operation": self.operation,
-            "stream": self.stream,
-            "body": self.body,
-        }
+            return EventName.WAKE, WakeEvent(task_id=self.id, model=self.model, lane=self.lane_id)
+        return EventName.TASK, TaskEvent(
+            task_id=self.id,
+            lane=self.lane_id,
+            model=self.model,
+            operation=self.operation,
+            stream=self.stream,
+            body=self.body,
+        )
 
     def fail(self, exc: BaseException) -> None:
         if self.frames is not None:
@@ -101,80 +105,142 @@ class Task:
 
 
 class Relay:
-    def __init__(self) -> None:
-        self.tasks: dict[str, Task] = {}  # by id: pending and sent
-        self.channels: dict[str, ControlChannel] = {}  # by session id
-        self.pending: dict[str, list[Task]] = {}  # by publisher name
+    """The control streams (one per session) and every task not finished: parked (by publisher
+    name, oldest first, each with its give-up timer) or sent (to one session)."""
 
-    # -- channels ------------------------------------------------------------------------------
+    def __init__(self, clock: Clock, *, redispatch_wait: float) -> None:
+        self._clock = clock
+        self._wait = redispatch_wait
+        self._channels: dict[str, ControlChannel] = {}  # by session id
+        self._tasks: dict[str, Task] = {}  # by id: parked and sent
+        self._parked: dict[str, list[Task]] = {}  # by publisher name
+        self._timers: dict[Task, asyncio.Task[None]] = {}  # the parked tasks' give-up timers
+
+    # -- control streams -----------------------------------------------------------------------
 
     def bind(self, channel: ControlChannel) -> ControlChannel | None:
         """Make ``channel`` its session's control stream; returns the one it replaces (closed)."""
-        old = self.channels.get(channel.session_id)
-        self.channels[channel.session_id] = channel
+        old = self._channels.get(channel.session_id)
+        self._channels[channel.session_id] = channel
         if old is not None:
             old.close()
         return old
 
     def unbind(self, channel: ControlChannel) -> bool:
-        """Forget ``channel`` if it is still its session's current one (False: it was replaced)."""
+        """Close ``channel`` and forget it if it is still its session's current one (False: it
+        had been replaced)."""
         channel.close()
-        if self.channels.get(channel.session_id) is channel:
-            del self.channels[channel.session_id]
+        if self._channels.get(channel.session_id) is channel:
+            del self._channels[channel.session_id]
             return True
         return False
 
-    def bound(self, session_id: str) -> bool:
-        return session_id in self.channels
+    def channel(self, session_id: str) -> ControlChannel | None:
+        return self._channels.get(session_id)
+
+    def close_all(self) -> None:
+        for channel in list(self._channels.values()):
+            channel.close()
 
     # -- tasks ---------------------------------------------------------------------------------
 
     def send(self, task: Task, session_id: str) -> bool:
-        """Send ``task`` on the session's control stream; False if it has none (still pending)."""
-        channel = self.channels.get(session_id)
+        """Send ``task`` on the session's control stream (no longer parked); False if the
+        session has no open one."""
+        channel = self._channels.get(session_id)
         if channel is None or channel.closed:
             return False
-        self.tasks[task.id] = task
+        self._stop_timer(task)
+        self._tasks[task.id] = task
         task.session_id = session_id
-        name, data = task.event()
-        channel.send(name, data)
+        channel.send(*task.event())
         return True
 
     def park(self, task: Task) -> None:
-        self.tasks[task.id] = task
+        """Keep ``task`` until its publisher can take it, for ``redispatch_wait`` at most: the
+        timer starts when it is first parked and keeps running while it is parked again."""
+        self._tasks[task.id] = task
         task.session_id = None
-        self.pending.setdefault(task.backend, []).append(task)
+        self._parked.setdefault(task.backend, []).append(task)
+        if task not in self._timers:
+            self._timers[task] = asyncio.create_task(self._give_up(task), name=f"parked-{task.id}")
 
-    def take_pending(self, backend: str) -> list[Task]:
-        return self.pending.pop(backend, [])
+    def take_parked(self, backend: str) -> list[Task]:
+        """The tasks parked for the publisher ``backend``, to dispatch again (their timers run on
+        until they are sent or parked again)."""
+        return self._parked.pop(backend, [])
 
-    def forget(self, task: Task, *, cancel: bool) -> None:
-        """The task's caller is done with it (served, failed, left or timed out). ``cancel`` tells
-        its publisher to stop, if it had been sent one."""
-        self.tasks.pop(task.id, None)
-        queue = self.pending.get(task.backend)
+    def renew(self, task: Task) -> None:
+        """A new id for a task given back by a session that went away: a result for the old one
+        is refused."""
+        self._tasks.pop(task.id, None)
+        task.id = _task_id()
+        task.session_id = None
+
+    def release(self, task: Task) -> None:
+        """The task's caller is done with it (served, failed, left or timed out). A publisher
+        still running it is told to stop: only a result it posted means there is nothing to stop
+        (awaiting ``done`` and being cancelled, by a timeout or a client gone, cancels it)."""
+        answered = task.done.done() and not task.done.cancelled()
+        self._drop(task)
+        if not answered and task.session_id is not None:
+            channel = self._channels.get(task.session_id)
+            if channel is not None:
+                channel.send(EventName.CANCEL, CancelEvent(task_id=task.id))
+
+    def fail(self, task: Task, exc: BaseException) -> None:
+        """End ``task`` with ``exc`` on the gateway's side; its publisher (gone, or never sent it)
+        is told nothing."""
+        self._drop(task)
+        task.fail(exc)
+
+    def _drop(self, task: Task) -> None:
+        self._tasks.pop(task.id, None)
+        self._stop_timer(task)
+        queue = self._parked.get(task.backend)
         if queue is not None and task in queue:
             queue.remove(task)
             if not queue:
-                del self.pending[task.backend]
-        if cancel and task.session_id is not None:
-            channel = self.channels.get(task.session_id)
-            if channel is not None:
-                channel.send("cancel", {"task_id": task.id})
+                del self._parked[task.backend]
+
+    def _stop_timer(self, task: Task) -> None:
+        timer = self._timers.pop(task, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _give_up(self, task: Task) -> None:
+        await self._clock.sleep(self._wait)
+        self._timers.pop(task, None)
+        if task.session_id is None and not task.done.done():
+            self.fail(
+                task,
+                PublisherUnavailable(
+                    f"publisher '{task.backend}' is offline and did not come back within {self._wait:g}s",
+                    backend=task.backend,
+                ),
+            )
 
     def in_flight(self, session_id: str) -> list[Task]:
-        return [t for t in self.tasks.values() if t.session_id == session_id and not t.done.done()]
+        return [t for t in self._tasks.values() if t.session_id == session_id and not t.done.done()]
 
-    def renew(self, task: Task) -> None:
-        """A new id for a task going back to pending: a result for the old one is refused."""
-        self.tasks.pop(task.id, None)
-        task.id = "t_" + secrets.token_hex(12)
-        task.session_id = None
+    def parked(self) -> int:
+        return sum(len(queue) for queue in self._parked.values())
 
-    # -- results -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Tasks not finished: parked or sent."""
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        timers = list(self._timers.values())
+        self._timers.clear()
+        for timer in timers:
+            timer.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
+
+    # -- what publishers post ------------------------------------------------------------------
 
     def _task(self, session_id: str, task_id: str) -> Task:
-        task = self.tasks.get(task_id)
+        task = self._tasks.get(task_id)
         if task is None or task.session_id != session_id:
             raise UnknownTask(
                 f"no task '{task_id}' in flight for this session (finished, cancelled or re-sent)"
@@ -183,65 +249,50 @@ class Relay:
             raise Conflict(f"task '{task_id}' has already ended")
         return task
 
-    def chunks(self, session_id: str, task_id: str, seq: Any, chunks: Any, done: Any = False) -> int:
-        """A streamed task's next chunks, in order; ``done`` ends the stream with them (the same
-        as a ``{"status": 200}`` result after them, one post fewer)."""
+    def chunks(self, session_id: str, task_id: str, post: Chunks) -> int:
+        """A streamed task's next chunks, in order; ``done`` ends the stream with them."""
         task = self._task(session_id, task_id)
-        if not task.stream or task.frames is None:
+        if task.frames is None:
             raise Conflict(f"task '{task_id}' is not a streamed call: post its result instead")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq != task.seq:
-            raise Conflict(f"chunk post {seq!r} out of order: expected seq {task.seq}", param="seq")
-        if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
-            raise InvalidRequest("chunks must be a list of OpenAI stream chunk objects", param="chunks")
+        if post.seq != task.seq:
+            raise Conflict(f"chunk post {post.seq} out of order: expected seq {task.seq}", param="seq")
         task.seq += 1
-        for chunk in chunks:
+        for chunk in post.chunks:
             if chunk.get("usage"):
                 task.usage = usage_of(chunk) or task.usage
             task.frames.put_nowait(encode(chunk))
-        if chunks:
+        if post.chunks:
             task.produced = True
-        if done is True:
-            task.frames.put_nowait(_END)
-            task.done.set_result(None)
-            self.tasks.pop(task.id, None)
-        return len(chunks)
+        if post.done:
+            self._finish(task, None)
+        return len(post.chunks)
 
-    def result(self, session_id: str, task_id: str, payload: Mapping[str, Any]) -> None:
+    def result(self, session_id: str, task_id: str, result: Result) -> None:
         task = self._task(session_id, task_id)
-        error = payload.get("error")
-        if error is not None:
-            task.fail(_publisher_error(task, error))
-            self.tasks.pop(task.id, None)
+        if result.error is not None:
+            self._tasks.pop(task.id, None)
+            task.fail(
+                UpstreamStatusError(
+                    f"publisher '{task.backend}': {result.error.message}",
+                    backend=task.backend,
+                    upstream_status=result.error.status,
+                )
+            )
             return
-        status = payload.get("status")
-        if status != 200:
-            raise InvalidRequest("a result is {'status': 200, ...} or {'error': {...}}", param="status")
         reply: Reply | None = None
         if task.kind == "infer" and not task.stream:
-            body = payload.get("body")
-            if not isinstance(body, dict):
+            if result.body is None:
                 raise InvalidRequest(
                     "the result of a call that was not streamed needs its 'body'", param="body"
                 )
-            reply = Reply(body=orjson.dumps(body), headers={}, usage=usage_of(body))
+            reply = Reply(body=orjson.dumps(result.body), headers={}, usage=usage_of(result.body))
+        self._finish(task, reply)
+
+    def _finish(self, task: Task, reply: Reply | None) -> None:
         if task.frames is not None:
             task.frames.put_nowait(_END)
         task.done.set_result(reply)
-        self.tasks.pop(task.id, None)
-
-
-def _publisher_error(task: Task, error: Any) -> UpstreamError:
-    if not isinstance(error, dict):
-        return UpstreamStatusError(
-            f"publisher '{task.backend}': {error}", backend=task.backend, upstream_status=502
-        )
-    status = error.get("status")
-    message = str(error.get("message") or "the publisher's backend failed")
-    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-        status = 502
-    return UpstreamStatusError(
-        f"publisher '{task.backend}': {message}", backend=task.backend, upstream_status=status
-    )
+        self._tasks.pop(task.id, None)
 
 
 class RelayStream:
@@ -250,9 +301,9 @@ class RelayStream:
     waits for that frame); after that the publisher's liveness bounds it (a publisher that goes
     away breaks it)."""
 
-    def __init__(self, task: Task, forget: Callable[[Task], None], clock: Clock, deadline: float) -> None:
+    def __init__(self, task: Task, release: Callable[[Task], None], clock: Clock, deadline: float) -> None:
         self.task = task
-        self._forget = forget
+        self._release = release
         self._clock = clock
         self._deadline = deadline
         self.headers: Mapping[str, str] = {}
@@ -289,7 +340,7 @@ class RelayStream:
                 raise item
             yield item
         self._closed = True
-        self._forget(self.task)
+        self._release(self.task)
         yield DONE
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -298,4 +349,4 @@ class RelayStream:
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self._forget(self.task)
+            self._release(self.task)
