@@ -21,7 +21,7 @@ import yaml
 from laneway.cli.signals import format_ms, format_quota
 from laneway.clock import SystemClock
 from laneway.config.schema import SignalsConfig
-from laneway.errors import UpstreamConnectError
+from laneway.errors import UpstreamConnectError, classify
 from laneway.gateway import GatewayOptions
 from laneway.signals.headers import Quota
 from laneway.signals.store import PREFIX, Signals
@@ -140,7 +140,8 @@ async def test_signals_written_by_a_gateway_that_is_gone(tmp_path: Path) -> None
     signals.success("oai", "openai", lane, spent, 0.120)
     signals.first_byte("oai", lane, 0.0042)
     refused = "cannot connect to http://127.0.0.1:11434: connection refused " + "x" * 80
-    signals.failure("gpu-1", "ollama", None, UpstreamConnectError(refused, backend="gpu-1"))
+    unreachable = UpstreamConnectError(refused, backend="gpu-1")
+    signals.failure("gpu-1", "ollama", None, unreachable, classify(unreachable, now=clock.now()))
     assert await signals.flush() == 2
     config_file = write_config(tmp_path / "laneway.yaml", {"storage": {"data_dir": str(tmp_path / "data")}})
 

@@ -23,7 +23,7 @@ from laneway.inventory.lanes import compose_lane_id
 from laneway.operations import Operation
 from laneway.providers.base import Reply
 from laneway.routing.dispatch import Served
-from laneway.routing.failover import RequestInfo, attribution_of
+from laneway.routing.failover import RequestInfo
 from tests.conftest import CLIENT_KEY, RunningGateway, Sim
 
 pytestmark = pytest.mark.anyio
@@ -251,6 +251,32 @@ async def test_every_lane_exhausted_429_carries_attribution(
     error = exhausted.value.response.json()["error"]
     assert error["laneway"]["caller"] == "tests"
     assert error["laneway"]["request_id"] == "req-exhausted"
+
+
+# -- a refused credential -----------------------------------------------------------------------------
+
+
+async def test_a_credential_refused_by_one_backend_fails_over_and_cools_that_credential_down(
+    gateway_factory: Any, pair: dict[str, Sim]
+) -> None:
+    gw = gateway_factory(config(pair), pair)
+    pair["first"].options.api_key = "rotated-upstream"  # the first now refuses laneway's (lack of a) key
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="r", messages=CHAT)
+        assert (raw.headers["x-laneway-lane"], raw.headers["x-laneway-attempts"]) == (lane("second"), "2")
+        again = await c.chat.completions.with_raw_response.create(model="r", messages=CHAT)
+        assert (again.headers["x-laneway-lane"], again.headers["x-laneway-attempts"]) == (lane("second"), "1")
+    assert pair["first"].stats.requests_by_path["/v1/chat/completions"] == 1  # cooling down: not asked again
+    (first,) = [st for st in (await admin(gw, "/admin/backends"))["backends"] if st["name"] == "first"]
+    assert first["cooldown_until"] is not None
+    lanes = (await admin(gw, "/admin/lanes?backend=first"))["lanes"]
+    assert {ln["health"] for ln in lanes} == {"denied"}
+    record = (await admin(gw, "/admin/failovers"))["failovers"][0]
+    assert [(a["lane"], a["status"], a["outcome"]) for a in record["attempts"]] == [
+        (lane("first"), 401, "failed"),
+        (lane("second"), None, "served"),
+    ]
+    assert (await admin(gw, "/admin/breakers"))["breakers"] == {}  # the cooldown's, not the breaker's
 
 
 # -- a 404 for the lane's model: the lane is stale --------------------------------------------------
@@ -629,7 +655,7 @@ async def test_error_attribution_names_the_lane_that_failed_not_one_skipped(brea
             (lane("first"), "failed"),
             (lane("second"), "skipped"),
         ]
-        attribution = attribution_of(failed.value)
+        attribution = failed.value.attribution
         assert attribution is not None
         assert (attribution.lane, attribution.attempt) == (lane("first"), 1)
     finally:

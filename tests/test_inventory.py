@@ -17,8 +17,8 @@ import pytest
 
 from laneway.clock import ManualClock
 from laneway.config.schema import BackendConfig, InventoryConfig
-from laneway.errors import NoLaneAvailable, PermissionDenied, UpstreamStatusError, UpstreamTimeout
-from laneway.inventory.cooldown import AuthCooldowns, is_auth_failure
+from laneway.errors import NoLaneAvailable, PermissionDenied
+from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.lanes import Health, InvalidLaneId, Lane, compose_lane_id, parse_lane_id
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -274,19 +274,6 @@ async def test_fifty_backends_five_hanging_reconcile_within_one_deadline(
 
 
 # -- auth cooldown ------------------------------------------------------------------------------
-
-
-def test_what_counts_as_an_auth_failure() -> None:
-    def status(code: int, message: str = "nope") -> UpstreamStatusError:
-        return UpstreamStatusError(message, backend="b", upstream_status=code)
-
-    assert is_auth_failure(status(401))
-    assert is_auth_failure(status(403))
-    assert is_auth_failure(status(400, "backend 'b' answered 400: Invalid API Key provided"))
-    assert is_auth_failure(status(500, "upstream said: invalid credentials"))
-    assert not is_auth_failure(status(500, "internal error"))
-    assert not is_auth_failure(status(429, "rate limited"))
-    assert not is_auth_failure(UpstreamTimeout("backend 'b' timed out (unauthorized?)", backend="b"))
 
 
 @pytest.mark.parametrize("refusal", ["wrong-key", "forbidden"])

@@ -17,7 +17,7 @@ import pytest
 
 from laneway.clock import ManualClock, SystemClock
 from laneway.config.schema import BackendConfig, InventoryConfig, SignalsConfig
-from laneway.errors import QuotaExhausted, StreamBroken, UpstreamStatusError, UpstreamTimeout
+from laneway.errors import QuotaExhausted, StreamBroken, UpstreamStatusError, UpstreamTimeout, classify
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -123,7 +123,7 @@ def test_a_429_exhausts_without_making_the_backend_degraded() -> None:
     signals = Signals(MemoryStore(clock), clock, SignalsConfig(exhausted_for=45))
     signals.success("b", "openai", "lane", {}, 0.1)
     limited = UpstreamStatusError("backend 'b' answered 429: slow down", backend="b", upstream_status=429)
-    signals.failure("b", "openai", "lane", limited)
+    signals.failure("b", "openai", "lane", limited, classify(limited, now=NOW))
     sig = signals.get("b")
     assert sig is not None
     assert signals.status("b") == Status.EXHAUSTED
@@ -131,9 +131,11 @@ def test_a_429_exhausts_without_making_the_backend_degraded() -> None:
     clock.advance(45)
     assert signals.status("b") == Status.AVAILABLE
     # a client's own mistake says nothing about the backend
-    signals.failure("b", "openai", "lane", UpstreamStatusError("400", backend="b", upstream_status=400))
+    fault = UpstreamStatusError("400", backend="b", upstream_status=400)
+    signals.failure("b", "openai", "lane", fault, classify(fault, now=NOW))
     assert signals.status("b") == Status.AVAILABLE
-    signals.failure("b", "openai", "lane", UpstreamTimeout("timed out", backend="b"))
+    timeout = UpstreamTimeout("timed out", backend="b")
+    signals.failure("b", "openai", "lane", timeout, classify(timeout, now=NOW))
     assert signals.status("b") == Status.DEGRADED
 
 

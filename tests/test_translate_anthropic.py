@@ -12,6 +12,7 @@ from laneway.errors import (
     UnsupportedParameter,
     UpstreamProtocolError,
     UpstreamStatusError,
+    classify,
 )
 from laneway.providers import anthropic_translate as tr
 from laneway.providers.anthropic import SSEDecoder, api_root
@@ -397,7 +398,7 @@ def test_garbage_and_error_bodies() -> None:
             {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, model="m"
         )
     assert exc.value.upstream_status == 529
-    assert exc.value.retryable
+    assert classify(exc.value, now=0.0).retryable
 
 
 # --- streams ------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from typing import Any
 
 from laneway.clock import Clock, within
 from laneway.config.schema import BackendConfig, InventoryConfig
-from laneway.errors import LanewayError, UpstreamError
-from laneway.inventory.cooldown import AuthCooldowns, credential_fingerprint, is_auth_failure
+from laneway.errors import LanewayError, UpstreamError, classify
+from laneway.inventory.cooldown import AuthCooldowns, credential_fingerprint
 from laneway.inventory.discovery import lanes_for
 from laneway.inventory.lanes import Health
 from laneway.inventory.modelcache import ListScope, ModelListCache
@@ -200,7 +200,7 @@ class Refresher:
         """A failed refresh deletes nothing; a refused credential also starts the cooldown."""
         st = self.status
         st.last_error, st.source = exc.message, None
-        if is_auth_failure(exc):
+        if classify(exc, now=self.ctx.clock.now()).auth_failure:
             # Say whose key it was: the operator fixes the variable, not the upstream.
             variable = self.config.api_key_env
             reason = f"{exc.message} (the key in api_key_env {variable})" if variable else exc.message

@@ -30,6 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, RoutingConfig
 from laneway.errors import (
+    Attribution,
     LanewayError,
     ModelNotFound,
     NoLaneAvailable,
@@ -39,26 +40,19 @@ from laneway.errors import (
     QuotaExhausted,
     UpstreamError,
     UpstreamStatusError,
+    Verdict,
+    classify,
 )
-from laneway.inventory.cooldown import is_auth_failure
 from laneway.inventory.lanes import Health, Lane
 from laneway.operations import Operation
 from laneway.pools import PoolRegistry, Slot
 from laneway.providers.base import Call, Provider, Reply, ReplyStream, Usage
 from laneway.routing.breaker import Breakers
-from laneway.routing.failover import (
-    Attempt,
-    Attribution,
-    FailoverLog,
-    FailoverRecord,
-    RequestInfo,
-    attribute,
-    attribution_of,
-)
+from laneway.routing.failover import Attempt, FailoverLog, FailoverRecord, RequestInfo
 from laneway.routing.rank import Facts, rank
 from laneway.routing.resolve import Candidate, OutOfRotation, Resolver
 from laneway.routing.streams import ObservedStream, open_stream
-from laneway.signals.store import Signals, counts_against_health
+from laneway.signals.store import Signals
 from laneway.storage.usage_writer import UsageRecorder
 from laneway.usage import UsageRecord
 
@@ -247,8 +241,8 @@ class Router:
         try:
             return await self._attempts(op, body, raw, info, send)
         except LanewayError as exc:
-            if attribution_of(exc) is None:
-                attribute(exc, self._attribution(info, body, None, 0))
+            if exc.attribution is None:
+                exc.attribution = self._attribution(info, body, None, 0)
             raise
 
     def _attribution(
@@ -314,7 +308,8 @@ class Router:
                 slot = await self._acquire(lane, info)
             except (QueueFull, QueueTimeout) as exc:
                 self._no_verdict(lane)
-                note(self._attempt(attempt, lane, "failed", exc, queued_at, clock.monotonic()))
+                verdict = classify(exc, now=clock.now())
+                note(self._attempt(attempt, lane, verdict, exc, queued_at, clock.monotonic()))
                 last = exc
                 continue
             except BaseException:
@@ -337,10 +332,10 @@ class Router:
             except UpstreamError as exc:
                 if slot is not None:
                     slot.release()
-                await self._failed(provider, lane, exc)
-                note(self._attempt(attempt, lane, "failed", exc, queued_at, called_at))
+                verdict = await self._failed(provider, lane, exc)
+                note(self._attempt(attempt, lane, verdict, exc, queued_at, called_at))
                 last = exc
-                if not exc.retryable:
+                if not verdict.retryable:
                     break
                 log.warning(
                     "attempt failed, trying the next lane",
@@ -360,7 +355,7 @@ class Router:
             if self.breakers is not None:
                 self.breakers.success(lane.id)
             if record is not None and self.failovers is not None:  # served, but not at the first try
-                served = note(self._attempt(attempt, lane, "served", None, queued_at, called_at))
+                served = note(self._attempt(attempt, lane, None, None, queued_at, called_at))
                 served.outcome, served.served_by = "served", lane.id
                 self.failovers.add(served)
             return Served(result, lane, attempt)
@@ -372,7 +367,8 @@ class Router:
         if self.failovers is not None and record is not None:
             self.failovers.add(record)
         tried = [a.lane for a in (record.attempts if record else []) if a.outcome != "skipped"]
-        raise attribute(last, self._attribution(info, body, tried[-1] if tried else None, attempt))
+        last.attribution = self._attribution(info, body, tried[-1] if tried else None, attempt)
+        raise last
 
     def _exhausted(self, requested: str, found: tuple[Candidate, ...]) -> QuotaExhausted:
         """Every candidate is exhausted: answer 429, retry after the earliest reset."""
@@ -391,11 +387,19 @@ class Router:
         )
 
     def _attempt(
-        self, n: int, lane: Lane, outcome: str, exc: LanewayError | None, queued_at: float, called_at: float
+        self,
+        n: int,
+        lane: Lane,
+        verdict: Verdict | None,
+        exc: LanewayError | None,
+        queued_at: float,
+        called_at: float,
     ) -> Attempt:
+        """The record of one attempt: served (no verdict), or failed as its verdict says."""
         now = self.clock.monotonic()
         status = exc.upstream_status if isinstance(exc, UpstreamStatusError) else None
-        if status == 429:
+        outcome = "served" if verdict is None else "failed"
+        if verdict is not None and verdict.rate_limited:
             outcome = "rate_limited"  # quota, not a failure of the lane
         return Attempt(
             attempt=n,
@@ -413,33 +417,29 @@ class Router:
         if self.breakers is not None:
             self.breakers.release_trial(lane.id)
 
-    async def _failed(self, provider: Provider, lane: Lane, exc: UpstreamError) -> None:
-        """What one failed attempt teaches: signals, the lane's breaker, the credential's cooldown,
-        a stale lane."""
+    async def _failed(self, provider: Provider, lane: Lane, exc: UpstreamError) -> Verdict:
+        """What one failed attempt teaches, as its verdict says: signals, the lane's breaker, the
+        credential's cooldown, a stale lane."""
+        verdict = classify(exc, now=self.clock.now())
         if self.signals is not None:
-            self.signals.failure(provider.name, provider.family, lane.id, exc)
-        status = exc.upstream_status if isinstance(exc, UpstreamStatusError) else None
+            self.signals.failure(provider.name, provider.family, lane.id, exc, verdict)
         if self.breakers is not None:
-            if status != 429 and counts_against_health(exc) and not is_auth_failure(exc):
+            if verdict.unhealthy:
                 self.breakers.failure(lane.id)
             else:
                 self.breakers.release_trial(lane.id)
         if self.backends is not None:
-            if is_auth_failure(exc):
+            if verdict.auth_failure:
                 await self.backends.credential_refused(lane.backend, exc)
-            elif status == 404:
+            elif verdict.stale_lane:
                 self.backends.lane_stale(lane.id)
+        return verdict
 
     def _broke_mid_stream(self, lane: Lane, exc: LanewayError) -> None:
         """A stream the client already reads broke: it cannot fail over, but it counts against
         the lane's breaker like a failed call (a backend that breaks every stream after its first
         byte must leave rotation)."""
-        if (
-            self.breakers is not None
-            and isinstance(exc, UpstreamError)
-            and counts_against_health(exc)
-            and not is_auth_failure(exc)
-        ):
+        if self.breakers is not None and classify(exc, now=self.clock.now()).unhealthy:
             self.breakers.failure(lane.id)
 
     # -- the two shapes of an answer ---------------------------------------------------------

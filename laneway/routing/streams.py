@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from laneway.clock import Clock
-from laneway.errors import LanewayError
+from laneway.errors import Attribution, LanewayError, classify
 from laneway.pools import Slot
 from laneway.providers.base import Provider, ReplyStream, Usage
-from laneway.routing.failover import Attribution, attribute, attribution_of
 from laneway.signals.store import Signals
 
 
@@ -72,12 +71,13 @@ class ObservedStream:
             async for frame in self.inner:
                 yield frame
         except LanewayError as exc:
-            if signals is not None:
-                signals.failure(self._provider.name, self._provider.family, self._lane, exc)
+            if signals is not None and clock is not None:
+                verdict = classify(exc, now=clock.now())
+                signals.failure(self._provider.name, self._provider.family, self._lane, exc, verdict)
             if self.on_failure is not None:
                 self.on_failure(exc)
-            if self.attribution is not None and attribution_of(exc) is None:
-                attribute(exc, self.attribution)
+            if exc.attribution is None:
+                exc.attribution = self.attribution
             raise
         finally:
             self._release()
