@@ -18,7 +18,6 @@ from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
-from laneway.errors import NoLaneAvailable, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -27,6 +26,7 @@ from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
 from laneway.providers.registry import build_provider
+from laneway.routing.backends import AllBackends
 from laneway.routing.breaker import Breakers
 from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
@@ -181,6 +181,8 @@ class Gateway:
             self.pools.remove_backend(gone)
         self._names = names
         if self.router is None:
+            assert self.signals is not None
+            assert self.usage is not None
             routing = self.settings.routing
             self.router = Router(
                 resolver,
@@ -223,46 +225,6 @@ class Gateway:
             await self.runtime.aclose()
         if self.db is not None:
             await self.db.aclose()
-
-
-class AllBackends:
-    """What the router asks of the backends: the declared ones (the reconciler) and the
-    publishers' (the fleet). A publisher's lanes are scoped by its token when it registers, and a
-    404 or 401 from one is about its own machine: neither marks lanes stale nor starts a cooldown."""
-
-    def __init__(self, reconciler: Reconciler, fleet: Fleet) -> None:
-        self.reconciler = reconciler
-        self.fleet = fleet
-
-    def config(self, backend: str) -> BackendConfig | None:
-        return self.reconciler.config(backend) or self.fleet.config(backend)
-
-    def allows(self, backend: str, model: str) -> bool:
-        if backend not in self.reconciler.refreshers and self.fleet.is_virtual(backend):
-            # A published lane never takes a declared backend's model, unless its token may.
-            return self.fleet.may_join(backend) or not self.reconciler.serves(model)
-        return self.reconciler.allows(backend, model)
-
-    def unavailable(self, name: str) -> NoLaneAvailable | None:
-        return self.reconciler.unavailable(name)
-
-    def cooldown_left(self, backend: str) -> float:
-        refresher = self.reconciler.refreshers.get(backend)
-        until = refresher.status.cooldown_until if refresher is not None else None
-        return max(0.0, until - self.reconciler.ctx.clock.now()) if until is not None else 0.0
-
-    async def refresh_local(self) -> bool:
-        return await self.reconciler.refresh_local()
-
-    async def credential_refused(self, backend: str, exc: UpstreamError) -> None:
-        await self.reconciler.credential_refused(backend, exc)
-
-    def lane_stale(self, lane_id: str) -> None:
-        lane = self.reconciler.ctx.inventory.get(lane_id)
-        if lane is not None and self.fleet.is_virtual(lane.backend):
-            log.warning("publisher answered 404 for its own lane", extra={"lane": lane_id})
-            return
-        self.reconciler.lane_stale(lane_id)
 
 
 def log_storage(settings: Settings) -> None:

@@ -25,8 +25,8 @@ from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
 from laneway.providers.registry import build_provider
-from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
+from laneway.routing.standalone import standalone_router
 from laneway.storage import FileStore, MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -399,7 +399,7 @@ async def test_policy_applies_at_discovery_and_again_at_dispatch(sim_factory: An
         await r.reconciler.cycle()
         assert r.models() == {"llama3:8b"}
         assert r.status("gpu").excluded_models == ["qwen2.5:7b"]
-        router = Router(r.resolver(), r.reconciler.providers, backends=r.reconciler)
+        router = standalone_router(r.resolver(), r.reconciler, r.clock)
         assert await router.candidates("llama3:8b", "chat")
         # The policy tightens; until the next refresh the lane is still in the inventory, but
         # dispatch refuses it (fail closed).
@@ -491,7 +491,7 @@ async def test_an_unknown_model_refreshes_local_backends_once_debounced(
     }
     async with rig(backends, tmp_path) as r:
         await r.reconciler.cycle()
-        router = Router(r.resolver(), r.reconciler.providers, backends=r.reconciler)
+        router = standalone_router(r.resolver(), r.reconciler, r.clock)
         sim.options.models = ["llama3:8b", "new:1b"]
         tags, models = requests(sim, "/api/tags"), requests(cloud, "/v1/models")
         found = await asyncio.gather(*(router.candidates("new:1b", "chat") for _ in range(10)))

@@ -28,6 +28,7 @@ from laneway.operations import Operation
 from laneway.providers.registry import build_provider
 from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
+from laneway.routing.standalone import standalone_router
 from laneway.signals.headers import Quota, RateLimits
 from laneway.signals.state import BackendSignal, Status
 from laneway.signals.store import Signals
@@ -168,8 +169,8 @@ async def routed(
         await reconciler.sync_declared()
         await reconciler.cycle()
         signals = Signals(FileStore(tmp_path / "cache", clock), clock, SignalsConfig())
-        router = Router(
-            Resolver(ctx.inventory, {}, frozenset({"up"})), reconciler.providers, signals=signals, clock=clock
+        router = standalone_router(
+            Resolver(ctx.inventory, {}, frozenset({"up"})), reconciler, clock, signals=signals
         )
         try:
             yield router, signals, app

@@ -89,6 +89,9 @@ class Signals:
         """A call failed; ``verdict`` (``classify``) says what that means for the backend: used-up
         quota, ill health (a refused credential too: the backend cannot serve), or nothing (the
         request's own fault). Rate-limit headers on an error answer count like on any answer."""
+        answered = isinstance(exc, UpstreamStatusError)
+        if not (answered or verdict.unhealthy or verdict.auth_failure):
+            return  # a busy pool, the request's own fault: nothing about the backend
         now = self.clock.now()
         sig = self.signal(backend, family)
         if isinstance(exc, UpstreamStatusError):
