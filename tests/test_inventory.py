@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from laneway.clock import ManualClock
+from laneway.clock import Clock, ManualClock
 from laneway.config.schema import BackendConfig, InventoryConfig
 from laneway.errors import NoLaneAvailable, PermissionDenied
 from laneway.inventory.cooldown import AuthCooldowns
@@ -24,10 +25,11 @@ from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
+from laneway.operations import Operation
 from laneway.providers.registry import build_provider
 from laneway.routing.resolve import Resolver
 from laneway.routing.standalone import standalone_router
-from laneway.storage import FileStore, MemoryStore
+from laneway.storage import FileStore, KeyValueStore, MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -51,15 +53,20 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(backends: dict[str, dict[str, Any]], cache_dir: Path, **inventory: Any) -> AsyncIterator[Rig]:
-    """A reconciler over ``backends`` with a manual clock, cooldowns in memory and the model-list
-    cache in ``cache_dir`` (as the embedded default keeps it)."""
+async def rig(
+    backends: dict[str, dict[str, Any]],
+    cache_dir: Path,
+    runtime: Callable[[ManualClock], KeyValueStore] = MemoryStore,
+    **inventory: Any,
+) -> AsyncIterator[Rig]:
+    """A reconciler over ``backends`` with a manual clock, cooldowns in ``runtime`` (memory) and
+    the model-list cache in ``cache_dir`` (as the embedded default keeps it)."""
     clock = ManualClock()
     settings = InventoryConfig(**inventory)
     declared = {name: BackendConfig(**cfg) for name, cfg in backends.items()}
     ctx = RefreshContext(
         inventory=Inventory(),
-        cooldowns=AuthCooldowns(MemoryStore(clock), clock, ttl=settings.auth_cooldown),
+        cooldowns=AuthCooldowns(runtime(clock), clock, ttl=settings.auth_cooldown),
         cache=ModelListCache(FileStore(cache_dir, clock), ttl=settings.model_cache_ttl),
         clock=clock,
         settings=settings,
@@ -274,6 +281,40 @@ async def test_fifty_backends_five_hanging_reconcile_within_one_deadline(
 
 
 # -- auth cooldown ------------------------------------------------------------------------------
+
+
+class HangingWrites(MemoryStore):
+    """A runtime store whose writes never return (a Redis that hangs mid-command); reads answer."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.writes = 0
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.writes += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_cooldown_write_that_hangs_never_holds_the_request(sim_factory: Any, tmp_path: Path) -> None:
+    refusing, serving = sim_factory(family="openai"), sim_factory(family="openai")
+    backends = {
+        "refusing": {"provider": "openai", "base_url": refusing.url, "weight": 1000},
+        "serving": {"provider": "openai", "base_url": serving.url},
+    }
+    async with rig(backends, tmp_path, runtime=HangingWrites) as r:
+        await r.reconciler.cycle()
+        refusing.options.api_key = "rotated-upstream"  # from now on it refuses laneway's calls
+        router = standalone_router(r.resolver(), r.reconciler, r.clock)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        # A bound on waiting (the request would hang for good behind the write), not a timing.
+        served = await asyncio.wait_for(router.send(Operation.CHAT, body, orjson.dumps(body)), 10)
+        assert (served.lane.backend, served.attempts) == ("serving", 2)
+        store = r.reconciler.ctx.cooldowns.store
+        assert isinstance(store, HangingWrites)
+        assert store.writes == 1  # the write was started, and still hangs
+        assert r.status("refusing").cooldown_until == r.clock.now() + 300  # in effect all the same
+        assert {ln.health for ln in r.inventory.by_backend("refusing")} == {Health.DENIED}
+    # ... and closing the reconciler ended the hung write instead of waiting for it
 
 
 @pytest.mark.parametrize("refusal", ["wrong-key", "forbidden"])

@@ -47,11 +47,14 @@ class AuthCooldowns:
         self.clock = clock
         self.ttl = ttl
 
-    async def start(self, credential: str, *, backend: str, reason: str) -> Cooldown:
-        cooldown = Cooldown(credential, backend, reason, self.clock.now() + self.ttl)
-        value = {"backend": backend, "reason": reason, "until": cooldown.until}
-        await self.store.set(PREFIX + credential, orjson.dumps(value), ttl=self.ttl)
-        return cooldown
+    def begin(self, credential: str, *, backend: str, reason: str) -> Cooldown:
+        """A cooldown of ``credential`` from now: ``put`` it in the store for everyone to see."""
+        return Cooldown(credential, backend, reason, self.clock.now() + self.ttl)
+
+    async def put(self, cooldown: Cooldown) -> None:
+        value = {"backend": cooldown.backend, "reason": cooldown.reason, "until": cooldown.until}
+        ttl = max(0.001, cooldown.until - self.clock.now())  # a write that waited keeps the deadline
+        await self.store.set(PREFIX + cooldown.credential, orjson.dumps(value), ttl=ttl)
 
     async def get(self, credential: str) -> Cooldown | None:
         raw = await self.store.get(PREFIX + credential)

@@ -101,7 +101,7 @@ class Attempts:
             async with slot:
                 result = await call(request, target, self._call(request, target, called_at), slot, called_at)
         except LanewayError as exc:
-            await self.failed(request, target, exc, (n, queued_at, called_at))
+            self.failed(request, target, exc, (n, queued_at, called_at))
             return None
         except BaseException:  # cancelled (the client left), or a bug: no verdict on the lane
             self.breakers.release_trial(lane.id)
@@ -145,7 +145,7 @@ class Attempts:
         if request.record is not None:
             request.served(lane, self._entry(n, lane, None, None, queued_at, called_at), self.failovers)
 
-    async def failed(
+    def failed(
         self, request: Dispatch, target: Target, exc: LanewayError, when: tuple[int, float, float | None]
     ) -> None:
         """What a failed attempt teaches, as its verdict says; raises ``exc`` if no other lane may
@@ -159,7 +159,7 @@ class Attempts:
         else:
             self.breakers.release_trial(lane.id)
         if verdict.auth_failure and isinstance(exc, UpstreamError):
-            await self.backends.credential_refused(lane.backend, exc)
+            self.backends.credential_refused(lane.backend, exc)
         elif verdict.stale_lane:
             self.backends.lane_stale(lane.id)
         n, queued_at, called_at = when

@@ -28,7 +28,9 @@ class Backends(Protocol):
 
     async def refresh_local(self) -> bool: ...
 
-    async def credential_refused(self, backend: str, exc: UpstreamError) -> None: ...
+    def credential_refused(self, backend: str, exc: UpstreamError) -> None:
+        """Start the credential's cooldown (at once; what is written to a store, off the path)."""
+        ...
 
     def lane_stale(self, lane_id: str) -> None: ...
 
@@ -93,8 +95,8 @@ class AllBackends:
     async def refresh_local(self) -> bool:
         return await self.reconciler.refresh_local()
 
-    async def credential_refused(self, backend: str, exc: UpstreamError) -> None:
-        await self.reconciler.credential_refused(backend, exc)
+    def credential_refused(self, backend: str, exc: UpstreamError) -> None:
+        self.reconciler.credential_refused(backend, exc)
 
     def lane_stale(self, lane_id: str) -> None:
         lane = self.reconciler.ctx.inventory.get(lane_id)
