@@ -14,7 +14,8 @@ backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto
 inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, auth_cooldown,
             model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
 signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_interval}
-routing:   {attempts, deadline, seed, record_prompts, failover_records, breaker: {failures, window, cooldown}}
+routing:   {attempts, deadline, seed, retry_wait, record_prompts, failover_records,
+            breaker: {failures, window, cooldown}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
 publishers: {tokens: [{name, token | token_env | token_hash, names, models, join_declared}],
@@ -441,6 +442,9 @@ class RoutingConfig(_Strict):
     attempts: int = Field(3, ge=1, le=20)  # lanes tried per request, at most
     deadline: Seconds = 900.0  # a request's whole life, queueing and failover included
     seed: int | None = None  # ranking's tie-break; None: a new seed per process
+    # A request whose lanes all asked to be left alone (a 429's or a quota's reset, a 503's
+    # Retry-After) waits for the first one back if that is this soon (at most this long in all).
+    retry_wait: float = Field(5.0, ge=0)  # 0: never wait
     record_prompts: bool = False  # keep the prompt in failover records (off: it may be sensitive)
     failover_records: int = Field(1000, ge=0, le=1_000_000)  # recent failover records kept in memory
     breaker: BreakerConfig = BreakerConfig()

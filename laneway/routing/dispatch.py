@@ -4,7 +4,9 @@ For each request: resolve the name to candidate lanes (``candidates``: the backe
 the key's apply), rank them (``ranked``), then try them in order within the attempt budget and
 the request's deadline, one ``Attempts.run`` each (acquire, call, learn: ``routing.attempt``).
 A failure whose verdict says another lane may serve the request moves on to the next lane; any
-other ends the request.
+other ends the request. Lanes whose backends asked to be left alone (used-up quota, a 503 that
+said when to come back) are held: not tried, and waited for when they are back soon enough
+(``routing.holdoff``): a round of attempts, a wait, another round.
 
 A stream is established and its first frame read before it is handed out, so a stream that
 breaks before any byte reached the client fails over too; after that it is the client's, and a
@@ -30,7 +32,6 @@ from laneway.errors import (
     ModelNotFound,
     NoLaneAvailable,
     PermissionDenied,
-    QuotaExhausted,
     Verdict,
 )
 from laneway.inventory.lanes import Health, Lane
@@ -42,6 +43,7 @@ from laneway.routing.attempt import Attempts, LaneCall, Target
 from laneway.routing.backends import Backends
 from laneway.routing.breaker import Breakers
 from laneway.routing.failover import FailoverLog, RequestInfo
+from laneway.routing.holdoff import Holdoff
 from laneway.routing.rank import Facts, rank
 from laneway.routing.request import Dispatch
 from laneway.routing.resolve import Candidate, OutOfRotation, Resolver
@@ -95,6 +97,7 @@ class Router:
         self.settings = settings
         self.clock = clock
         self.seed = seed
+        self.holdoff = Holdoff(signals, clock, settings)
         self.attempts = Attempts(
             providers,
             backends=backends,
@@ -159,11 +162,10 @@ class Router:
     # -- ranking -----------------------------------------------------------------------------
 
     def ranked(self, candidates: tuple[Candidate, ...]) -> list[Candidate]:
-        """Best first; exhausted lanes (until their reset) left out. A lone candidate (the common
-        case: one lane serves the name) needs only the exhaustion check, not the facts."""
-        if len(candidates) == 1:
-            exhausted = self.signals.status(candidates[0].lane.backend) == "exhausted"
-            return [] if exhausted else list(candidates)
+        """Best first (the lanes held by their backends are already left out, ``Holdoff.ready``).
+        A lone candidate (the common case: one lane serves the name) needs no facts."""
+        if len(candidates) <= 1:
+            return list(candidates)
         return rank(candidates, self._facts, self.seed)
 
     def _facts(self, candidate: Candidate) -> Facts:
@@ -195,19 +197,31 @@ class Router:
         self.breakers.advance()
         try:
             found = await self.candidates(request.requested, op.value, info)
-            return await self._round(request, found, call)
+            return await self._rounds(request, found, call)
         except LanewayError as exc:
             request.given_up(self.failovers)
             request.stamp(exc)
             raise
 
-    async def _round(self, request: Dispatch, found: tuple[Candidate, ...], call: LaneCall[T]) -> Served[T]:
-        """Try the ranked candidates in order until one serves the request, the budget is spent
-        or a failure ends the request (raised)."""
-        candidates = self.ranked(found)
-        if not candidates:
-            raise self._exhausted(request.requested, found)
-        for candidate in candidates:
+    async def _rounds(self, request: Dispatch, found: tuple[Candidate, ...], call: LaneCall[T]) -> Served[T]:
+        """Rounds of attempts, until one serves the request or a failure ends it (raised). Between
+        rounds the request may wait for a lane that asked to be left alone a moment (``holdoff``)."""
+        while True:
+            served = await self._round(request, found, call)
+            if served is not None:
+                return served
+            wait = self.holdoff.wait(found, request)
+            if wait is None:
+                raise self._refusal(request, found)
+            await self.clock.sleep(wait)
+            request.waited += wait
+
+    async def _round(
+        self, request: Dispatch, found: tuple[Candidate, ...], call: LaneCall[T]
+    ) -> Served[T] | None:
+        """Try the ready candidates, best first, until one serves the request or the budget is
+        spent; None if none served it."""
+        for candidate in self.ranked(self.holdoff.ready(found, request)):
             target = self.attempts.target(candidate)
             if target is None:
                 continue
@@ -216,25 +230,19 @@ class Router:
             result = await self.attempts.run(request, target, call)
             if result is not None:
                 return Served(result, target.lane, request.attempts)
-        if request.last is not None:
-            raise request.last
-        raise NoLaneAvailable(
-            f"No lane could take '{request.requested}' now (breakers open); try again shortly",
-            retry_after=self._back_in(tuple(c.lane for c in candidates)),
-        )
+        return None
 
-    def _exhausted(self, requested: str, found: tuple[Candidate, ...]) -> QuotaExhausted:
-        """Every candidate is exhausted: answer 429, retry after the earliest reset."""
-        now = self.clock.now()
-        resets = [
-            sig.exhausted_until
-            for c in found
-            if (sig := self.signals.get(c.lane.backend)) is not None and sig.exhausted_until is not None
-        ]
-        wait = max(1.0, min(resets) - now) if resets else 1.0
-        return QuotaExhausted(
-            f"Every lane that serves '{requested}' has used up its quota; retry in {wait:.0f}s",
-            retry_after=wait,
+    def _refusal(self, request: Dispatch, found: tuple[Candidate, ...]) -> LanewayError:
+        """Why the request is not served: its last attempt's error; else its lanes are held (429:
+        out of quota, 503: unavailable); else their breakers passed them over."""
+        if request.last is not None:
+            return request.last
+        held = self.holdoff.refusal(found, request)
+        if held is not None:
+            return held
+        return NoLaneAvailable(
+            f"No lane could take '{request.requested}' now (breakers open); try again shortly",
+            retry_after=self._back_in(tuple(c.lane for c in found)),
         )
 
     # -- the two shapes of an answer ---------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -87,23 +88,32 @@ class Signals:
         self, backend: str, family: str, lane: str | None, exc: LanewayError, verdict: Verdict
     ) -> None:
         """A call failed; ``verdict`` (``classify``) says what that means for the backend: used-up
-        quota, ill health (a refused credential too: the backend cannot serve), or nothing (the
-        request's own fault). Rate-limit headers on an error answer count like on any answer."""
-        answered = isinstance(exc, UpstreamStatusError)
-        if not (answered or verdict.unhealthy or verdict.auth_failure):
+        quota, announced unavailability, ill health (a refused credential too: the backend cannot
+        serve), or nothing (the request's own fault). Rate-limit headers on an error answer count
+        like on any answer, but the Retry-After of an unavailable backend is not about its quota."""
+        if not (isinstance(exc, UpstreamStatusError) or verdict.unhealthy or verdict.auth_failure):
             return  # a busy pool, the request's own fault: nothing about the backend
         now = self.clock.now()
         sig = self.signal(backend, family)
         if isinstance(exc, UpstreamStatusError):
             limits = parse_rate_limits(family, exc.upstream_headers, now)
+            if verdict.unavailable:
+                limits = replace(limits, retry_at=None)
             sig.apply_limits(limits, now, self.settings.exhausted_for)
         if verdict.rate_limited:
             sig.rate_limited(now, exc.message, self.settings.exhausted_for)
+        elif verdict.unavailable and verdict.retry_after is not None:
+            sig.unavailable(now, exc.message, now + verdict.retry_after)
         elif verdict.unhealthy or verdict.auth_failure:
             sig.failed(now, exc.message)
         self._dirty.add(backend)
 
     # -- reading -----------------------------------------------------------------------------
+
+    def held_until(self, backend: str) -> float:
+        """Until when (wall clock) the backend asked not to be called (0: it did not)."""
+        sig = self._signals.get(backend)
+        return 0.0 if sig is None else sig.held_until()
 
     def status(self, backend: str) -> Status:
         sig = self._signals.get(backend)
