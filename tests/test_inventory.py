@@ -213,6 +213,42 @@ async def test_a_model_added_upstream_appears_within_one_interval_and_a_removed_
             await asyncio.wait((runner,))
 
 
+async def test_a_cloud_backend_whose_first_model_list_failed_gets_lanes_at_the_first_retry_that_works(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = sim_factory(family="openai", fail_metadata_paths=["/v1/models"])  # a 500 at start-up
+    async with rig({"oai": {"provider": "openai", "base_url": sim.url}}, tmp_path) as r:
+
+        def fetches() -> int:
+            return int(sim.stats.requests_by_path.get("/v1/models", 0))
+
+        async def failed(times: int) -> None:
+            await eventually(lambda: r.status("oai").failures == times, f"refresh {times} to fail")
+            await asyncio.sleep(0.05)  # and the schedule to take note (no I/O: a few loop turns)
+
+        runner = asyncio.create_task(r.reconciler.run())
+        try:
+            await failed(1)
+            assert r.models() == set()
+            r.clock.advance(1)  # retry_backoff: the first retry, long before the 60 s interval
+            await failed(2)
+            r.clock.advance(1)  # the second retry waits twice as long
+            await asyncio.sleep(0.05)
+            assert fetches() == 2
+            sim.options.fail_metadata_paths = []  # the upstream is back
+            r.clock.advance(1)
+            await eventually(lambda: r.models() == {"gpt-4o-mini", "text-embedding-3-small"}, "the lanes")
+            assert fetches() == 3
+            assert r.status("oai").failures == 0
+            await asyncio.sleep(0.05)
+            r.clock.advance(59)  # back to the interval once it answers
+            await asyncio.sleep(0.05)
+            assert fetches() == 3
+        finally:
+            runner.cancel()
+            await asyncio.wait((runner,))
+
+
 async def test_a_failing_or_empty_refresh_never_empties_the_inventory(
     sim_factory: Any, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto
                    refresh_interval}}
            models: [name | {name, context_length, capabilities, weight}]
            slots, queue_size, queue_timeout, pool: backend|lane, stream_holds_slot
-inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, auth_cooldown,
+inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, retry_backoff, auth_cooldown,
             model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
 signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_interval}
 routing:   {attempts, deadline, seed, retry_wait, record_prompts, failover_records,
@@ -397,6 +397,8 @@ class InventoryConfig(_Strict):
     intervals: dict[Family, Seconds] = {}  # refresh interval per family; defaults: DEFAULT_INTERVALS
     lane_ttl_intervals: float = Field(3.0, ge=1)  # a lane not re-observed for this many intervals expires
     refresh_deadline: float = Field(10.0, gt=0)  # one backend's refresh, per cycle
+    # A failed refresh is retried after this, then twice as long each time, up to the interval.
+    retry_backoff: float = Field(1.0, gt=0)
     auth_cooldown: float = Field(300.0, gt=0)  # refreshes skipped after a credential is refused
     model_cache_ttl: float = Field(3600.0, gt=0)  # cloud model lists
     miss_refresh_debounce: float = Field(5.0, ge=0)  # unknown model -> local refresh at most this often

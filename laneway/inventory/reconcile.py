@@ -4,7 +4,8 @@ One cycle refreshes every backend it is given concurrently, each bounded by its 
 so a dead backend never delays the others. The declared state (config file plus database) is
 re-read every ``declared_reload`` seconds: a new backend gets a refresher and is refreshed at
 once, a changed one is rebuilt, a removed one loses its lanes. Each backend is refreshed every
-interval of its family (or its own ``refresh_interval``); expired lanes are swept on every pass.
+interval of its family (or its own ``refresh_interval``), a failed refresh sooner (with backoff:
+``Refresher.next_in``); expired lanes are swept on every pass.
 
 A request for a model that no lane serves may ask for one extra refresh of the local backends
 (``refresh_local``): debounced, and shared by every request that asks meanwhile, so a backend
@@ -140,7 +141,7 @@ class Reconciler:
         try:
             await refresher.tick(use_cache=use_cache)
         finally:
-            self._due[refresher.name] = self.ctx.clock.monotonic() + refresher.interval
+            self._due[refresher.name] = self.ctx.clock.monotonic() + refresher.next_in()
 
     def sweep(self) -> int:
         return self.ctx.inventory.sweep(self.ctx.clock.now())

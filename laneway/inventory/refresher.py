@@ -61,6 +61,7 @@ class BackendStatus:
     cooldown_until: float | None = None
     cooldown_reason: str | None = None
     failing_since: float | None = None  # the first of the refreshes failing since the last success
+    failures: int = 0  # refreshes failed in a row (0: the last one worked)
     unset_key_env: str | None = None  # the api_key_env variable that is not set: never called
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,9 +123,22 @@ class Refresher:
         if await self._refresh(use_cache):
             if st.failing_since is not None:
                 log.info("refresh recovered", extra={"backend": self.name, "failing_since": st.failing_since})
-            st.failing_since = None
-        elif st.failing_since is None:
-            st.failing_since = st.last_attempt
+            st.failing_since, st.failures = None, 0
+        else:
+            st.failures += 1
+            if st.failing_since is None:
+                st.failing_since = st.last_attempt
+
+    def next_in(self) -> float:
+        """Seconds from now to the next scheduled refresh: the interval, or sooner after a failed
+        one (``retry_backoff``, doubling with each failure in a row, up to the interval), so a
+        backend whose model list failed once (at start-up, say) gets its lanes as soon as it
+        answers again. A refused credential waits out its cooldown, an unset key a restart."""
+        st = self.status
+        if st.failures == 0 or st.cooldown_until is not None or st.unset_key_env is not None:
+            return self.interval
+        backoff = self.ctx.settings.retry_backoff * 2.0 ** min(st.failures - 1, 30)
+        return min(self.interval, backoff)
 
     async def _refresh(self, use_cache: bool) -> bool:
         """One refresh; True if the backend (or the cache) answered with its model list."""
