@@ -21,6 +21,7 @@ backends before the 404.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -44,7 +45,7 @@ from laneway.routing.backends import Backends
 from laneway.routing.breaker import Breakers
 from laneway.routing.failover import FailoverLog, RequestInfo
 from laneway.routing.holdoff import Holdoff
-from laneway.routing.rank import Facts, rank
+from laneway.routing.rank import Facts, ranked_facts, spread
 from laneway.routing.request import Dispatch
 from laneway.routing.resolve import Candidate, OutOfRotation, Resolver
 from laneway.routing.streams import ObservedStream, open_stream
@@ -96,7 +97,8 @@ class Router:
         self.usage = usage
         self.settings = settings
         self.clock = clock
-        self.seed = seed
+        self.seed = seed  # ranking's tie-break, and the draws that share load among equal lanes
+        self._rng = random.Random(seed)
         self.holdoff = Holdoff(signals, clock, settings)
         self.attempts = Attempts(
             providers,
@@ -162,11 +164,12 @@ class Router:
     # -- ranking -----------------------------------------------------------------------------
 
     def ranked(self, candidates: tuple[Candidate, ...]) -> list[Candidate]:
-        """Best first (the lanes held by their backends are already left out, ``Holdoff.ready``).
-        A lone candidate (the common case: one lane serves the name) needs no facts."""
+        """Best first, the load shared among equals (``rank.spread``); the lanes held by their
+        backends are already left out (``Holdoff.ready``). A lone candidate (the common case: one
+        lane serves the name) needs no facts."""
         if len(candidates) <= 1:
             return list(candidates)
-        return rank(candidates, self._facts, self.seed)
+        return spread(ranked_facts(candidates, self._facts, self.seed), self._rng)
 
     def _facts(self, candidate: Candidate) -> Facts:
         lane = candidate.lane
