@@ -406,6 +406,26 @@ async def test_a_stream_broken_after_its_first_bytes_ends_with_an_error_event(
     assert (await admin(gw, "/admin/failovers"))["failovers"] == []
 
 
+async def test_streams_broken_after_their_first_bytes_count_against_the_lanes_breaker(
+    gateway_factory: Any, pair: dict[str, Sim]
+) -> None:
+    pair["first"].options.drop_after_chunks = 2
+    pair["first"].options.tokens_per_second = 2  # the break comes after the first bytes
+    gw = gateway_factory(
+        config(pair, routing={"breaker": {"failures": 2, "window": 60, "cooldown": 30}}), pair
+    )
+    async with client(gw) as c:
+        for _ in range(2):
+            stream = await c.chat.completions.create(model="r", messages=CHAT, stream=True)
+            with pytest.raises(openai.APIError):
+                await drain(stream)
+        breakers = (await admin(gw, "/admin/breakers"))["breakers"]
+        assert breakers[lane("first")]["state"] == "open"  # out of rotation, like failed calls
+        raw = await c.chat.completions.with_raw_response.create(model="r", messages=CHAT)
+        assert (raw.headers["x-laneway-lane"], raw.headers["x-laneway-attempts"]) == (lane("second"), "1")
+    assert pair["first"].stats.streams_dropped == 2
+
+
 async def test_a_mid_stream_error_event_carries_attribution(
     gateway_factory: Any, pair: dict[str, Sim]
 ) -> None:

@@ -153,6 +153,19 @@ def test_a_breaker_opens_on_failures_in_the_window_then_half_opens_and_closes_on
     assert inventory.get(lane).health == Health.HEALTHY  # type: ignore[union-attr]
 
 
+def test_a_breaker_counts_failures_in_its_window_successes_in_between_or_not() -> None:
+    breakers, inventory, clock, lane = breakers_with_lane()  # 3 failures in 60 s open it
+    for _ in range(2):  # a lane that fails one call in two
+        breakers.failure(lane)
+        clock.advance(10)
+        breakers.success(lane)
+        clock.advance(10)
+    assert breakers.get(lane).state == CLOSED  # type: ignore[union-attr]
+    breakers.failure(lane)  # the third within 60 s: the successes did not wipe the first two
+    assert breakers.get(lane).state == OPEN  # type: ignore[union-attr]
+    assert inventory.get(lane).health == Health.OPEN  # type: ignore[union-attr]
+
+
 def test_a_reopened_breaker_keeps_the_later_deadline() -> None:
     breakers, _, clock, lane = breakers_with_lane()
     for _ in range(3):
