@@ -234,7 +234,7 @@ def test_two_configs_without_a_data_dir_keep_their_state_apart(
 ) -> None:
     """Neither config sets storage.data_dir, and both files are called laneway.yaml: each instance
     still gets a folder of its own, and ``signals -c B`` does not list A's backends."""
-    from laneway.api.app import build_app
+    from laneway.api.app import GatewayApp
     from laneway.config import load_settings
     from laneway.gateway import Gateway
     from laneway.testing import ServerThread
@@ -254,8 +254,8 @@ def test_two_configs_without_a_data_dir_keep_their_state_apart(
     assert load_settings(a).storage.data_dir == dir_a  # the same file, the same folder, every time
 
     caplog.set_level("INFO", logger="laneway")
-    gateway = Gateway(load_settings(a), options=GatewayOptions(schedule=False, key_reload_interval=3600))
-    server = ServerThread(build_app(gateway))
+    options = GatewayOptions(schedule=False, key_reload_interval=3600)
+    server = ServerThread(GatewayApp(lambda: Gateway.open(load_settings(a), options=options)))
     url = server.start()
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:

@@ -532,7 +532,6 @@ class BreakerBench:
 
     async def send(self, model: str = "r") -> Served[Reply]:
         router = self.gateway.router
-        assert router is not None
         self.requests += 1
         body = {"model": model, "messages": CHAT}
         info = RequestInfo("tests", f"req-{self.requests}")
@@ -553,16 +552,12 @@ async def breakers(sim_factory: Any, tmp_path: Path) -> Any:
     data = config(pair, routing={"breaker": {"failures": 2, "window": 60, "cooldown": 30}})
     data["storage"] = {"data_dir": str(tmp_path / "gw")}
     clock = ManualClock()
-    gateway = Gateway(
+    async with await Gateway.open(
         settings_from_data(data, source="test-config.yaml"),
         clock=clock,
         options=GatewayOptions(schedule=False, key_reload_interval=3600),
-    )
-    await gateway.start()
-    try:
+    ) as gateway:
         yield BreakerBench(gateway, clock, pair)
-    finally:
-        await gateway.aclose()
 
 
 async def test_breaker_schedule_half_open_trial_success_closes(breakers: BreakerBench) -> None:
