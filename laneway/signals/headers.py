@@ -22,7 +22,8 @@ The wire formats (as the providers send them, checked against captured responses
   ``-unified-{5h,7d}-{status,reset,utilization}``; only status and reset are kept here.
 - Everyone: ``retry-after`` in seconds or as an HTTP date (RFC 9110 §10.2.3), and
   ``retry-after-ms`` (sent by some OpenAI-compatible servers; the official OpenAI and Anthropic
-  SDKs read it before ``retry-after``, and so do we).
+  SDKs read it before ``retry-after``, and so do we), both read by ``laneway.retry_after``, which
+  the failure verdict (``laneway.errors.classify``) shares.
 
 An OpenAI-family reset is accepted in either shape under either name: a value ending in a digit
 is an absolute epoch (milliseconds from 1e11 up, else seconds), anything else a Go duration from
