@@ -10,7 +10,8 @@
    and its verdict tells the signals, the lane's breaker, the credential's cooldown and the stale
    lane, and the router whether another lane may be tried.
 
-The backend's config is looked up once per attempt (``Target``) and passed down.
+A candidate's provider and backend config are looked up once (``Target``), before it is ranked,
+and passed down to every step.
 """
 
 from __future__ import annotations

@@ -163,16 +163,16 @@ class Router:
 
     # -- ranking -----------------------------------------------------------------------------
 
-    def ranked(self, candidates: tuple[Candidate, ...]) -> list[Candidate]:
+    def ranked(self, targets: list[Target]) -> list[Target]:
         """Best first, the load shared among equals (``rank.spread``); the lanes held by their
         backends are already left out (``Holdoff.ready``). A lone candidate (the common case: one
         lane serves the name) needs no facts."""
-        if len(candidates) <= 1:
-            return list(candidates)
-        return spread(ranked_facts(candidates, self._facts, self.seed), self._rng)
+        if len(targets) <= 1:
+            return targets
+        return spread(ranked_facts(targets, self._facts, self.seed), self._rng)
 
-    def _facts(self, candidate: Candidate) -> Facts:
-        lane = candidate.lane
+    def _facts(self, target: Target) -> Facts:
+        lane = target.lane
         status, p50, share = "unknown", None, None
         sig = self.signals.get(lane.backend)
         if sig is not None:
@@ -182,12 +182,9 @@ class Router:
             quota = sig.requests
             if quota and quota.limit and quota.remaining is not None:
                 share = quota.remaining / quota.limit
-        queued, busy = 0, 0.0
-        config = self.backends.config(lane.backend)
-        if config is not None:
-            pool = self.pools.pool_for(lane.backend, lane.id, config)
-            queued, busy = pool.queued, pool.active / pool.slots
-        return Facts(lane.id, lane.weight, status, p50, share, queued, busy, candidate.group)
+        pool = self.pools.pool_for(lane.backend, lane.id, target.config)
+        queued, busy = pool.queued, pool.active / pool.slots
+        return Facts(lane.id, lane.weight, status, p50, share, queued, busy, target.candidate.group)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -224,10 +221,8 @@ class Router:
     ) -> Served[T] | None:
         """Try the ready candidates, best first, until one serves the request or the budget is
         spent; None if none served it."""
-        for candidate in self.ranked(self.holdoff.ready(found, request)):
-            target = self.attempts.target(candidate)
-            if target is None:
-                continue
+        ready = (self.attempts.target(c) for c in self.holdoff.ready(found, request))
+        for target in self.ranked([t for t in ready if t is not None]):
             if request.spent(self.clock.monotonic()):
                 break
             result = await self.attempts.run(request, target, call)
