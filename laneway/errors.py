@@ -30,19 +30,50 @@ Two texts per error. ``message`` is for operators (logs, admin views, failover r
 name backends and quote what an upstream said, always through ``laneway.redact`` (an
 ``UpstreamError`` redacts on construction, so no error ever holds a raw credential).
 ``client_message`` is what a client is told: laneway's own words, never upstream text (but an
-upstream's explanation of what was wrong with the client's own request), never a backend's name. Whether an
-error may be retried on another lane is decided in exactly one place: ``UpstreamError.retryable``.
-The pool errors are not ``UpstreamError``s on purpose: a busy pool says nothing about a backend's
-health, so they never count against its breaker, and the router simply tries the next lane.
+upstream's explanation of what was wrong with the client's own request), never a backend's name.
+
+What a failure means is decided in exactly one place, ``classify``: its ``Verdict`` says whether
+another lane may be tried, whether it counts against the lane's breaker and the backend's signal,
+whether the credential's cooldown starts, whether the lane is stale, and whether (and for how
+long) the upstream asked to be left alone. The router, the signals, the refresher and the
+breakers read the verdict; none decides for itself. The pool errors are not ``UpstreamError``s on
+purpose: a busy pool says nothing about a backend's health, so they never count against its
+breaker, and the router simply tries the next lane.
+
+Every error that leaves the router carries its ``Attribution`` (who the request was for, which
+lane and attempt), a field of ``LanewayError`` the router fills in.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from laneway.redact import redact
+from laneway.retry_after import retry_at
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a failed request was for and where it failed: the client sees it in the error body
+    (the lane only where the operator allows it), the log in a structured event. ``prompt`` is
+    there only when the operator enabled ``routing.record_prompts``."""
+
+    caller: str
+    request_id: str
+    run_id: str | None
+    lane: str | None
+    attempt: int
+    prompt: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        shown = asdict(self)
+        if self.prompt is None:
+            del shown["prompt"]
+        return shown
 
 
 class LanewayError(Exception):
@@ -56,6 +87,8 @@ class LanewayError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        # Stamped by the router on every error that leaves it (None: it never went through one).
+        self.attribution: Attribution | None = None
 
     @property
     def client_message(self) -> str:
@@ -236,9 +269,8 @@ class QueueTimeout(LanewayError):
 
 
 class UpstreamError(LanewayError):
-    """A backend could not serve the call. ``backend`` names it; ``retryable`` says whether another
-    lane may be tried (DESIGN.md: connect errors, timeouts, 408, 409, 429, 5xx, 529; and 404, the
-    lane's model gone since the last refresh)."""
+    """A backend could not serve the call. ``backend`` names it; what the failure means for the
+    request, the lane and the backend is ``classify``'s to say."""
 
     status = 502
     error_type = "upstream_error"
@@ -254,10 +286,6 @@ class UpstreamError(LanewayError):
     @property
     def client_message(self) -> str:
         return self.public
-
-    @property
-    def retryable(self) -> bool:
-        return True
 
 
 class TransportError(UpstreamError):
@@ -285,9 +313,6 @@ class UpstreamProtocolError(UpstreamError):
 
     code = "upstream_bad_response"
     public = "The model's backend answered with something laneway cannot read"
-
-
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 529})
 
 
 class UpstreamStatusError(UpstreamError):
@@ -320,18 +345,6 @@ class UpstreamStatusError(UpstreamError):
             said = f": {self.upstream_message}" if self.upstream_message else ""
             return f"The model's backend refused the request (HTTP {s}){said}"
         return f"The model's backend failed (HTTP {s})"
-
-    @property
-    def retryable(self) -> bool:
-        # 404 too: laneway chose this lane because its inventory said the backend serves the
-        # model; a 404 means the inventory is stale (the lane is marked so), not that the client
-        # asked for something wrong, and another lane may well serve it.
-        s = self.upstream_status
-        return s >= 500 or s in RETRYABLE_STATUSES or s == 404
-
-    @property
-    def is_auth_failure(self) -> bool:
-        return self.upstream_status in (401, 403)
 
     def client_status(self) -> int:
         """What the client sees. A backend's 429 stays 429 (with its Retry-After); a backend's
@@ -376,3 +389,98 @@ def http_status(err: LanewayError) -> int:
     if isinstance(err, UpstreamStatusError):
         return err.client_status()
     return err.status
+
+
+# --- what a failure means -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one failure means (``classify``). Every field defaults to "no".
+
+    - ``retryable``: another lane may be tried for this request.
+    - ``unhealthy``: the lane (and its backend) failed: it counts against the lane's breaker and
+      makes the backend's signal degraded.
+    - ``auth_failure``: the backend refused laneway's credential: its cooldown starts (the lanes
+      leave rotation by that, not by the breaker), and the request goes on to another lane.
+    - ``stale_lane``: a 404 for the lane's model: the inventory is stale, the lane is marked so.
+    - ``rate_limited``: a 429: the backend's quota is used up (until ``retry_after``, or its
+      rate-limit headers' reset).
+    - ``unavailable``: a 503 or 529 that said when to come back: the backend is unavailable until
+      then (``retry_after``), which is neither used-up quota nor ill health.
+    - ``retry_after``: seconds the upstream asked to wait (``Retry-After``), when it said.
+    """
+
+    retryable: bool = False
+    unhealthy: bool = False
+    auth_failure: bool = False
+    stale_lane: bool = False
+    rate_limited: bool = False
+    unavailable: bool = False
+    retry_after: float | None = None
+
+
+# 401/403, or an answer whose message means bad credentials (some upstreams, and proxies in front of
+# them, refuse a key with a 400 or a 500 that says so).
+_AUTH_STATUSES = frozenset({401, 403})
+_BAD_CREDENTIALS = re.compile(
+    r"unauthori[sz]ed|invalid[ _-]?(x-)?api[ _-]?key|incorrect api key|invalid[ _-]credentials"
+    r"|invalid[ _-]token|authentication[ _-](failed|error)|forbidden|permission[ _-]denied",
+    re.IGNORECASE,
+)
+# 408 and 409 are the backend's trouble (it timed out, or lost a race), not the request's.
+_UNHEALTHY_4XX = frozenset({408, 409})
+# Statuses whose Retry-After says when the backend is available again.
+_UNAVAILABLE = frozenset({503, 529})
+
+_FINAL = Verdict()  # the client's fault, or laneway's own: nothing to learn, nothing to retry
+_BUSY = Verdict(retryable=True)  # a full pool, or a queue wait that ran out: try the next lane
+_BROKEN = Verdict(retryable=True, unhealthy=True)
+_REFUSED = Verdict(retryable=True, auth_failure=True)
+_STALE = Verdict(retryable=True, stale_lane=True)
+
+
+def classify(exc: LanewayError, *, now: float) -> Verdict:
+    """What ``exc``, raised by one attempt, means (``now``: the wall clock, for a Retry-After
+    given as an HTTP date).
+
+    Retryable (DESIGN.md): connect errors, timeouts, broken streams, answers laneway cannot read,
+    408, 409, 429, 5xx, 529; a 404 (laneway chose the lane because its inventory said the backend
+    serves the model: a 404 means the inventory is stale, not that the client asked for something
+    wrong); a refused credential (it is laneway's, not the client's: another backend's may serve);
+    a busy pool. Not retryable: the client's fault (other 4xx), and laneway's own errors. A
+    transport failure is never an auth failure, whatever its message says.
+    """
+    if isinstance(exc, UpstreamStatusError):
+        return _status_verdict(exc, now)
+    if isinstance(exc, TransportError):
+        return _BROKEN
+    if isinstance(exc, UpstreamError):  # unreadable answers, a publisher gone: the backend failed
+        return _REFUSED if _BAD_CREDENTIALS.search(exc.message) else _BROKEN
+    if isinstance(exc, QueueFull | QueueTimeout):
+        return _BUSY
+    return _FINAL
+
+
+def _status_verdict(exc: UpstreamStatusError, now: float) -> Verdict:
+    s = exc.upstream_status
+    if s in _AUTH_STATUSES or _BAD_CREDENTIALS.search(exc.message):
+        return _REFUSED
+    if s == 404:
+        return _STALE
+    if s == 429:
+        return Verdict(retryable=True, rate_limited=True, retry_after=_asked(exc, now))
+    if s >= 500:
+        wait = _asked(exc, now) if s in _UNAVAILABLE else None
+        if wait is not None:
+            return Verdict(retryable=True, unavailable=True, retry_after=wait)
+        return _BROKEN
+    if s in _UNHEALTHY_4XX:
+        return _BROKEN
+    return _FINAL
+
+
+def _asked(exc: UpstreamStatusError, now: float) -> float | None:
+    """Seconds the answer's Retry-After asked for (a date in the past: 0), or None."""
+    at = retry_at(exc.upstream_headers, now)
+    return None if at is None else max(0.0, at - now)

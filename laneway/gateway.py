@@ -1,6 +1,8 @@
 """The composition root: builds every component from one ``Settings`` and owns their lifetimes.
 
-The API and the CLI get a ``Gateway``; nothing below it knows it exists.
+``Gateway.open`` opens the stores, wires the components and starts them; the API and the CLI get
+the open ``Gateway`` (every part of it there) and ``aclose`` it. Nothing below it knows it exists.
+``laneway models`` reuses the inventory's side of the wiring (``build_reconciler``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,14 @@ from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
-from laneway.errors import NoLaneAvailable, UpstreamError
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
-from laneway.inventory.reconcile import Reconciler
+from laneway.inventory.reconcile import Declared, Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
-from laneway.providers.base import Provider
 from laneway.providers.registry import build_provider
+from laneway.routing.backends import AllBackends
 from laneway.routing.breaker import Breakers
 from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
@@ -47,107 +48,16 @@ class GatewayOptions:
     schedule: bool = True
 
 
-@dataclass
-class Gateway:
-    settings: Settings
-    clock: Clock = field(default_factory=SystemClock)
-    options: GatewayOptions = field(default_factory=GatewayOptions)
+class DeclaredBackends:
+    """The declared state: the config file's backends, plus those declared in the database (the
+    config file wins a name both declare, and says so once)."""
 
-    def __post_init__(self) -> None:
-        self.inventory = Inventory()
-        self.keys = KeyRing(open_access=self.settings.auth.open)
-        self._config_keys, self._admin_keys, self._grants = config_key_hashes(
-            self.settings.auth.keys, self.settings.source
-        )
-        self.db: Database | None = None
-        self.runtime: KeyValueStore | None = None
-        self.reconciler: Reconciler | None = None
-        self.signals: Signals | None = None
-        self.pools = PoolRegistry(self.clock)
-        self.breakers = Breakers(self.clock, self.settings.routing.breaker, self.inventory)
-        self.failovers = FailoverLog(self.settings.routing.failover_records)
-        self.usage: UsageRecorder | None = None
-        self.router: Router | None = None
-        self.fleet: Fleet | None = None
-        self.key_reloader: KeyReloader | None = None
-        self.ready = False
-        # Stopping: no new client requests, those in flight finish (laneway.api.drain).
-        self.draining = False
-        self._tasks: list[asyncio.Task[None]] = []
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
         self._shadowed: set[str] = set()  # in both the config and the database: warned about once
-        self._names: frozenset[str] = frozenset()  # the declared backends, as of the last change
 
-    @property
-    def backends(self) -> dict[str, BackendConfig]:
-        return self.reconciler.configs if self.reconciler else {}
-
-    @property
-    def providers(self) -> dict[str, Provider]:
-        return self.reconciler.providers if self.reconciler else {}
-
-    async def start(self) -> None:
-        settings = self.settings
-        log_storage(settings)
-        self.db = await Database.open(settings.storage.resolved_database_url())
-        self.usage = UsageRecorder(self.db.usage.add_many, self.clock)
-        self.runtime, cache_store = open_stores(
-            settings.storage.runtime_url, settings.storage.data_dir, self.clock
-        )
-        self.signals = Signals(cache_store, self.clock, settings.signals)
-        await self.signals.load()
-        self.fleet = Fleet(
-            self.inventory,
-            self.clock,
-            settings,
-            declared=lambda: self.reconciler.refreshers.keys() if self.reconciler else (),
-            serves_declared=lambda model: self.reconciler is not None and self.reconciler.serves(model),
-            pools=self.pools,
-        )
-        inv = settings.inventory
-        ctx = RefreshContext(
-            inventory=self.inventory,
-            cooldowns=AuthCooldowns(self.runtime, self.clock, ttl=inv.auth_cooldown),
-            cache=ModelListCache(cache_store, ttl=inv.model_cache_ttl),
-            clock=self.clock,
-            settings=inv,
-        )
-        self.reconciler = Reconciler(
-            ctx,
-            declared=self.declared_backends,
-            build_provider=build_provider,
-            on_change=self._rebuild_routes,
-        )
-        await self.reconciler.sync_declared()
-        validate_routes(settings, extra_backends=frozenset(self.reconciler.refreshers))
-        for warning in route_warnings(settings, frozenset(self.reconciler.refreshers)):
-            log.warning(warning)
-        self._rebuild_routes(frozenset(self.reconciler.refreshers))
-        self.key_reloader = KeyReloader(
-            self.db,
-            self.keys,
-            self.fleet.tokens,
-            (self._config_keys, self._admin_keys, self._grants),
-            self.clock,
-            interval=self.options.key_reload_interval,
-            on_reload=self.fleet.cut_off,
-        )
-        await self.reload_keys()
-        await self.reconciler.cycle()
-        self._tasks = [
-            asyncio.create_task(self.key_reloader.run(), name="key-reload"),
-            asyncio.create_task(self.usage.run(), name="usage"),
-        ]
-        if self.options.schedule:
-            self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconcile"))
-            self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
-            self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
-        self.ready = True
-        log.info("laneway ready: %d backends, %d lanes", len(self.backends), len(self.inventory))
-
-    async def declared_backends(self) -> dict[str, BackendConfig]:
-        """The declared state: the config file's backends, plus those declared in the database
-        (the config file wins a name both declare)."""
-        assert self.db is not None
+    async def __call__(self) -> dict[str, BackendConfig]:
         declared = dict(self.settings.backends)
         for stored in await self.db.backends.list():
             if stored.name in declared:
@@ -161,9 +71,187 @@ class Gateway:
             declared[stored.name] = stored.config
         return declared
 
+
+def build_reconciler(
+    settings: Settings,
+    *,
+    inventory: Inventory,
+    runtime: KeyValueStore,
+    cache: KeyValueStore,
+    clock: Clock,
+    declared: Declared,
+) -> Reconciler:
+    """The inventory's side of the wiring: refreshers of the ``declared`` backends writing to
+    ``inventory``, cooldowns in ``runtime``, model lists cached in ``cache``. The gateway's, and
+    ``laneway models``' (one cycle, in memory)."""
+    inv = settings.inventory
+    ctx = RefreshContext(
+        inventory=inventory,
+        cooldowns=AuthCooldowns(runtime, clock, ttl=inv.auth_cooldown),
+        cache=ModelListCache(cache, ttl=inv.model_cache_ttl),
+        clock=clock,
+        settings=inv,
+    )
+    return Reconciler(ctx, declared=declared, build_provider=build_provider)
+
+
+@dataclass(eq=False, kw_only=True)
+class Gateway:
+    """Every component of one running laneway, built and started by ``Gateway.open`` (nothing is
+    missing after it), stopped by ``aclose``."""
+
+    settings: Settings
+    clock: Clock
+    options: GatewayOptions
+    db: Database
+    runtime: KeyValueStore
+    inventory: Inventory
+    keys: KeyRing
+    signals: Signals
+    usage: UsageRecorder
+    pools: PoolRegistry
+    breakers: Breakers
+    failovers: FailoverLog
+    reconciler: Reconciler
+    fleet: Fleet
+    router: Router
+    key_reloader: KeyReloader
+    ready: bool = False  # started, and not closing
+    draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _names: frozenset[str] = frozenset()  # the declared backends, as of the last change
+    _closed: bool = False
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, *, clock: Clock | None = None, options: GatewayOptions | None = None
+    ) -> Gateway:
+        """Open the stores, build every component and start them: the declared backends are read
+        and refreshed once, keys loaded, the background loops running. A failure closes what was
+        opened and raises."""
+        clock = clock or SystemClock()
+        log_storage(settings)
+        db = await Database.open(settings.storage.resolved_database_url())
+        try:
+            runtime, cache = open_stores(settings.storage.runtime_url, settings.storage.data_dir, clock)
+        except BaseException:
+            await db.aclose()
+            raise
+        gateway = cls._assemble(settings, clock, options or GatewayOptions(), db, runtime, cache)
+        try:
+            await gateway._start()
+        except BaseException:
+            await gateway.aclose()
+            raise
+        return gateway
+
+    @classmethod
+    def _assemble(
+        cls,
+        settings: Settings,
+        clock: Clock,
+        options: GatewayOptions,
+        db: Database,
+        runtime: KeyValueStore,
+        cache: KeyValueStore,
+    ) -> Gateway:
+        """Build the components on the opened stores (no I/O)."""
+        inventory = Inventory()
+        keys = KeyRing(open_access=settings.auth.open)
+        pools = PoolRegistry(clock)
+        signals = Signals(cache, clock, settings.signals)
+        usage = UsageRecorder(db.usage.add_many, clock)
+        reconciler = build_reconciler(
+            settings,
+            inventory=inventory,
+            runtime=runtime,
+            cache=cache,
+            clock=clock,
+            declared=DeclaredBackends(settings, db),
+        )
+        fleet = Fleet(
+            inventory,
+            clock,
+            settings,
+            declared=reconciler.refreshers.keys,
+            serves_declared=reconciler.serves,
+            pools=pools,
+        )
+        routing = settings.routing
+        breakers = Breakers(clock, routing.breaker, inventory)
+        failovers = FailoverLog(routing.failover_records)
+        router = Router(
+            Resolver(inventory, {}, frozenset()),  # the routes are parsed once backends are known
+            ChainMap(reconciler.providers, fleet.providers),
+            backends=AllBackends(reconciler, fleet),
+            signals=signals,
+            pools=pools,
+            breakers=breakers,
+            failovers=failovers,
+            usage=usage,
+            settings=routing,
+            clock=clock,
+            seed=routing.seed if routing.seed is not None else random.SystemRandom().randrange(2**63),
+        )
+        key_reloader = KeyReloader(
+            db,
+            keys,
+            fleet.tokens,
+            config_key_hashes(settings.auth.keys, settings.source),
+            clock,
+            interval=options.key_reload_interval,
+            on_reload=fleet.cut_off,
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            options=options,
+            db=db,
+            runtime=runtime,
+            inventory=inventory,
+            keys=keys,
+            signals=signals,
+            usage=usage,
+            pools=pools,
+            breakers=breakers,
+            failovers=failovers,
+            reconciler=reconciler,
+            fleet=fleet,
+            router=router,
+            key_reloader=key_reloader,
+        )
+
+    async def _start(self) -> None:
+        await self.signals.load()
+        reconciler = self.reconciler
+        reconciler.on_change = self._rebuild_routes
+        await reconciler.sync_declared()
+        names = frozenset(reconciler.refreshers)
+        validate_routes(self.settings, extra_backends=names)
+        for warning in route_warnings(self.settings, names):
+            log.warning(warning)
+        self._rebuild_routes(names)
+        await self.reload_keys()
+        await reconciler.cycle()
+        self._tasks = [
+            asyncio.create_task(self.key_reloader.run(), name="key-reload"),
+            asyncio.create_task(self.usage.run(), name="usage"),
+        ]
+        if self.options.schedule:
+            self._tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
+            self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
+            self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
+        self.ready = True
+        log.info("laneway ready: %d backends, %d lanes", len(reconciler.refreshers), len(self.inventory))
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     def _probe_targets(self) -> dict[str, tuple[str, Probe]]:
         """The backends whose signals come from probing: local ones (cloud ones: from traffic)."""
-        assert self.reconciler is not None
         return {
             name: (refresher.provider.family, refresher.provider.probe)
             for name, refresher in self.reconciler.refreshers.items()
@@ -174,95 +262,33 @@ class Gateway:
     def _rebuild_routes(self, names: frozenset[str]) -> None:
         """Selectors read ``backend/model`` against the declared backend names: re-parse them when
         the set of backends changes."""
-        assert self.reconciler is not None
-        assert self.fleet is not None
-        resolver = Resolver(self.inventory, parse_routes(self.settings, names), names)
+        self.router.resolver = Resolver(self.inventory, parse_routes(self.settings, names), names)
         for gone in self._names - names:
             self.pools.remove_backend(gone)
         self._names = names
-        if self.router is None:
-            routing = self.settings.routing
-            self.router = Router(
-                resolver,
-                ChainMap(self.reconciler.providers, self.fleet.providers),
-                backends=AllBackends(self.reconciler, self.fleet),
-                signals=self.signals,
-                pools=self.pools,
-                breakers=self.breakers,
-                failovers=self.failovers,
-                usage=self.usage,
-                settings=routing,
-                clock=self.clock,
-                seed=routing.seed if routing.seed is not None else random.SystemRandom().randrange(2**63),
-            )
-        else:
-            self.router.resolver = resolver
 
     async def reload_keys(self) -> None:
         """Client keys and publisher tokens from the database (``laneway.auth.reload``); a revoked
         publisher token's sessions are cut off: their control streams close, their lanes go inactive."""
-        assert self.key_reloader is not None
         await self.key_reloader.reload()
 
     async def aclose(self) -> None:
-        self.ready = False
+        """Stop the background loops, then close the components in the order their work needs:
+        publishers, the last usage batch and signals before the stores they go to. Idempotent."""
+        if self._closed:
+            return
+        self._closed, self.ready = True, False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.fleet is not None:
-            await self.fleet.aclose()  # ends the publishers' control streams
-        if self.usage is not None:
-            await self.usage.aclose()  # the last batch, before the database goes
-        if self.signals is not None:
-            await self.signals.aclose()  # persists what the last requests taught
-        if self.reconciler is not None:
-            await self.reconciler.aclose()
-        if self.runtime is not None:
-            await self.runtime.aclose()
-        if self.db is not None:
-            await self.db.aclose()
-
-
-class AllBackends:
-    """What the router asks of the backends: the declared ones (the reconciler) and the
-    publishers' (the fleet). A publisher's lanes are scoped by its token when it registers, and a
-    404 or 401 from one is about its own machine: neither marks lanes stale nor starts a cooldown."""
-
-    def __init__(self, reconciler: Reconciler, fleet: Fleet) -> None:
-        self.reconciler = reconciler
-        self.fleet = fleet
-
-    def config(self, backend: str) -> BackendConfig | None:
-        return self.reconciler.config(backend) or self.fleet.config(backend)
-
-    def allows(self, backend: str, model: str) -> bool:
-        if backend not in self.reconciler.refreshers and self.fleet.is_virtual(backend):
-            # A published lane never takes a declared backend's model, unless its token may.
-            return self.fleet.may_join(backend) or not self.reconciler.serves(model)
-        return self.reconciler.allows(backend, model)
-
-    def unavailable(self, name: str) -> NoLaneAvailable | None:
-        return self.reconciler.unavailable(name)
-
-    def cooldown_left(self, backend: str) -> float:
-        refresher = self.reconciler.refreshers.get(backend)
-        until = refresher.status.cooldown_until if refresher is not None else None
-        return max(0.0, until - self.reconciler.ctx.clock.now()) if until is not None else 0.0
-
-    async def refresh_local(self) -> bool:
-        return await self.reconciler.refresh_local()
-
-    async def credential_refused(self, backend: str, exc: UpstreamError) -> None:
-        await self.reconciler.credential_refused(backend, exc)
-
-    def lane_stale(self, lane_id: str) -> None:
-        lane = self.reconciler.ctx.inventory.get(lane_id)
-        if lane is not None and self.fleet.is_virtual(lane.backend):
-            log.warning("publisher answered 404 for its own lane", extra={"lane": lane_id})
-            return
-        self.reconciler.lane_stale(lane_id)
+        await self.fleet.aclose()  # ends the publishers' control streams
+        await self.usage.aclose()  # the last batch, before the database goes
+        await self.signals.aclose()  # persists what the last requests taught
+        await self.reconciler.aclose()
+        await self.runtime.aclose()
+        await self.db.aclose()
 
 
 def log_storage(settings: Settings) -> None:

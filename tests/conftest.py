@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from laneway.api.app import build_app
+from laneway.api.app import GatewayApp
 from laneway.api.edge import EdgeStats
 from laneway.config import settings_from_data
 from laneway.gateway import Gateway, GatewayOptions
@@ -106,11 +106,13 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
         config.setdefault("storage", {"data_dir": str(tmp_path / f"gw-{len(threads)}")})
         settings = settings_from_data(config, source="test-config.yaml")
         options = options or GatewayOptions(schedule=False, key_reload_interval=3600)
-        gateway = Gateway(settings, options=options)
         stats = EdgeStats()  # as `laneway serve` serves it: under its limits, their cuts in /metrics
-        thread = ServerThread(build_app(gateway, edge=stats), edge=settings.server, edge_stats=stats)
+        # Opened on the server's own loop, when it starts.
+        app = GatewayApp(lambda: Gateway.open(settings, options=options), edge=stats)
+        thread = ServerThread(app, edge=settings.server, edge_stats=stats)
         threads.append(thread)
-        return RunningGateway(thread.start(), CLIENT_KEY, gateway, sims or {}, thread.edge_stats)
+        url = thread.start()
+        return RunningGateway(url, CLIENT_KEY, app.gateway, sims or {}, thread.edge_stats)
 
     yield start
     for thread in threads:

@@ -23,6 +23,7 @@ from laneway.errors import (
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamStatusError,
+    classify,
 )
 from laneway.providers.anthropic import AnthropicProvider
 from laneway.providers.base import Call, ReplyStream
@@ -244,7 +245,7 @@ async def test_ollama_behind_an_authenticating_proxy() -> None:
         async with provider("ollama", url, api_key="wrong") as ollama:
             with pytest.raises(UpstreamStatusError) as exc:
                 await ollama.chat(chat_call("llama3.2:3b", USER))
-    assert exc.value.is_auth_failure
+    assert classify(exc.value, now=0.0).auth_failure
 
 
 async def test_ollama_dropped_stream_is_broken() -> None:
@@ -369,7 +370,7 @@ async def test_anthropic_wrong_key_is_an_auth_failure() -> None:
         async with provider("anthropic", url, api_key="wrong") as claude:
             with pytest.raises(UpstreamStatusError) as exc:
                 await claude.list_models()
-            assert exc.value.is_auth_failure
+            assert classify(exc.value, now=0.0).auth_failure
             with pytest.raises(UpstreamStatusError) as exc:
                 await claude.stream_chat(chat_call("claude-sonnet-4-6", USER))
             assert exc.value.upstream_status == 401
@@ -381,7 +382,7 @@ async def test_anthropic_overloaded_is_retryable() -> None:
             with pytest.raises(UpstreamStatusError) as exc:
                 await claude.chat(chat_call("claude-sonnet-4-6", USER))
     assert exc.value.upstream_status == 529
-    assert exc.value.retryable
+    assert classify(exc.value, now=0.0).retryable
 
 
 async def test_anthropic_dropped_stream_is_broken() -> None:

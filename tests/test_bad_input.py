@@ -334,8 +334,7 @@ async def test_selectors_that_match_no_backend_are_warned_about_at_start(
     async with await Database.open(settings.storage.resolved_database_url()) as db:
         await db.backends.add("added-later", BackendConfig(provider="ollama", base_url="http://127.0.0.1:9"))
     caplog.set_level("WARNING", logger="laneway")
-    gateway = Gateway(settings, options=GatewayOptions(schedule=False, key_reload_interval=3600))
-    await gateway.start()
+    gateway = await Gateway.open(settings, options=GatewayOptions(schedule=False, key_reload_interval=3600))
     try:
         warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("config warning")]
     finally:

@@ -21,7 +21,7 @@ import yaml
 from laneway.cli.signals import format_ms, format_quota
 from laneway.clock import SystemClock
 from laneway.config.schema import SignalsConfig
-from laneway.errors import UpstreamConnectError
+from laneway.errors import UpstreamConnectError, classify
 from laneway.gateway import GatewayOptions
 from laneway.signals.headers import Quota
 from laneway.signals.store import PREFIX, Signals
@@ -140,7 +140,8 @@ async def test_signals_written_by_a_gateway_that_is_gone(tmp_path: Path) -> None
     signals.success("oai", "openai", lane, spent, 0.120)
     signals.first_byte("oai", lane, 0.0042)
     refused = "cannot connect to http://127.0.0.1:11434: connection refused " + "x" * 80
-    signals.failure("gpu-1", "ollama", None, UpstreamConnectError(refused, backend="gpu-1"))
+    unreachable = UpstreamConnectError(refused, backend="gpu-1")
+    signals.failure("gpu-1", "ollama", None, unreachable, classify(unreachable, now=clock.now()))
     assert await signals.flush() == 2
     config_file = write_config(tmp_path / "laneway.yaml", {"storage": {"data_dir": str(tmp_path / "data")}})
 
@@ -233,7 +234,7 @@ def test_two_configs_without_a_data_dir_keep_their_state_apart(
 ) -> None:
     """Neither config sets storage.data_dir, and both files are called laneway.yaml: each instance
     still gets a folder of its own, and ``signals -c B`` does not list A's backends."""
-    from laneway.api.app import build_app
+    from laneway.api.app import GatewayApp
     from laneway.config import load_settings
     from laneway.gateway import Gateway
     from laneway.testing import ServerThread
@@ -253,8 +254,8 @@ def test_two_configs_without_a_data_dir_keep_their_state_apart(
     assert load_settings(a).storage.data_dir == dir_a  # the same file, the same folder, every time
 
     caplog.set_level("INFO", logger="laneway")
-    gateway = Gateway(load_settings(a), options=GatewayOptions(schedule=False, key_reload_interval=3600))
-    server = ServerThread(build_app(gateway))
+    options = GatewayOptions(schedule=False, key_reload_interval=3600)
+    server = ServerThread(GatewayApp(lambda: Gateway.open(load_settings(a), options=options)))
     url = server.start()
     try:
         with openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:

@@ -283,12 +283,11 @@ async def test_a_database_outage_is_one_warning_not_a_traceback_per_interval(
     url = doomed_database
     if True:
         data = {"storage": {"data_dir": str(tmp_path), "database_url": url}, "auth": KEYS}
-        gateway = Gateway(
+        gateway = await Gateway.open(
             settings_from_data(data, source="test.yaml"),
-            clock,
-            GatewayOptions(schedule=False, key_reload_interval=5),
+            clock=clock,
+            options=GatewayOptions(schedule=False, key_reload_interval=5),
         )
-        await gateway.start()
         try:
             conn = await asyncpg.connect(PG_ADMIN_DSN)  # the database goes from under the gateway
             try:

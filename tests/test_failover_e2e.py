@@ -23,7 +23,7 @@ from laneway.inventory.lanes import compose_lane_id
 from laneway.operations import Operation
 from laneway.providers.base import Reply
 from laneway.routing.dispatch import Served
-from laneway.routing.failover import RequestInfo, attribution_of
+from laneway.routing.failover import RequestInfo
 from tests.conftest import CLIENT_KEY, RunningGateway, Sim
 
 pytestmark = pytest.mark.anyio
@@ -196,7 +196,8 @@ async def test_every_lane_answering_429_is_a_429_with_retry_after(
 ) -> None:
     for sim in pair.values():
         sim.options.fail_status = 429  # the sim says retry-after: 1
-    gw = gateway_factory(config(pair), pair)
+    # Not worth waiting for here (a wait laneway may take is the test after this one).
+    gw = gateway_factory(config(pair, routing={"retry_wait": 0}), pair)
     async with client(gw, ADMIN_KEY) as c:  # an admin key's errors name the lane
         with pytest.raises(openai.RateLimitError) as refused:
             await c.chat.completions.create(model="r", messages=CHAT)
@@ -251,6 +252,32 @@ async def test_every_lane_exhausted_429_carries_attribution(
     error = exhausted.value.response.json()["error"]
     assert error["laneway"]["caller"] == "tests"
     assert error["laneway"]["request_id"] == "req-exhausted"
+
+
+# -- a refused credential -----------------------------------------------------------------------------
+
+
+async def test_a_credential_refused_by_one_backend_fails_over_and_cools_that_credential_down(
+    gateway_factory: Any, pair: dict[str, Sim]
+) -> None:
+    gw = gateway_factory(config(pair), pair)
+    pair["first"].options.api_key = "rotated-upstream"  # the first now refuses laneway's (lack of a) key
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="r", messages=CHAT)
+        assert (raw.headers["x-laneway-lane"], raw.headers["x-laneway-attempts"]) == (lane("second"), "2")
+        again = await c.chat.completions.with_raw_response.create(model="r", messages=CHAT)
+        assert (again.headers["x-laneway-lane"], again.headers["x-laneway-attempts"]) == (lane("second"), "1")
+    assert pair["first"].stats.requests_by_path["/v1/chat/completions"] == 1  # cooling down: not asked again
+    (first,) = [st for st in (await admin(gw, "/admin/backends"))["backends"] if st["name"] == "first"]
+    assert first["cooldown_until"] is not None
+    lanes = (await admin(gw, "/admin/lanes?backend=first"))["lanes"]
+    assert {ln["health"] for ln in lanes} == {"denied"}
+    record = (await admin(gw, "/admin/failovers"))["failovers"][0]
+    assert [(a["lane"], a["status"], a["outcome"]) for a in record["attempts"]] == [
+        (lane("first"), 401, "failed"),
+        (lane("second"), None, "served"),
+    ]
+    assert (await admin(gw, "/admin/breakers"))["breakers"] == {}  # the cooldown's, not the breaker's
 
 
 # -- a 404 for the lane's model: the lane is stale --------------------------------------------------
@@ -379,6 +406,26 @@ async def test_a_stream_broken_after_its_first_bytes_ends_with_an_error_event(
     assert (await admin(gw, "/admin/failovers"))["failovers"] == []
 
 
+async def test_streams_broken_after_their_first_bytes_count_against_the_lanes_breaker(
+    gateway_factory: Any, pair: dict[str, Sim]
+) -> None:
+    pair["first"].options.drop_after_chunks = 2
+    pair["first"].options.tokens_per_second = 2  # the break comes after the first bytes
+    gw = gateway_factory(
+        config(pair, routing={"breaker": {"failures": 2, "window": 60, "cooldown": 30}}), pair
+    )
+    async with client(gw) as c:
+        for _ in range(2):
+            stream = await c.chat.completions.create(model="r", messages=CHAT, stream=True)
+            with pytest.raises(openai.APIError):
+                await drain(stream)
+        breakers = (await admin(gw, "/admin/breakers"))["breakers"]
+        assert breakers[lane("first")]["state"] == "open"  # out of rotation, like failed calls
+        raw = await c.chat.completions.with_raw_response.create(model="r", messages=CHAT)
+        assert (raw.headers["x-laneway-lane"], raw.headers["x-laneway-attempts"]) == (lane("second"), "1")
+    assert pair["first"].stats.streams_dropped == 2
+
+
 async def test_a_mid_stream_error_event_carries_attribution(
     gateway_factory: Any, pair: dict[str, Sim]
 ) -> None:
@@ -485,7 +532,6 @@ class BreakerBench:
 
     async def send(self, model: str = "r") -> Served[Reply]:
         router = self.gateway.router
-        assert router is not None
         self.requests += 1
         body = {"model": model, "messages": CHAT}
         info = RequestInfo("tests", f"req-{self.requests}")
@@ -506,16 +552,12 @@ async def breakers(sim_factory: Any, tmp_path: Path) -> Any:
     data = config(pair, routing={"breaker": {"failures": 2, "window": 60, "cooldown": 30}})
     data["storage"] = {"data_dir": str(tmp_path / "gw")}
     clock = ManualClock()
-    gateway = Gateway(
+    async with await Gateway.open(
         settings_from_data(data, source="test-config.yaml"),
         clock=clock,
         options=GatewayOptions(schedule=False, key_reload_interval=3600),
-    )
-    await gateway.start()
-    try:
+    ) as gateway:
         yield BreakerBench(gateway, clock, pair)
-    finally:
-        await gateway.aclose()
 
 
 async def test_breaker_schedule_half_open_trial_success_closes(breakers: BreakerBench) -> None:
@@ -629,7 +671,7 @@ async def test_error_attribution_names_the_lane_that_failed_not_one_skipped(brea
             (lane("first"), "failed"),
             (lane("second"), "skipped"),
         ]
-        attribution = attribution_of(failed.value)
+        attribution = failed.value.attribution
         assert attribution is not None
         assert (attribution.lane, attribution.attempt) == (lane("first"), 1)
     finally:

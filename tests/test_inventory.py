@@ -13,21 +13,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from laneway.clock import ManualClock
+from laneway.clock import Clock, ManualClock
 from laneway.config.schema import BackendConfig, InventoryConfig
-from laneway.errors import NoLaneAvailable, PermissionDenied, UpstreamStatusError, UpstreamTimeout
-from laneway.inventory.cooldown import AuthCooldowns, is_auth_failure
+from laneway.errors import NoLaneAvailable, PermissionDenied
+from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.lanes import Health, InvalidLaneId, Lane, compose_lane_id, parse_lane_id
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
+from laneway.operations import Operation
 from laneway.providers.registry import build_provider
-from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
-from laneway.storage import FileStore, MemoryStore
+from laneway.routing.standalone import standalone_router
+from laneway.storage import FileStore, KeyValueStore, MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -51,15 +53,20 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(backends: dict[str, dict[str, Any]], cache_dir: Path, **inventory: Any) -> AsyncIterator[Rig]:
-    """A reconciler over ``backends`` with a manual clock, cooldowns in memory and the model-list
-    cache in ``cache_dir`` (as the embedded default keeps it)."""
+async def rig(
+    backends: dict[str, dict[str, Any]],
+    cache_dir: Path,
+    runtime: Callable[[ManualClock], KeyValueStore] = MemoryStore,
+    **inventory: Any,
+) -> AsyncIterator[Rig]:
+    """A reconciler over ``backends`` with a manual clock, cooldowns in ``runtime`` (memory) and
+    the model-list cache in ``cache_dir`` (as the embedded default keeps it)."""
     clock = ManualClock()
     settings = InventoryConfig(**inventory)
     declared = {name: BackendConfig(**cfg) for name, cfg in backends.items()}
     ctx = RefreshContext(
         inventory=Inventory(),
-        cooldowns=AuthCooldowns(MemoryStore(clock), clock, ttl=settings.auth_cooldown),
+        cooldowns=AuthCooldowns(runtime(clock), clock, ttl=settings.auth_cooldown),
         cache=ModelListCache(FileStore(cache_dir, clock), ttl=settings.model_cache_ttl),
         clock=clock,
         settings=settings,
@@ -206,6 +213,42 @@ async def test_a_model_added_upstream_appears_within_one_interval_and_a_removed_
             await asyncio.wait((runner,))
 
 
+async def test_a_cloud_backend_whose_first_model_list_failed_gets_lanes_at_the_first_retry_that_works(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = sim_factory(family="openai", fail_metadata_paths=["/v1/models"])  # a 500 at start-up
+    async with rig({"oai": {"provider": "openai", "base_url": sim.url}}, tmp_path) as r:
+
+        def fetches() -> int:
+            return int(sim.stats.requests_by_path.get("/v1/models", 0))
+
+        async def failed(times: int) -> None:
+            await eventually(lambda: r.status("oai").failures == times, f"refresh {times} to fail")
+            await asyncio.sleep(0.05)  # and the schedule to take note (no I/O: a few loop turns)
+
+        runner = asyncio.create_task(r.reconciler.run())
+        try:
+            await failed(1)
+            assert r.models() == set()
+            r.clock.advance(1)  # retry_backoff: the first retry, long before the 60 s interval
+            await failed(2)
+            r.clock.advance(1)  # the second retry waits twice as long
+            await asyncio.sleep(0.05)
+            assert fetches() == 2
+            sim.options.fail_metadata_paths = []  # the upstream is back
+            r.clock.advance(1)
+            await eventually(lambda: r.models() == {"gpt-4o-mini", "text-embedding-3-small"}, "the lanes")
+            assert fetches() == 3
+            assert r.status("oai").failures == 0
+            await asyncio.sleep(0.05)
+            r.clock.advance(59)  # back to the interval once it answers
+            await asyncio.sleep(0.05)
+            assert fetches() == 3
+        finally:
+            runner.cancel()
+            await asyncio.wait((runner,))
+
+
 async def test_a_failing_or_empty_refresh_never_empties_the_inventory(
     sim_factory: Any, tmp_path: Path
 ) -> None:
@@ -276,17 +319,38 @@ async def test_fifty_backends_five_hanging_reconcile_within_one_deadline(
 # -- auth cooldown ------------------------------------------------------------------------------
 
 
-def test_what_counts_as_an_auth_failure() -> None:
-    def status(code: int, message: str = "nope") -> UpstreamStatusError:
-        return UpstreamStatusError(message, backend="b", upstream_status=code)
+class HangingWrites(MemoryStore):
+    """A runtime store whose writes never return (a Redis that hangs mid-command); reads answer."""
 
-    assert is_auth_failure(status(401))
-    assert is_auth_failure(status(403))
-    assert is_auth_failure(status(400, "backend 'b' answered 400: Invalid API Key provided"))
-    assert is_auth_failure(status(500, "upstream said: invalid credentials"))
-    assert not is_auth_failure(status(500, "internal error"))
-    assert not is_auth_failure(status(429, "rate limited"))
-    assert not is_auth_failure(UpstreamTimeout("backend 'b' timed out (unauthorized?)", backend="b"))
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.writes = 0
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.writes += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_cooldown_write_that_hangs_never_holds_the_request(sim_factory: Any, tmp_path: Path) -> None:
+    refusing, serving = sim_factory(family="openai"), sim_factory(family="openai")
+    backends = {
+        "refusing": {"provider": "openai", "base_url": refusing.url, "weight": 1000},
+        "serving": {"provider": "openai", "base_url": serving.url},
+    }
+    async with rig(backends, tmp_path, runtime=HangingWrites) as r:
+        await r.reconciler.cycle()
+        refusing.options.api_key = "rotated-upstream"  # from now on it refuses laneway's calls
+        router = standalone_router(r.resolver(), r.reconciler, r.clock)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        # A bound on waiting (the request would hang for good behind the write), not a timing.
+        served = await asyncio.wait_for(router.send(Operation.CHAT, body, orjson.dumps(body)), 10)
+        assert (served.lane.backend, served.attempts) == ("serving", 2)
+        store = r.reconciler.ctx.cooldowns.store
+        assert isinstance(store, HangingWrites)
+        assert store.writes == 1  # the write was started, and still hangs
+        assert r.status("refusing").cooldown_until == r.clock.now() + 300  # in effect all the same
+        assert {ln.health for ln in r.inventory.by_backend("refusing")} == {Health.DENIED}
+    # ... and closing the reconciler ended the hung write instead of waiting for it
 
 
 @pytest.mark.parametrize("refusal", ["wrong-key", "forbidden"])
@@ -412,7 +476,7 @@ async def test_policy_applies_at_discovery_and_again_at_dispatch(sim_factory: An
         await r.reconciler.cycle()
         assert r.models() == {"llama3:8b"}
         assert r.status("gpu").excluded_models == ["qwen2.5:7b"]
-        router = Router(r.resolver(), r.reconciler.providers, backends=r.reconciler)
+        router = standalone_router(r.resolver(), r.reconciler, r.clock)
         assert await router.candidates("llama3:8b", "chat")
         # The policy tightens; until the next refresh the lane is still in the inventory, but
         # dispatch refuses it (fail closed).
@@ -504,7 +568,7 @@ async def test_an_unknown_model_refreshes_local_backends_once_debounced(
     }
     async with rig(backends, tmp_path) as r:
         await r.reconciler.cycle()
-        router = Router(r.resolver(), r.reconciler.providers, backends=r.reconciler)
+        router = standalone_router(r.resolver(), r.reconciler, r.clock)
         sim.options.models = ["llama3:8b", "new:1b"]
         tags, models = requests(sim, "/api/tags"), requests(cloud, "/v1/models")
         found = await asyncio.gather(*(router.candidates("new:1b", "chat") for _ in range(10)))

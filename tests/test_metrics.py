@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from laneway.api.app import build_app
 from laneway.config import settings_from_data
-from laneway.gateway import Gateway
+from laneway.gateway import Gateway, GatewayOptions
 from laneway.inventory.lanes import Health
 from laneway.signals.state import Status
 from tests.conftest import CLIENT_KEY, OPENAI_KEY, RunningGateway, Sim
@@ -207,12 +207,21 @@ async def test_a_refused_refresh_shows_as_error_and_cooldown(gw: RunningGateway)
     assert value(samples, "laneway_lanes", **oai, health="healthy") == 0
 
 
-def test_every_app_has_its_own_registry(tmp_path: Path) -> None:
+@pytest.mark.anyio
+async def test_every_app_has_its_own_registry(tmp_path: Path) -> None:
     """Two apps in one process do not clash, and nothing lands in prometheus_client's global
     registry (a second registration there would raise)."""
-    settings = settings_from_data({"storage": {"data_dir": str(tmp_path)}}, source="test-config.yaml")
-    build_app(Gateway(settings))
-    build_app(Gateway(settings))
+    settings = [
+        settings_from_data({"storage": {"data_dir": str(tmp_path / name)}}, source="test-config.yaml")
+        for name in ("a", "b")
+    ]
+    options = GatewayOptions(schedule=False, key_reload_interval=3600)
+    async with (
+        await Gateway.open(settings[0], options=options) as a,
+        await Gateway.open(settings[1], options=options) as b,
+    ):
+        build_app(a)
+        build_app(b)
     names = {m.name for m in prometheus_client.REGISTRY.collect()}
     assert not any(name.startswith("laneway") for name in names)
 

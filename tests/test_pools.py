@@ -526,6 +526,24 @@ async def test_a_slot_is_a_context_manager(clock: ManualClock) -> None:
     assert repr(pool) == "<Pool gpu-1: 0 active, 0 queued>"
 
 
+@pytest.mark.anyio
+async def test_a_slot_handed_on_outlives_its_block_and_has_one_owner(clock: ManualClock) -> None:
+    pool = make_pool(clock)  # one slot
+    async with await pool.acquire("a") as slot:
+        kept = slot.hand_on()
+    assert repr(pool) == "<Pool gpu-1: 1 active, 0 queued>"  # the block's end freed nothing
+    slot.release()  # the spent handle frees nothing either
+    assert repr(pool) == "<Pool gpu-1: 1 active, 0 queued>"
+    with pytest.raises(RuntimeError):
+        slot.hand_on()
+    waiter = asyncio.create_task(pool.acquire("b"))
+    await asyncio.sleep(0)
+    assert repr(pool) == "<Pool gpu-1: 1 active, 1 queued>"
+    kept.release()  # the new owner's release is the one that counts
+    (await waiter).release()
+    assert repr(pool) == "<Pool gpu-1: 0 active, 0 queued>"
+
+
 def test_a_pool_refuses_impossible_settings(clock: ManualClock) -> None:
     with pytest.raises(ValueError, match="slot"):
         Pool("x", slots=0, queue_size=1, queue_timeout=1, clock=clock)

@@ -4,6 +4,8 @@ usage and stale-lane handling through a real gateway."""
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from laneway.config.schema import BreakerConfig
 from laneway.inventory.lanes import Health, Lane
 from laneway.inventory.store import Inventory
 from laneway.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breakers
-from laneway.routing.rank import Facts, rank
+from laneway.routing.rank import Facts, rank, spread
 from tests.conftest import CLIENT_KEY
 
 CHAT = [{"role": "user", "content": "hi"}]
@@ -73,6 +75,41 @@ def test_ranking_ties_are_broken_by_the_seed_deterministically() -> None:
     assert len(firsts) >= 5
 
 
+def test_equal_lanes_share_the_first_place_by_two_random_choices() -> None:
+    equal = [(f"lane-{i}", Facts(f"lane-{i}", 100, "available")) for i in range(3)]
+    rng = random.Random(7)
+    firsts = Counter(spread(equal, rng)[0] for _ in range(3000))
+    assert set(firsts) == {"lane-0", "lane-1", "lane-2"}
+    assert all(800 <= n <= 1200 for n in firsts.values()), firsts
+    assert spread(equal, random.Random(7)) == spread(equal, random.Random(7))  # one seed, one order
+    for seed in range(20):  # behind the first, the ranked order stands (for failover)
+        order = spread(equal, random.Random(seed))
+        assert order[1:] == sorted(order[1:])
+
+
+def firsts(ranked: list[tuple[str, Facts]]) -> set[str]:
+    """Every lane ``spread`` puts first, over twenty seeds."""
+    return {spread(ranked, random.Random(seed))[0] for seed in range(20)}
+
+
+def test_of_two_equals_drawn_the_less_loaded_goes_first() -> None:
+    def pair(a: Facts, b: Facts) -> set[str]:
+        return firsts([("a", a), ("b", b)])
+
+    assert pair(Facts("a", 100, queued=1), Facts("b", 100)) == {"b"}
+    assert pair(Facts("a", 100, busy=2 / 64), Facts("b", 100, busy=1 / 64)) == {"b"}
+    assert pair(Facts("a", 100, p50=0.5), Facts("b", 100, p50=0.2)) == {"b"}  # twice as slow: yields
+    # within twice the latency it is a tie, drawn at random: no lane starves behind noise
+    assert pair(Facts("a", 100, p50=0.3), Facts("b", 100, p50=0.2)) == {"a", "b"}
+    assert pair(Facts("a", 100, p50=None), Facts("b", 100, p50=0.2)) == {"a"}  # unmeasured counts as fast
+    # a lane nobody called yet is an equal of an available one (else it would never be called)
+    assert pair(Facts("a", 100, "available"), Facts("b", 100, "unknown")) == {"a", "b"}
+    # lanes that are not equals keep the ranked order
+    assert pair(Facts("a", 200), Facts("b", 100)) == {"a"}
+    assert pair(Facts("a", 100, "available"), Facts("b", 100, "degraded")) == {"a"}
+    assert pair(Facts("a", 100, group=0), Facts("b", 100, group=1)) == {"a"}
+
+
 # -- breakers ------------------------------------------------------------------------------------------
 
 
@@ -114,6 +151,19 @@ def test_a_breaker_opens_on_failures_in_the_window_then_half_opens_and_closes_on
     breakers.success(lane)
     assert breakers.get(lane) is None
     assert inventory.get(lane).health == Health.HEALTHY  # type: ignore[union-attr]
+
+
+def test_a_breaker_counts_failures_in_its_window_successes_in_between_or_not() -> None:
+    breakers, inventory, clock, lane = breakers_with_lane()  # 3 failures in 60 s open it
+    for _ in range(2):  # a lane that fails one call in two
+        breakers.failure(lane)
+        clock.advance(10)
+        breakers.success(lane)
+        clock.advance(10)
+    assert breakers.get(lane).state == CLOSED  # type: ignore[union-attr]
+    breakers.failure(lane)  # the third within 60 s: the successes did not wipe the first two
+    assert breakers.get(lane).state == OPEN  # type: ignore[union-attr]
+    assert inventory.get(lane).health == Health.OPEN  # type: ignore[union-attr]
 
 
 def test_a_reopened_breaker_keeps_the_later_deadline() -> None:
@@ -224,6 +274,28 @@ async def test_served_requests_are_recorded_as_usage(gateway_factory: Any, sim_f
     assert rows[0]["lane"] == "local:ollama:gpu:chat:llama3%3A8b"
     assert rows[0]["prompt_tokens"] > 0
     assert rows[0]["completion_tokens"] > 0
+
+
+@pytest.mark.anyio
+async def test_three_equal_backends_of_one_model_share_its_load(
+    gateway_factory: Any, sim_factory: Any
+) -> None:
+    sims = {name: sim_factory(family="openai", models=["gpt-4o-mini"]) for name in ("a", "b", "c")}
+    backends = {name: {"provider": "openai", "base_url": sim.url} for name, sim in sims.items()}
+    gw = gateway_factory({"auth": ADMIN, "backends": backends, "routing": {"seed": 7}})
+    body = {"model": "gpt-4o-mini", "messages": CHAT}
+    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {CLIENT_KEY}"}) as session:
+
+        async def client(requests: int) -> None:
+            for _ in range(requests):
+                async with session.post(gw.v1 + "/chat/completions", json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+
+        await client(150)  # one at a time
+        await asyncio.gather(*(client(25) for _ in range(6)))  # and six at a time
+    served = {name: sim.stats.inference_requests for name, sim in sims.items()}
+    assert sum(served.values()) == 300
+    assert all(60 <= n <= 140 for n in served.values()), served  # a fair share is 100
 
 
 @pytest.mark.anyio

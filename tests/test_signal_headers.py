@@ -19,13 +19,13 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from laneway.clock import ManualClock
+from laneway.retry_after import parse_retry_after
 from laneway.signals.headers import (
     MAX_COUNT,
     Quota,
     RateLimits,
     parse_duration,
     parse_rate_limits,
-    parse_retry_after,
 )
 from laneway.sim.ratelimit import WINDOW, RateLimiter, Verdict
 

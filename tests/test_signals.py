@@ -17,7 +17,7 @@ import pytest
 
 from laneway.clock import ManualClock, SystemClock
 from laneway.config.schema import BackendConfig, InventoryConfig, SignalsConfig
-from laneway.errors import QuotaExhausted, StreamBroken, UpstreamStatusError, UpstreamTimeout
+from laneway.errors import QuotaExhausted, StreamBroken, UpstreamStatusError, UpstreamTimeout, classify
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Reconciler
@@ -28,6 +28,7 @@ from laneway.operations import Operation
 from laneway.providers.registry import build_provider
 from laneway.routing.dispatch import Router
 from laneway.routing.resolve import Resolver
+from laneway.routing.standalone import standalone_router
 from laneway.signals.headers import Quota, RateLimits
 from laneway.signals.state import BackendSignal, Status
 from laneway.signals.store import Signals
@@ -123,7 +124,7 @@ def test_a_429_exhausts_without_making_the_backend_degraded() -> None:
     signals = Signals(MemoryStore(clock), clock, SignalsConfig(exhausted_for=45))
     signals.success("b", "openai", "lane", {}, 0.1)
     limited = UpstreamStatusError("backend 'b' answered 429: slow down", backend="b", upstream_status=429)
-    signals.failure("b", "openai", "lane", limited)
+    signals.failure("b", "openai", "lane", limited, classify(limited, now=NOW))
     sig = signals.get("b")
     assert sig is not None
     assert signals.status("b") == Status.EXHAUSTED
@@ -131,9 +132,11 @@ def test_a_429_exhausts_without_making_the_backend_degraded() -> None:
     clock.advance(45)
     assert signals.status("b") == Status.AVAILABLE
     # a client's own mistake says nothing about the backend
-    signals.failure("b", "openai", "lane", UpstreamStatusError("400", backend="b", upstream_status=400))
+    fault = UpstreamStatusError("400", backend="b", upstream_status=400)
+    signals.failure("b", "openai", "lane", fault, classify(fault, now=NOW))
     assert signals.status("b") == Status.AVAILABLE
-    signals.failure("b", "openai", "lane", UpstreamTimeout("timed out", backend="b"))
+    timeout = UpstreamTimeout("timed out", backend="b")
+    signals.failure("b", "openai", "lane", timeout, classify(timeout, now=NOW))
     assert signals.status("b") == Status.DEGRADED
 
 
@@ -166,8 +169,8 @@ async def routed(
         await reconciler.sync_declared()
         await reconciler.cycle()
         signals = Signals(FileStore(tmp_path / "cache", clock), clock, SignalsConfig())
-        router = Router(
-            Resolver(ctx.inventory, {}, frozenset({"up"})), reconciler.providers, signals=signals, clock=clock
+        router = standalone_router(
+            Resolver(ctx.inventory, {}, frozenset({"up"})), reconciler, clock, signals=signals
         )
         try:
             yield router, signals, app

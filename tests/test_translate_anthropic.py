@@ -13,6 +13,7 @@ from laneway.errors import (
     UnsupportedParameter,
     UpstreamProtocolError,
     UpstreamStatusError,
+    classify,
 )
 from laneway.providers.anthropic import api_root
 from laneway.providers.anthropic_request import messages_request
@@ -399,7 +400,7 @@ def test_garbage_and_error_bodies() -> None:
             {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}, model="m"
         )
     assert exc.value.upstream_status == 529
-    assert exc.value.retryable
+    assert classify(exc.value, now=0.0).retryable
 
 
 # --- streams ------------------------------------------------------------------------------------

@@ -22,8 +22,7 @@ import pytest
 import yaml
 from sqlalchemy import event, text
 
-from laneway.api.app import build_app
-from laneway.api.usage_routes import usage_routes
+from laneway.api.app import GatewayApp
 from laneway.clock import ManualClock
 from laneway.config import settings_from_data
 from laneway.config.schema import BackendConfig
@@ -577,8 +576,7 @@ def test_cli_usage_says_what_is_wrong_with_its_options(tmp_path: Path) -> None:
 
 @pytest.fixture
 def usage_gateway(three_sims: dict[str, Sim], tmp_path: Path) -> Iterator[str]:
-    """A real gateway in front of the three sims, its database filled with usage beforehand; the
-    usage routes are mounted here if the gateway's app does not have them (yet)."""
+    """A real gateway in front of the three sims, its database filled with usage beforehand."""
     url = f"sqlite:///{tmp_path}/gw/laneway.db"
     fill(
         url,
@@ -593,14 +591,9 @@ def usage_gateway(three_sims: dict[str, Sim], tmp_path: Path) -> Iterator[str]:
     config["auth"] = {
         "keys": [{"name": "tests", "key": CLIENT_KEY}, {"name": "ops", "key": ADMIN_KEY, "admin": True}]
     }
-    gateway = Gateway(
-        settings_from_data(config, source="test-config.yaml"),
-        options=GatewayOptions(schedule=False, key_reload_interval=3600),
-    )
-    app = build_app(gateway)
-    if not any(getattr(route, "path", None) == "/admin/usage" for route in app.router.routes):
-        app.router.routes.extend(usage_routes(gateway))
-    with ServerThread(app) as base:
+    settings = settings_from_data(config, source="test-config.yaml")
+    options = GatewayOptions(schedule=False, key_reload_interval=3600)
+    with ServerThread(GatewayApp(lambda: Gateway.open(settings, options=options))) as base:
         yield base
 
 

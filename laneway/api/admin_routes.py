@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from laneway.errors import InvalidRequest, ModelNotFound, NoLaneAvailable
+from laneway.errors import InvalidRequest, ModelNotFound
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Lane
 from laneway.inventory.reconcile import Reconciler
@@ -62,8 +62,6 @@ class AdminRoutes:
     def _admin(self, request: Request) -> Reconciler:
         gw = self.gateway
         gw.keys.require_admin(request.headers.get("authorization"), request.headers.get("x-api-key"))
-        if gw.reconciler is None:
-            raise NoLaneAvailable("The gateway is still starting; try again in a moment")
         return gw.reconciler
 
     def _json(self, body: dict[str, Any]) -> Response:
@@ -143,7 +141,6 @@ class AdminRoutes:
     async def signals(self, request: Request) -> Response:
         self._admin(request)
         signals = self.gateway.signals
-        assert signals is not None  # set before the reconciler, which _admin checked
         wanted = request.query_params.get("backend")
         shown = [s for s in signals.snapshot() if wanted is None or s["backend"] == wanted]
         return self._json({"ttl": signals.settings.ttl, "signals": shown})

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -13,6 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from laneway.api.access import AccessMiddleware
 from laneway.api.admin_routes import AdminRoutes
@@ -40,7 +40,7 @@ def backend_state(st: BackendStatus) -> str:
 
 def readiness(gateway: Gateway) -> dict[str, Any]:
     """Ready: started, and at least one lane can take requests. Why not, in laneway's words."""
-    statuses = gateway.reconciler.statuses() if gateway.reconciler else []
+    statuses = gateway.reconciler.statuses()
     backends = {
         st.name: {"state": backend_state(st), "lanes": st.lanes, "last_refresh": st.last_refresh}
         for st in statuses
@@ -61,9 +61,10 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
     return {"ready": reason is None, "reason": reason, "lanes": routable, "backends": backends}
 
 
-def build_app(gateway: Gateway, *, manage_gateway: bool = True, edge: EdgeStats | None = None) -> Starlette:
-    """The gateway's app. With ``manage_gateway`` its lifespan starts and stops ``gateway``;
-    ``laneway serve`` starts it itself first, so a start-up error is one clear line."""
+def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
+    """The app of an open ``gateway`` (``Gateway.open``); whoever opened it closes it. ``laneway
+    serve`` opens it itself first, so a start-up error is one clear line; a server in a thread of
+    its own serves a ``GatewayApp``, which opens it on that server's loop."""
     api = OpenAIRoutes(gateway)
     admin = AdminRoutes(gateway)
     publishers = PublisherRoutes(gateway)
@@ -77,17 +78,6 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True, edge: EdgeStats 
         return Response(
             orjson.dumps(body), status_code=200 if body["ready"] else 503, media_type="application/json"
         )
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not manage_gateway:
-            yield
-            return
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.aclose()
 
     return Starlette(
         routes=[
@@ -114,5 +104,46 @@ def build_app(gateway: Gateway, *, manage_gateway: bool = True, edge: EdgeStats 
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },
-        lifespan=lifespan,
     )
+
+
+class GatewayApp:
+    """An ASGI app that opens its gateway when its server starts, on that server's own event loop
+    (``opener``: e.g. ``lambda: Gateway.open(settings)``), serves ``build_app`` of it, and closes
+    it when the server stops: for a server in a thread of its own (tests, an embedding program)."""
+
+    def __init__(self, opener: Callable[[], Awaitable[Gateway]], *, edge: EdgeStats | None = None) -> None:
+        self._opener = opener
+        self._edge = edge
+        self._open: tuple[Gateway, Starlette] | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._open is None:
+            raise RuntimeError("the gateway opens when the app's server starts")
+        return self._open[0]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self._open is None:
+            raise RuntimeError("the gateway opens when the app's server starts")
+        await self._open[1](scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    gateway = await self._opener()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                self._open = (gateway, build_app(gateway, edge=self._edge))
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._open is not None:
+                    await self._open[0].aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

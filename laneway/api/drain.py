@@ -55,8 +55,7 @@ class DrainGuard:
 
     def busy(self) -> tuple[int, int]:
         """(requests in flight, relayed tasks not finished)."""
-        fleet = self.gateway.fleet
-        return self.in_flight, fleet.in_flight() if fleet is not None else 0
+        return self.in_flight, self.gateway.fleet.in_flight()
 
     async def drain(self, clock: Clock, timeout: float, cut_short: Callable[[], bool]) -> float:
         """Stop taking work and wait, up to ``timeout``, until nothing is in flight (or

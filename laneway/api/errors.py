@@ -18,7 +18,6 @@ from starlette.responses import Response
 
 from laneway.api.access import request_record
 from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError, http_status
-from laneway.routing.failover import attribution_of
 
 log = logging.getLogger("laneway.api")
 
@@ -29,7 +28,7 @@ def error_body(err: LanewayError, *, show_lane: bool = False) -> dict[str, Any]:
     """The OpenAI error shape, plus ``error.laneway``: who the request was for, its request id and
     attempt (and its lane, with ``show_lane``), when it went through the router (SDKs pass it
     through). A failure of laneway or of an upstream also quotes the request id in the message."""
-    attribution = attribution_of(err)
+    attribution = err.attribution
     message = err.client_message
     if attribution is not None and isinstance(err, UpstreamError | NoLaneAvailable):
         where = [f"Request id: {attribution.request_id}"] if attribution.request_id else []

@@ -252,16 +252,15 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gw = self.gateway
         now = gw.clock.now()
-        statuses = gw.reconciler.statuses() if gw.reconciler else []
-        snapshot = gw.signals.snapshot() if gw.signals else []
+        statuses = gw.reconciler.statuses()
+        snapshot = gw.signals.snapshot()
         # A declared backend nothing was observed about yet is "unknown", not missing.
         yield from signal_metrics(snapshot, {st.name: st.family for st in statuses}, now)
         yield from inventory_metrics(statuses, gw.inventory.lanes(), now)
         yield from pool_metrics(gw.pools.statistics())
         yield from breaker_metrics(gw.breakers.snapshot())
         yield from failover_metrics(len(gw.failovers))
-        if gw.fleet is not None:
-            yield from publisher_metrics(gw.fleet.snapshot(), gw.fleet.pending())
+        yield from publisher_metrics(gw.fleet.snapshot(), gw.fleet.pending())
 
 
 def publisher_metrics(sessions: list[dict[str, Any]], pending: int) -> list[Metric]:

@@ -19,7 +19,6 @@ from laneway.api.access import RECORD
 from laneway.api.errors import error_body
 from laneway.errors import LanewayError
 from laneway.providers.base import ReplyStream
-from laneway.routing.failover import attribution_of
 from laneway.routing.record import RequestRecord
 
 log = logging.getLogger("laneway.api")
@@ -60,7 +59,7 @@ class ReplyStreamResponse:
                 record = scope.get(RECORD)
                 if isinstance(record, RequestRecord):
                     record.error = exc.error_code
-                attribution = attribution_of(exc)
+                attribution = exc.attribution
                 log.warning(
                     "stream failed after it started",
                     extra={

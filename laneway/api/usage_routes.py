@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from laneway.api.admin_routes import json_response
-from laneway.errors import InvalidRequest, NoLaneAvailable
+from laneway.errors import InvalidRequest
 from laneway.usage import parse_group_by, parse_since
 
 if TYPE_CHECKING:
@@ -60,10 +60,7 @@ def usage_routes(gateway: Gateway) -> list[Route]:
             group_by = parse_group_by(params.get("group_by", DEFAULT_GROUP_BY))
         except ValueError as exc:
             raise InvalidRequest(f"group_by: {exc}", param="group_by") from None
-        db = gateway.db
-        if db is None:
-            raise NoLaneAvailable("The gateway is still starting; try again in a moment")
-        totals = await db.usage.summary(
+        totals = await gateway.db.usage.summary(
             datetime.fromtimestamp(since, UTC) if since is not None else None, group_by
         )
         return json_response(

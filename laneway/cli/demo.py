@@ -6,12 +6,15 @@ import asyncio
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
 from laneway.cli.common import friendly_errors, run_async
+
+if TYPE_CHECKING:
+    from laneway.gateway import Gateway
 
 DEMO_KEY = "lw-demo-key"
 PUBLISH_TOKEN = "lw-demo-publish-token"
@@ -101,7 +104,6 @@ async def _run(host: str, port: int, data_dir: str) -> None:
     import uvicorn
 
     from laneway import logs
-    from laneway.cli.serve import gateway_server
     from laneway.config import settings_from_data
     from laneway.gateway import Gateway
     from laneway.sim.app import build_sim_app
@@ -130,33 +132,39 @@ async def _run(host: str, port: int, data_dir: str) -> None:
     config_path = Path(data_dir) / "demo.yaml"
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
     settings = settings_from_data(data, source=str(config_path))
-    gateway = Gateway(settings)
     gw_sock = _bind(host, port)
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
     try:
         while not all(server.started for server, _ in servers):  # noqa: ASYNC110 - uvicorn has no started event
             await asyncio.sleep(0.01)
-        await gateway.start()
-        gw_server = gateway_server(gateway)
-        url = f"http://{host}:{gw_sock.getsockname()[1]}"
-        serving = asyncio.create_task(gw_server.serve(sockets=[gw_sock]))
-        while not gw_server.started and not serving.done():  # noqa: ASYNC110 - no started event
-            await asyncio.sleep(0.01)
-        laptop = f"http://127.0.0.1:{ports['laptop']}"
-        backend, publisher = await _publisher(url, laptop)
-        publishing = asyncio.create_task(publisher.run())
-        click.echo(instructions(url, config_path, laptop))
-        try:
-            await serving
-        finally:
-            publisher.stop()
-            await asyncio.gather(publishing, return_exceptions=True)
-            await backend.aclose()
+        async with await Gateway.open(settings) as gateway:
+            await _serve(gateway, f"http://{host}:{gw_sock.getsockname()[1]}", gw_sock, ports, config_path)
     finally:
         for server, _ in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        await gateway.aclose()
+
+
+async def _serve(
+    gateway: Gateway, url: str, sock: socket.socket, ports: dict[str, int], config_path: Path
+) -> None:
+    """Serve the open gateway on ``sock`` with the demo's publisher, until stopped."""
+    from laneway.cli.serve import gateway_server
+
+    gw_server = gateway_server(gateway)
+    serving = asyncio.create_task(gw_server.serve(sockets=[sock]))
+    while not gw_server.started and not serving.done():  # noqa: ASYNC110 - no started event
+        await asyncio.sleep(0.01)
+    laptop = f"http://127.0.0.1:{ports['laptop']}"
+    backend, publisher = await _publisher(url, laptop)
+    publishing = asyncio.create_task(publisher.run())
+    click.echo(instructions(url, config_path, laptop))
+    try:
+        await serving
+    finally:
+        publisher.stop()
+        await asyncio.gather(publishing, return_exceptions=True)
+        await backend.aclose()
 
 
 async def _publisher(url: str, laptop: str) -> tuple[Any, Any]:

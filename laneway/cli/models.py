@@ -11,38 +11,31 @@ from laneway.inventory.lanes import Lane
 
 
 async def discover(settings: Settings) -> tuple[list[Lane], dict[str, str]]:
-    """One reconciliation cycle over the config's backends, without a server or a database
-    (nothing cached, nothing kept)."""
+    """One reconciliation cycle over the config's backends, wired as the gateway wires it
+    (``gateway.build_reconciler``) but without a server or a database: nothing cached, nothing
+    kept."""
     from laneway.clock import SystemClock
-    from laneway.inventory.cooldown import AuthCooldowns
-    from laneway.inventory.modelcache import ModelListCache
-    from laneway.inventory.reconcile import Reconciler
-    from laneway.inventory.refresher import RefreshContext
+    from laneway.gateway import build_reconciler
     from laneway.inventory.store import Inventory
-    from laneway.providers.registry import build_provider
     from laneway.storage import MemoryStore
 
     clock = SystemClock()
     store = MemoryStore(clock)
-    ctx = RefreshContext(
-        inventory=Inventory(),
-        cooldowns=AuthCooldowns(store, clock),
-        cache=ModelListCache(store),
-        clock=clock,
-        settings=settings.inventory,
-    )
 
     async def declared() -> dict[str, BackendConfig]:
         return dict(settings.backends)
 
-    reconciler = Reconciler(ctx, declared=declared, build_provider=build_provider)
+    inventory = Inventory()
+    reconciler = build_reconciler(
+        settings, inventory=inventory, runtime=store, cache=store, clock=clock, declared=declared
+    )
     try:
         await reconciler.sync_declared()
         statuses = await reconciler.cycle()
     finally:
         await reconciler.aclose()
     errors = {st.name: st.last_error for st in statuses if st.last_error}
-    return ctx.inventory.lanes(), errors
+    return inventory.lanes(), errors
 
 
 @click.command()

@@ -42,7 +42,7 @@ def gateway_server(gateway: Gateway, **options: Any) -> uvicorn.Server:
     from laneway.api.edge import EdgeStats, edge_config
 
     stats = EdgeStats()  # what the edge cuts, counted in /metrics
-    guard = DrainGuard(build_app(gateway, manage_gateway=False, edge=stats), gateway)
+    guard = DrainGuard(build_app(gateway, edge=stats), gateway)
     server_settings = gateway.settings.server
 
     class Server(uvicorn.Server):
@@ -63,8 +63,7 @@ def gateway_server(gateway: Gateway, **options: Any) -> uvicorn.Server:
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             left = await guard.drain(gateway.clock, server_settings.drain_timeout, lambda: self.force_exit)
-            if gateway.fleet is not None:
-                gateway.fleet.close_streams()
+            gateway.fleet.close_streams()
             # What is left of the drain, and a moment for the connections to close.
             self.config.timeout_graceful_shutdown = max(left, _CLOSE_GRACE)  # type: ignore[assignment]
             await super().shutdown(sockets)
@@ -73,12 +72,11 @@ def gateway_server(gateway: Gateway, **options: Any) -> uvicorn.Server:
 
 
 async def serve_gateway(settings: Settings, host: str, port: int) -> None:
-    """Start the gateway (a start-up error surfaces here, before anything listens), then serve."""
+    """Open the gateway (a start-up error surfaces here, before anything listens), then serve."""
     from laneway.gateway import Gateway
 
-    gateway = Gateway(settings)
+    gateway = await Gateway.open(settings)
     try:
-        await gateway.start()
         server = gateway_server(gateway, host=host, port=port)
         # Everything built at start-up lives as long as the process: move it out of the cyclic
         # collector's sight, and collect less often. Measured with bench.overhead at concurrency

@@ -11,10 +11,11 @@ backends:  {NAME: {provider, base_url, api_key | api_key_env, tier, models, auto
                    refresh_interval}}
            models: [name | {name, context_length, capabilities, weight}]
            slots, queue_size, queue_timeout, pool: backend|lane, stream_holds_slot
-inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, auth_cooldown,
+inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, retry_backoff, auth_cooldown,
             model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
 signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_interval}
-routing:   {attempts, deadline, seed, record_prompts, failover_records, breaker: {failures, window, cooldown}}
+routing:   {attempts, deadline, seed, retry_wait, record_prompts, failover_records,
+            breaker: {failures, window, cooldown}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
 publishers: {tokens: [{name, token | token_env | token_hash, names, models, join_declared}],
@@ -255,6 +256,8 @@ class InventoryConfig(Strict):
     intervals: dict[Family, Seconds] = {}  # refresh interval per family; defaults: DEFAULT_INTERVALS
     lane_ttl_intervals: float = Field(3.0, ge=1)  # a lane not re-observed for this many intervals expires
     refresh_deadline: float = Field(10.0, gt=0)  # one backend's refresh, per cycle
+    # A failed refresh is retried after this, then twice as long each time, up to the interval.
+    retry_backoff: float = Field(1.0, gt=0)
     auth_cooldown: float = Field(300.0, gt=0)  # refreshes skipped after a credential is refused
     model_cache_ttl: float = Field(3600.0, gt=0)  # cloud model lists
     miss_refresh_debounce: float = Field(5.0, ge=0)  # unknown model -> local refresh at most this often
@@ -300,6 +303,9 @@ class RoutingConfig(Strict):
     attempts: int = Field(3, ge=1, le=20)  # lanes tried per request, at most
     deadline: Seconds = 900.0  # a request's whole life, queueing and failover included
     seed: int | None = None  # ranking's tie-break; None: a new seed per process
+    # A request whose lanes all asked to be left alone (a 429's or a quota's reset, a 503's
+    # Retry-After) waits for the first one back if that is this soon (at most this long in all).
+    retry_wait: float = Field(5.0, ge=0)  # 0: never wait
     record_prompts: bool = False  # keep the prompt in failover records (off: it may be sensitive)
     failover_records: int = Field(1000, ge=0, le=1_000_000)  # recent failover records kept in memory
     breaker: BreakerConfig = BreakerConfig()

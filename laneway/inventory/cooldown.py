@@ -1,9 +1,9 @@
 """Auth cooldown: a credential the upstream refused is left alone for a while.
 
-A 401/403, or an error whose message says the credentials are bad, puts the credential in a
-cooldown (default 300 s) during which its backend's refreshes are skipped; when it expires the
-next refresh runs and, if the operator fixed the key, the lanes come back by themselves. A
-timeout or a refused connection is never an auth failure.
+A refused credential (``laneway.errors.classify``: a 401/403, or an error whose message says the
+credentials are bad; never a timeout or a refused connection) puts the credential in a cooldown
+(default 300 s) during which its backend's refreshes are skipped; when it expires the next
+refresh runs and, if the operator fixed the key, the lanes come back by themselves.
 
 Credentials are kept by fingerprint (a hash), never the secret. The cooldown lives in the
 runtime store, so its TTL is the store's (memory: the injected clock; Redis: the server's) and
@@ -13,33 +13,16 @@ replicas sharing a Redis share cooldowns.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 import orjson
 
 from laneway.clock import Clock
 from laneway.config.schema import BackendConfig
-from laneway.errors import TransportError, UpstreamError, UpstreamStatusError
 from laneway.storage.runtime import KeyValueStore
 
 PREFIX = "cooldown:auth:"
 DEFAULT_COOLDOWN = 300.0
-
-_BAD_CREDENTIALS = re.compile(
-    r"unauthori[sz]ed|invalid[ _-]?(x-)?api[ _-]?key|incorrect api key|invalid[ _-]credentials"
-    r"|invalid[ _-]token|authentication[ _-](failed|error)|forbidden|permission[ _-]denied",
-    re.IGNORECASE,
-)
-
-
-def is_auth_failure(exc: UpstreamError) -> bool:
-    """401/403, or an answer whose message means bad credentials. Transport trouble never is."""
-    if isinstance(exc, TransportError):
-        return False
-    if isinstance(exc, UpstreamStatusError) and exc.is_auth_failure:
-        return True
-    return bool(_BAD_CREDENTIALS.search(exc.message))
 
 
 def credential_fingerprint(config: BackendConfig) -> str:
@@ -64,11 +47,14 @@ class AuthCooldowns:
         self.clock = clock
         self.ttl = ttl
 
-    async def start(self, credential: str, *, backend: str, reason: str) -> Cooldown:
-        cooldown = Cooldown(credential, backend, reason, self.clock.now() + self.ttl)
-        value = {"backend": backend, "reason": reason, "until": cooldown.until}
-        await self.store.set(PREFIX + credential, orjson.dumps(value), ttl=self.ttl)
-        return cooldown
+    def begin(self, credential: str, *, backend: str, reason: str) -> Cooldown:
+        """A cooldown of ``credential`` from now: ``put`` it in the store for everyone to see."""
+        return Cooldown(credential, backend, reason, self.clock.now() + self.ttl)
+
+    async def put(self, cooldown: Cooldown) -> None:
+        value = {"backend": cooldown.backend, "reason": cooldown.reason, "until": cooldown.until}
+        ttl = max(0.001, cooldown.until - self.clock.now())  # a write that waited keeps the deadline
+        await self.store.set(PREFIX + cooldown.credential, orjson.dumps(value), ttl=ttl)
 
     async def get(self, credential: str) -> Cooldown | None:
         raw = await self.store.get(PREFIX + credential)

@@ -4,7 +4,8 @@ One cycle refreshes every backend it is given concurrently, each bounded by its 
 so a dead backend never delays the others. The declared state (config file plus database) is
 re-read every ``declared_reload`` seconds: a new backend gets a refresher and is refreshed at
 once, a changed one is rebuilt, a removed one loses its lanes. Each backend is refreshed every
-interval of its family (or its own ``refresh_interval``); expired lanes are swept on every pass.
+interval of its family (or its own ``refresh_interval``), a failed refresh sooner (with backoff:
+``Refresher.next_in``); expired lanes are swept on every pass.
 
 A request for a model that no lane serves may ask for one extra refresh of the local backends
 (``refresh_local``): debounced, and shared by every request that asks meanwhile, so a backend
@@ -16,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from laneway.config.schema import BackendConfig
 from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError
@@ -60,7 +62,9 @@ class Reconciler:
         # The schedule and POST /admin/refresh may both re-read the declared state; interleaved,
         # both would add the same new backend and the first one's HTTP client would leak.
         self._sync_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[list[BackendStatus]]] = set()  # refreshes nobody awaits
+        # Work nobody awaits: refreshes of stale lanes, cooldown writes. Ended by aclose: a cooldown
+        # not written by then is started again by the next refused call or refresh.
+        self._background: set[asyncio.Task[object]] = set()
 
     # -- declared state --------------------------------------------------------------------
 
@@ -137,7 +141,7 @@ class Reconciler:
         try:
             await refresher.tick(use_cache=use_cache)
         finally:
-            self._due[refresher.name] = self.ctx.clock.monotonic() + refresher.interval
+            self._due[refresher.name] = self.ctx.clock.monotonic() + refresher.next_in()
 
     def sweep(self) -> int:
         return self.ctx.inventory.sweep(self.ctx.clock.now())
@@ -181,11 +185,13 @@ class Reconciler:
         refresher = self.refreshers.get(backend)
         return refresher.config if refresher is not None else None
 
-    async def credential_refused(self, backend: str, exc: UpstreamError) -> None:
-        """A call was refused for bad credentials: the same cooldown as a refused refresh."""
+    def credential_refused(self, backend: str, exc: UpstreamError) -> None:
+        """A call was refused for bad credentials: the same cooldown as a refused refresh. It
+        takes effect at once; the store write is bookkeeping, done off the request path (a store
+        that hangs must not hold the request), by a task ``aclose`` ends."""
         refresher = self.refreshers.get(backend)
         if refresher is not None:
-            await refresher.refused(exc)
+            self._spawn(refresher.persist(refresher.refused(exc)), f"cooldown-{backend}")
 
     def lane_stale(self, lane_id: str) -> None:
         """The backend said 404 for a lane's model: out of rotation until a refresh (started now)
@@ -198,11 +204,13 @@ class Reconciler:
         if lane.backend in self.refreshers:
             # The backend itself must answer: a cached model list would "confirm" the lane it
             # just disowned and put it back in rotation for up to the cache's TTL.
-            task = asyncio.create_task(
-                self.cycle([lane.backend], use_cache=False), name=f"refresh-stale-{lane.backend}"
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self.cycle([lane.backend], use_cache=False), f"refresh-stale-{lane.backend}")
+
+    def _spawn(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        """Run ``work`` in the background, owned by the reconciler (``aclose`` ends it)."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def allows(self, backend: str, model: str) -> bool:
         """The backend's allow/deny policy, checked again at dispatch (fail closed: an unknown

@@ -27,8 +27,8 @@ from typing import Any
 
 from laneway.clock import Clock, within
 from laneway.config.schema import BackendConfig, InventoryConfig
-from laneway.errors import LanewayError, UpstreamError
-from laneway.inventory.cooldown import AuthCooldowns, credential_fingerprint, is_auth_failure
+from laneway.errors import LanewayError, UpstreamError, classify
+from laneway.inventory.cooldown import AuthCooldowns, Cooldown, credential_fingerprint
 from laneway.inventory.discovery import lanes_for
 from laneway.inventory.lanes import Health
 from laneway.inventory.modelcache import ListScope, ModelListCache
@@ -61,6 +61,7 @@ class BackendStatus:
     cooldown_until: float | None = None
     cooldown_reason: str | None = None
     failing_since: float | None = None  # the first of the refreshes failing since the last success
+    failures: int = 0  # refreshes failed in a row (0: the last one worked)
     unset_key_env: str | None = None  # the api_key_env variable that is not set: never called
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,9 +123,22 @@ class Refresher:
         if await self._refresh(use_cache):
             if st.failing_since is not None:
                 log.info("refresh recovered", extra={"backend": self.name, "failing_since": st.failing_since})
-            st.failing_since = None
-        elif st.failing_since is None:
-            st.failing_since = st.last_attempt
+            st.failing_since, st.failures = None, 0
+        else:
+            st.failures += 1
+            if st.failing_since is None:
+                st.failing_since = st.last_attempt
+
+    def next_in(self) -> float:
+        """Seconds from now to the next scheduled refresh: the interval, or sooner after a failed
+        one (``retry_backoff``, doubling with each failure in a row, up to the interval), so a
+        backend whose model list failed once (at start-up, say) gets its lanes as soon as it
+        answers again. A refused credential waits out its cooldown, an unset key a restart."""
+        st = self.status
+        if st.failures == 0 or st.cooldown_until is not None or st.unset_key_env is not None:
+            return self.interval
+        backoff = self.ctx.settings.retry_backoff * 2.0 ** min(st.failures - 1, 30)
+        return min(self.interval, backoff)
 
     async def _refresh(self, use_cache: bool) -> bool:
         """One refresh; True if the backend (or the cache) answered with its model list."""
@@ -192,41 +206,44 @@ class Refresher:
                 log.warning("model-list cache unwritable", extra={"backend": self.name, "error": exc.message})
         return models, "upstream"
 
-    async def refused(self, exc: UpstreamError) -> None:
-        """A call (not a refresh) was refused for bad credentials: cool down as if a refresh was."""
-        await self._failed(exc)
+    def refused(self, exc: UpstreamError) -> Cooldown:
+        """The credential was refused (by a call or a refresh): its cooldown starts now, in this
+        process at once (the status says so, the lanes are out of rotation); the cooldown returned
+        is for the caller to ``persist``, off the request path."""
+        st = self.status
+        # Say whose key it was: the operator fixes the variable, not the upstream.
+        variable = self.config.api_key_env
+        reason = f"{exc.message} (the key in api_key_env {variable})" if variable else exc.message
+        st.last_error, st.source = reason, None
+        cooldown = self.ctx.cooldowns.begin(self.credential, backend=self.name, reason=reason)
+        st.cooldown_until, st.cooldown_reason = cooldown.until, cooldown.reason
+        log.warning(
+            "credentials refused: lanes out of rotation for the cooldown",
+            extra={
+                "backend": self.name,
+                "error": reason,
+                "lanes": self._deny(cooldown.until),
+                "until": cooldown.until,
+            },
+        )
+        return cooldown
+
+    async def persist(self, cooldown: Cooldown) -> None:
+        """Write the cooldown to the runtime store (replicas sharing it share the cooldown, and the
+        next refresh is skipped by it). A store that is away is only logged: this process keeps
+        the cooldown in its lanes and status, and a refused refresh starts it again."""
+        try:
+            await self.ctx.cooldowns.put(cooldown)
+        except LanewayError as exc:
+            log.warning("could not store auth cooldown", extra={"backend": self.name, "error": exc.message})
 
     async def _failed(self, exc: UpstreamError) -> None:
         """A failed refresh deletes nothing; a refused credential also starts the cooldown."""
-        st = self.status
-        st.last_error, st.source = exc.message, None
-        if is_auth_failure(exc):
-            # Say whose key it was: the operator fixes the variable, not the upstream.
-            variable = self.config.api_key_env
-            reason = f"{exc.message} (the key in api_key_env {variable})" if variable else exc.message
-            st.last_error = reason
-            try:
-                cooldown = await self.ctx.cooldowns.start(self.credential, backend=self.name, reason=reason)
-            except LanewayError as store_exc:
-                log.warning(
-                    "could not start auth cooldown", extra={"backend": self.name, "error": store_exc.message}
-                )
-                until = self.ctx.clock.now()
-            else:
-                st.cooldown_until, st.cooldown_reason = cooldown.until, cooldown.reason
-                until = cooldown.until
-            denied = self._deny(until)
-            log.warning(
-                "credentials refused: lanes out of rotation for the cooldown",
-                extra={
-                    "backend": self.name,
-                    "error": reason,
-                    "lanes": denied,
-                    "until": st.cooldown_until,
-                },
-            )
-        else:
-            self._log_failure(exc.message)
+        if classify(exc, now=self.ctx.clock.now()).auth_failure:
+            await self.persist(self.refused(exc))
+            return
+        self.status.last_error, self.status.source = exc.message, None
+        self._log_failure(exc.message)
 
     def _log_failure(self, error: str) -> None:
         """A warning when the backend starts failing; while it goes on failing, debug lines (the

@@ -66,7 +66,8 @@ class _Request(Waiter):
 
 class Slot:
     """Held while the call runs; ``release()`` (idempotent) frees it for the next waiter. Also an
-    async context manager (``async with await pool.acquire(...)``)."""
+    async context manager (``async with await pool.acquire(...)``), which releases it at the end
+    of the block unless it was handed on (``hand_on``) to whoever keeps using it after the block."""
 
     __slots__ = ("_pool", "_released", "caller", "waited")
 
@@ -85,6 +86,16 @@ class Slot:
             return  # a second release must not free somebody else's slot
         self._released = True
         self._pool._release()
+
+    def hand_on(self) -> Slot:
+        """Give the slot to a new owner: the returned handle holds it (its release frees it), this
+        one is spent (its release, or the end of its ``async with``, frees nothing). So a slot
+        always has exactly one owner: a stream that holds its slot to its end takes it over from
+        the block that acquired it."""
+        if self._released:
+            raise RuntimeError(f"{self!r} cannot be handed on: it was released")
+        self._released = True
+        return Slot(self._pool, self.caller, self.waited)
 
     async def __aenter__(self) -> Slot:
         return self

@@ -1,9 +1,9 @@
 """Attribution and failover records.
 
 Every request carries a ``RequestInfo`` (caller, request id, run id, priority). Every error that
-leaves the router is stamped with an ``Attribution`` (that, plus the lane and the attempt number,
-and the prompt only when the operator enabled ``routing.record_prompts``): the client sees it in
-the error body, the log in a structured event.
+leaves the router carries an ``Attribution`` (``laneway.errors``: that, plus the lane and the
+attempt number, and the prompt only when the operator enabled ``routing.record_prompts``): the
+client sees it in the error body, the log in a structured event.
 
 A request that needed more than one attempt, or failed, leaves a ``FailoverRecord`` (each
 attempt's lane, outcome, error and timings) in a bounded in-memory log, newest first at
@@ -17,7 +17,6 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from laneway.errors import LanewayError
 from laneway.routing.record import RequestRecord
 
 log = logging.getLogger("laneway.routing")
@@ -31,33 +30,6 @@ class RequestInfo:
     priority: int = 0
     published_lanes: bool = True  # the key may be served by published (virtual) lanes
     record: RequestRecord | None = None  # filled in as the request is served (the access log's)
-
-
-@dataclass(frozen=True, slots=True)
-class Attribution:
-    caller: str
-    request_id: str
-    run_id: str | None
-    lane: str | None
-    attempt: int
-    prompt: Any = None
-
-    def as_dict(self) -> dict[str, Any]:
-        shown = asdict(self)
-        if self.prompt is None:
-            del shown["prompt"]
-        return shown
-
-
-def attribute(err: LanewayError, attribution: Attribution) -> LanewayError:
-    """Stamp ``err`` (in place: its type and message stay what they are) and return it."""
-    err.attribution = attribution  # type: ignore[attr-defined]
-    return err
-
-
-def attribution_of(err: BaseException) -> Attribution | None:
-    found = getattr(err, "attribution", None)
-    return found if isinstance(found, Attribution) else None
 
 
 @dataclass(slots=True)

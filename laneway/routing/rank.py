@@ -17,12 +17,20 @@ it is tested on its own. In order of precedence:
    (replicas) different ones.
 
 A route's selectors stay in their order: ranking happens within each selector's group.
+
+Then ``spread`` shares the load between the best lanes that are equals (same group and weight,
+available or not yet known): a fixed order would send every request to the first of them. It
+picks the first lane by the power of two choices: two of the equals drawn at random (from the
+router's seeded generator), the less loaded of the two first: fewer queued, then fewer of its
+slots in use, then (only when one is at least twice as slow, so noise does not starve a lane
+whose samples are stale) the faster. The rest keep their ranked order, for failover.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -70,7 +78,43 @@ def rank_key(facts: Facts, seed: int) -> tuple[int, int, float, int, int, int, f
 
 def rank(candidates: Sequence[T], facts: Callable[[T], Facts], seed: int) -> list[T]:
     """The candidates worth trying, best first; exhausted ones are left out."""
+    return [c for c, _ in ranked_facts(candidates, facts, seed)]
+
+
+def ranked_facts(candidates: Sequence[T], facts: Callable[[T], Facts], seed: int) -> list[tuple[T, Facts]]:
+    """``rank``, with each candidate's facts."""
     known = [(c, facts(c)) for c in candidates]
     usable = [(c, f) for c, f in known if f.status != "exhausted"]
     usable.sort(key=lambda cf: rank_key(cf[1], seed))
-    return [c for c, _ in usable]
+    return usable
+
+
+def spread(ranked: list[tuple[T, Facts]], rng: random.Random) -> list[T]:
+    """``ranked`` with its first lane chosen by the power of two choices among the leading equals."""
+    head = ranked[0][1] if ranked else None
+    equals = 0
+    while equals < len(ranked) and head is not None and _equal(ranked[equals][1], head):
+        equals += 1
+    if equals < 2:
+        return [c for c, _ in ranked]
+    a, b = rng.sample(range(equals), 2)
+    first = a if _lighter(ranked[a][1], ranked[b][1]) else b
+    return [ranked[first][0], *(c for i, (c, _) in enumerate(ranked) if i != first)]
+
+
+def _equal(x: Facts, y: Facts) -> bool:
+    return x.group == y.group and _healthy(x) == _healthy(y) and x.weight == y.weight
+
+
+def _healthy(facts: Facts) -> bool:
+    """Available and unknown (nothing observed yet) count as equals here: else the first lane to
+    answer would keep all the traffic, and its equals would never get the chance to be known."""
+    return facts.status in ("available", "unknown")
+
+
+def _lighter(x: Facts, y: Facts) -> bool:
+    """Is ``x`` at most as loaded as ``y``? A tie goes to ``x`` (the first drawn)."""
+    if (x.queued, x.busy) != (y.queued, y.busy):
+        return (x.queued, x.busy) < (y.queued, y.busy)
+    x50, y50 = x.p50 or 0.0, y.p50 or 0.0  # a lane without samples counts as fast
+    return not (x50 > 0 and x50 >= 2 * y50)

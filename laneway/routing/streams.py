@@ -3,8 +3,9 @@
 Reading the first frame before handing a stream to the client is what lets a stream that breaks
 before its first byte fail over like any failed call. ``ObservedStream`` then replays that frame
 and passes the rest through, telling the signals the time to first byte and, if the stream runs
-to its end, the total time; and it releases the pool slot when the stream ends or is closed if
-the backend's streams hold their slot (``stream_holds_slot``).
+to its end, the total time. When the backend's streams hold their slot to their end
+(``stream_holds_slot``) the attempt hands the slot over to the stream, which releases it when the
+stream ends or is closed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from laneway.clock import Clock
-from laneway.errors import LanewayError
+from laneway.errors import Attribution, LanewayError, Verdict, classify
 from laneway.pools import Slot
 from laneway.providers.base import Provider, ReplyStream, Usage
-from laneway.routing.failover import Attribution, attribute, attribution_of
 from laneway.signals.store import Signals
 
 
@@ -35,8 +35,27 @@ async def open_stream(opening: Awaitable[ReplyStream]) -> tuple[ReplyStream, byt
 
 
 class ObservedStream:
+    """``inner`` with its ``first`` frame replayed, observed for the signals (from ``started``,
+    the attempt's start on ``clock.monotonic()``). ``slot`` is the pool slot it holds to its end,
+    if its backend wants that. An error that breaks it after it was handed out is classified once:
+    the signals and ``on_failure`` (the lane's breaker) are told, and the error carries
+    ``attribution``. ``on_end`` is called once when it ends for any reason, with what the upstream
+    reported of its token usage (complete only if it ran to its end)."""
+
     def __init__(
-        self, inner: ReplyStream, first: bytes | None, provider: Provider, lane: str, slot: Slot | None
+        self,
+        inner: ReplyStream,
+        first: bytes | None,
+        provider: Provider,
+        lane: str,
+        slot: Slot | None,
+        *,
+        signals: Signals,
+        clock: Clock,
+        started: float,
+        attribution: Attribution,
+        on_failure: Callable[[Verdict], None],
+        on_end: Callable[[Usage | None], None],
     ) -> None:
         self.inner = inner
         self.headers: Mapping[str, str] = inner.headers
@@ -44,45 +63,33 @@ class ObservedStream:
         self._provider = provider
         self._lane = lane
         self._slot = slot
-        self._signals: Signals | None = None
-        self._clock: Clock | None = None
-        self._started = 0.0
-        # Called once when the stream ends for any reason, with what the upstream reported of
-        # its token usage (complete only if it ran to its end).
-        self.on_end: Callable[[Usage | None], None] | None = None
-        # Stamped on an error that breaks the stream after it was handed out (the error event).
-        self.attribution: Attribution | None = None
-        # Told of an error that breaks the stream after it was handed out (the lane's breaker).
-        self.on_failure: Callable[[LanewayError], None] | None = None
-
-    def observe(self, signals: Signals, clock: Clock, started: float) -> None:
-        """Report to ``signals``: the stream's headers now, its first byte (already read) now, and
-        its total time at the end; times from ``started`` (the attempt's start)."""
-        self._signals, self._clock, self._started = signals, clock, started
-        backend, family = self._provider.name, self._provider.family
-        signals.success(backend, family, self._lane, self.headers, None)
-        if self._first is not None:
-            signals.first_byte(backend, self._lane, clock.monotonic() - started)
+        self._signals = signals
+        self._clock = clock
+        self._started = started
+        self.attribution = attribution
+        self._on_failure = on_failure
+        self._on_end: Callable[[Usage | None], None] | None = on_end
+        backend, family = provider.name, provider.family
+        signals.success(backend, family, lane, self.headers, None)
+        if first is not None:
+            signals.first_byte(backend, lane, clock.monotonic() - started)
 
     async def _frames(self) -> AsyncIterator[bytes]:
-        signals, clock = self._signals, self._clock
         try:
             if self._first is not None:
                 yield self._first
             async for frame in self.inner:
                 yield frame
         except LanewayError as exc:
-            if signals is not None:
-                signals.failure(self._provider.name, self._provider.family, self._lane, exc)
-            if self.on_failure is not None:
-                self.on_failure(exc)
-            if self.attribution is not None and attribution_of(exc) is None:
-                attribute(exc, self.attribution)
+            verdict = classify(exc, now=self._clock.now())
+            self._signals.failure(self._provider.name, self._provider.family, self._lane, exc, verdict)
+            self._on_failure(verdict)
+            if exc.attribution is None:
+                exc.attribution = self.attribution
             raise
         finally:
             self._release()
-        if signals is not None and clock is not None:
-            signals.stream_ended(self._provider.name, self._lane, clock.monotonic() - self._started)
+        self._signals.stream_ended(self._provider.name, self._lane, self._clock.monotonic() - self._started)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._frames()
@@ -91,7 +98,7 @@ class ObservedStream:
         if self._slot is not None:
             self._slot.release()
             self._slot = None
-        on_end, self.on_end = self.on_end, None
+        on_end, self._on_end = self._on_end, None
         if on_end is not None:
             usage = getattr(self.inner, "usage", None)
             on_end(usage if isinstance(usage, Usage) else None)

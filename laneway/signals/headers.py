@@ -22,7 +22,8 @@ The wire formats (as the providers send them, checked against captured responses
   ``-unified-{5h,7d}-{status,reset,utilization}``; only status and reset are kept here.
 - Everyone: ``retry-after`` in seconds or as an HTTP date (RFC 9110 §10.2.3), and
   ``retry-after-ms`` (sent by some OpenAI-compatible servers; the official OpenAI and Anthropic
-  SDKs read it before ``retry-after``, and so do we).
+  SDKs read it before ``retry-after``, and so do we), both read by ``laneway.retry_after``, which
+  the failure verdict (``laneway.errors.classify``) shares.
 
 An OpenAI-family reset is accepted in either shape under either name: a value ending in a digit
 is an absolute epoch (milliseconds from 1e11 up, else seconds), anything else a Go duration from
@@ -39,10 +40,13 @@ value with a made-up one.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from laneway.retry_after import MAX_SECONDS
+from laneway.retry_after import decimal as _decimal
+from laneway.retry_after import retry_at as _retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,6 @@ class RateLimits:
 _EMPTY = RateLimits()  # immutable, so one shared instance serves every header-less response
 
 MAX_COUNT = 2**53
-MAX_SECONDS = 9_223_372_036.854775807  # Go's longest time.Duration (int64 nanoseconds)
 _EPOCH_MS_FROM = 1e11  # as seconds that is the year 5138; as milliseconds, 1973
 _EPOCH_FROM = 1e9  # 2001-09-09: no real reset is earlier, a smaller bare number is an amount
 _EPOCH_UNTIL = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
@@ -104,17 +107,6 @@ _CLAIM_WINDOWS = {"five_hour": "5h", "seven_day": "7d", "seven_day_sonnet": "7d_
 
 
 # -- the parts ----------------------------------------------------------------------------------
-
-
-def _decimal(text: str) -> float | None:
-    """``12``, ``12.5``, ``.5``, ``12.`` -> float; anything else (signs, exponents, ``nan``,
-    ``inf``, ``1_000``, non-ASCII digits, which ``float`` would all accept) -> None."""
-    if text.isdigit() and text.isascii():  # the usual case, without the copy below
-        return float(text)
-    digits = text.replace(".", "", 1)
-    if digits.isdigit() and digits.isascii():
-        return float(text)
-    return None
 
 
 def _count(value: str | None) -> int | None:
@@ -229,41 +221,6 @@ def _reset(value: str | None, now: float) -> float | None:
         return None if number is None else _epoch(number)
     seconds = parse_duration(value)
     return None if seconds is None else now + seconds
-
-
-def parse_retry_after(value: str, now: float) -> float | None:
-    """``retry-after`` -> the absolute time to retry at; None if malformed.
-
-    RFC 9110 allows whole seconds or an HTTP date; fractional seconds are accepted too, as the
-    OpenAI and Anthropic SDKs accept them. ``0`` means now. A date in the past gives a time at or
-    before ``now``, which the caller treats as now.
-    """
-    value = value.strip()
-    seconds = _decimal(value)
-    if seconds is not None:
-        return now + seconds if seconds <= MAX_SECONDS else None
-    try:
-        parts = email.utils.parsedate_tz(value)
-        if parts is None:
-            return None
-        # An HTTP date is GMT: unlike email.utils.mktime_tz, never fall back to the local zone
-        # when the date names none. datetime() also refuses what parsedate_tz lets through
-        # (31 February, hour 25).
-        moment = datetime(*parts[:6], tzinfo=UTC)
-        return moment.timestamp() - (parts[9] or 0)
-    except (ValueError, TypeError, OverflowError, IndexError):
-        return None
-
-
-def _retry_at(headers: Mapping[str, str], now: float) -> float | None:
-    """``retry-after-ms`` first (more precise), then ``retry-after``; a malformed one is skipped."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        number = _decimal(millis.strip())
-        if number is not None and number / 1000.0 <= MAX_SECONDS:
-            return now + number / 1000.0
-    seconds = headers.get("retry-after")
-    return None if seconds is None else parse_retry_after(seconds, now)
 
 
 def _quota(limit: int | None, remaining: int | None, reset_at: float | None) -> Quota | None:

@@ -8,7 +8,11 @@ Status (DESIGN.md):
 - ``unknown`` before anything was observed, or when nothing was for longer than the TTL.
 
 A 429 is a quota answer, not a health failure: it exhausts the backend until its reset, and
-afterwards the backend is as healthy as it was. A response without rate-limit headers never
+afterwards the backend is as healthy as it was. A 503 or 529 that said when to come back
+(Retry-After) makes the backend ``unavailable_until`` then: not exhausted (its quota is not used
+up), not degraded (it said what it is doing); a success ends it early. Either way the backend is
+*held* until then (``held_until``): the router does not call it, and waits for it when it is
+back soon enough. A response without rate-limit headers never
 clears an earlier signal; a response with them replaces what it reports, field by field, and a
 malformed field (parsed as None) keeps the value before it.
 """
@@ -72,6 +76,7 @@ class BackendSignal:
     unified_status: str | None = None
     unified_reset_at: float | None = None
     exhausted_until: float | None = None
+    unavailable_until: float | None = None
     last_success_at: float | None = None
     last_error_at: float | None = None
     last_error: str | None = None
@@ -126,6 +131,7 @@ class BackendSignal:
     def succeeded(self, now: float) -> None:
         self.last_success_at = self.recorded_at = now
         self.last_outcome = "success"
+        self.unavailable_until = None  # it answered: available again, whatever it said before
 
     def failed(self, now: float, message: str) -> None:
         self.last_error_at = self.recorded_at = now
@@ -139,7 +145,18 @@ class BackendSignal:
         if self.exhausted_until is None or self.exhausted_until <= now:
             self.exhausted_until = now + exhausted_for
 
+    def unavailable(self, now: float, message: str, until: float) -> None:
+        """A 503 or 529 that said to come back at ``until``: held till then, not degraded."""
+        self.recorded_at = now
+        self.last_error = message
+        self.unavailable_until = until
+
     # -- reading -----------------------------------------------------------------------------
+
+    def held_until(self) -> float:
+        """Until when (wall clock) the backend asked not to be called: its quota's reset or the end
+        of its announced unavailability, whichever is later (0: no such request)."""
+        return max(self.exhausted_until or 0.0, self.unavailable_until or 0.0)
 
     def status(self, now: float, ttl: float) -> Status:
         if self.exhausted_until is not None and now < self.exhausted_until:
@@ -158,6 +175,7 @@ class BackendSignal:
             "unified_status": self.unified_status,
             "unified_reset_at": self.unified_reset_at,
             "exhausted_until": self.exhausted_until,
+            "unavailable_until": self.unavailable_until,
             "last_success_at": self.last_success_at,
             "last_error_at": self.last_error_at,
             "last_error": self.last_error,
@@ -205,6 +223,7 @@ class BackendSignal:
             "retry_at",
             "unified_reset_at",
             "exhausted_until",
+            "unavailable_until",
             "last_success_at",
             "last_error_at",
             "last_rate_limited_at",

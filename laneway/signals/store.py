@@ -15,19 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from laneway.clock import Clock, within
 from laneway.config.schema import SignalsConfig
-from laneway.errors import (
-    LanewayError,
-    TransportError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamStatusError,
-)
+from laneway.errors import LanewayError, UpstreamError, UpstreamStatusError, Verdict, classify
 from laneway.signals.headers import parse_rate_limits
 from laneway.signals.state import BackendSignal, Status
 from laneway.storage.runtime import KeyValueStore
@@ -35,20 +30,8 @@ from laneway.storage.runtime import KeyValueStore
 log = logging.getLogger("laneway.signals")
 
 PREFIX = "signals:"
-# An upstream status that says the backend (or our credential for it) is unwell. Other 4xx are
-# the request's own fault and say nothing about the backend; 429 is quota, handled apart.
-_UNHEALTHY_4XX = frozenset({401, 403, 408, 409})
 
 Probe = Callable[[], Awaitable[Mapping[str, str]]]
-
-
-def counts_against_health(exc: UpstreamError) -> bool:
-    if isinstance(exc, TransportError | UpstreamProtocolError):
-        return True
-    if isinstance(exc, UpstreamStatusError):
-        s = exc.upstream_status
-        return s >= 500 or s in _UNHEALTHY_4XX
-    return True
 
 
 class Signals:
@@ -101,21 +84,36 @@ class Signals:
             getattr(sig.lane(lane), window).record(seconds)
         self._dirty.add(sig.backend)
 
-    def failure(self, backend: str, family: str, lane: str | None, exc: LanewayError) -> None:
+    def failure(
+        self, backend: str, family: str, lane: str | None, exc: LanewayError, verdict: Verdict
+    ) -> None:
+        """A call failed; ``verdict`` (``classify``) says what that means for the backend: used-up
+        quota, announced unavailability, ill health (a refused credential too: the backend cannot
+        serve), or nothing (the request's own fault). Rate-limit headers on an error answer count
+        like on any answer, but the Retry-After of an unavailable backend is not about its quota."""
+        if not (isinstance(exc, UpstreamStatusError) or verdict.unhealthy or verdict.auth_failure):
+            return  # a busy pool, the request's own fault: nothing about the backend
         now = self.clock.now()
         sig = self.signal(backend, family)
         if isinstance(exc, UpstreamStatusError):
             limits = parse_rate_limits(family, exc.upstream_headers, now)
+            if verdict.unavailable:
+                limits = replace(limits, retry_at=None)
             sig.apply_limits(limits, now, self.settings.exhausted_for)
-            if exc.upstream_status == 429:
-                sig.rate_limited(now, exc.message, self.settings.exhausted_for)
-                self._dirty.add(backend)
-                return
-        if not isinstance(exc, UpstreamError) or counts_against_health(exc):
+        if verdict.rate_limited:
+            sig.rate_limited(now, exc.message, self.settings.exhausted_for)
+        elif verdict.unavailable and verdict.retry_after is not None:
+            sig.unavailable(now, exc.message, now + verdict.retry_after)
+        elif verdict.unhealthy or verdict.auth_failure:
             sig.failed(now, exc.message)
         self._dirty.add(backend)
 
     # -- reading -----------------------------------------------------------------------------
+
+    def held_until(self, backend: str) -> float:
+        """Until when (wall clock) the backend asked not to be called (0: it did not)."""
+        sig = self._signals.get(backend)
+        return 0.0 if sig is None else sig.held_until()
 
     def status(self, backend: str) -> Status:
         sig = self._signals.get(backend)
@@ -141,7 +139,7 @@ class Signals:
         try:
             headers = await within(self.clock, deadline, probe())
         except UpstreamError as exc:
-            self.failure(backend, family, None, exc)
+            self.failure(backend, family, None, exc, classify(exc, now=self.clock.now()))
         except TimeoutError:
             self.signal(backend, family).failed(self.clock.now(), f"probe timed out after {deadline:g}s")
             self._dirty.add(backend)

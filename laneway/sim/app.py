@@ -243,8 +243,9 @@ class SimApp:
             self.stats.failures_injected += 1
             said = options.fail_message or f"simulated failure: {status} {status_phrase(status)}"
             reply = error_reply(family, status, said.replace("{credential}", credential))
-            if status == 429:
-                headers.append((b"retry-after", b"1"))
+            retry_after = options.fail_retry_after or ("1" if status == 429 else None)
+            if retry_after is not None:
+                headers.append((b"retry-after", retry_after.encode()))
             reply.headers = headers
             if await self._pause(options.latency, receive):
                 await respond(send, reply)

@@ -68,6 +68,9 @@ class SimOptions:
     # request carried (Authorization or x-api-key): an upstream (or a proxy before one) that
     # quotes what it was sent, as some do; the real APIs mask it.
     fail_message: str | None = None
+    # The Retry-After header of injected failures (a 503 that says when to come back); None: "1"
+    # on a 429, none on any other status.
+    fail_retry_after: str | None = None
     fail_rate: float = 0.0
     fail_first: int = 0
     seed: int = 0
