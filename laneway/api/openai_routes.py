@@ -18,7 +18,7 @@ from laneway.api.access import request_record
 from laneway.api.errors import SHOW_LANE
 from laneway.api.streaming import ReplyStreamResponse
 from laneway.api.wire import SHAPES, parse_body, validate
-from laneway.errors import ClientGone, NoLaneAvailable, PayloadTooLarge
+from laneway.errors import ClientGone, PayloadTooLarge
 from laneway.gateway import Gateway
 from laneway.operations import OPERATIONS, Operation
 from laneway.routing.dispatch import Served
@@ -135,8 +135,6 @@ class OpenAIRoutes:
             record.caller, record.operation = who.caller, op.value
             record.requested, record.streamed = str(body.get("model")), streamed
         router = gw.router
-        if router is None:
-            raise NoLaneAvailable("The gateway is still starting; try again in a moment")
         if streamed:
             stream = await unless_client_leaves(request, router.stream(op, body, raw, info))
             if stream is None:

@@ -28,7 +28,6 @@ from laneway.api.openai_routes import read_body
 from laneway.api.wire import parse_body
 from laneway.auth.tokens import PublisherGrant
 from laneway.clock import within
-from laneway.errors import NoLaneAvailable
 from laneway.gateway import Gateway
 from laneway.publishing.protocol import (
     Accepted,
@@ -71,10 +70,7 @@ class PublisherRoutes:
         ]
 
     def _fleet(self) -> Fleet:
-        fleet = self.gateway.fleet
-        if fleet is None:
-            raise NoLaneAvailable("laneway is starting up; try again in a moment")
-        return fleet
+        return self.gateway.fleet
 
     def _caller(self, request: Request) -> tuple[Fleet, PublisherGrant]:
         fleet = self._fleet()

@@ -65,7 +65,6 @@ class ReplyStreamResponse:
                     extra={
                         "error": exc.message,
                         "code": exc.error_code,
-                        "request_id": attribution.request_id if attribution else None,
                         "lane": attribution.lane if attribution else None,
                     },
                 )

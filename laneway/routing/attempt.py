@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from laneway import context
 from laneway.clock import Clock
 from laneway.config.schema import BackendConfig
 from laneway.errors import LanewayError, UpstreamError, UpstreamStatusError, Verdict, classify
@@ -93,6 +94,7 @@ class Attempts:
             request.note(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
             return None
         n = request.begin(lane)
+        context.note_lane(lane.id)  # every log line of this request from here on names the lane
         queued_at = self.clock.monotonic()
         called_at: float | None = None  # set once a slot is held
         try:
