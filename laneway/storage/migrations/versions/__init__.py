@@ -1,2 +1,2 @@
-"""Migration scripts, oldest first. Hand-written; ``tests/test_storage.py`` checks that head
+"""Migration scripts, oldest first. Hand-written; ``tests/storage/test_db.py`` checks that head
 matches ``laneway.storage.models``."""

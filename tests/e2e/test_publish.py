@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import CLIENT_KEY, Sim
-from tests.test_inventory_e2e import free_port
+from tests.e2e.test_inventory import free_port
 
 ADMIN = "lw-e2e-admin"
 TOKEN = "lw-e2e-publish-token"

@@ -22,8 +22,8 @@ from laneway.config import settings_from_data
 from laneway.config.schema import ServerConfig
 from laneway.errors import ConfigError
 from tests.conftest import CLIENT_KEY, RunningGateway
-from tests.test_inventory_e2e import free_port
-from tests.test_publish_e2e import Processes, get, wait_for
+from tests.e2e.test_inventory import free_port
+from tests.e2e.test_publish import Processes, get, wait_for
 
 HANG_GUARD = 10.0  # seconds a socket waits before the test calls it a hang
 FAST = {"header_timeout": 0.5, "body_timeout": 0.5, "keepalive_timeout": 0.5}

@@ -492,7 +492,7 @@ async def test_heartbeat_answers_and_unknown_sessions(
 async def test_laneway_publishers_shows_the_sessions(
     pub_gw: RunningGateway, publisher: ScriptedPublisher
 ) -> None:
-    from tests.test_cli_admin import laneway, ok
+    from tests.cli.test_admin import laneway, ok
 
     def run(*args: str) -> str:
         return ok(laneway("publishers", *args, "--url", pub_gw.url, "--key", ADMIN))

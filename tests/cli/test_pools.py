@@ -20,8 +20,8 @@ import pytest
 
 from laneway.cli.failovers import record_lines, status_code
 from laneway.cli.pools import format_wait, top_callers
+from tests.cli.test_admin import ADMIN_KEY, _closed_port, admin, laneway, ok, refused
 from tests.conftest import CLIENT_KEY, OPENAI_KEY, RunningGateway, Sim
-from tests.test_cli_admin import ADMIN_KEY, _closed_port, admin, laneway, ok, refused
 
 BAD_LANE = "cloud:openai:bad:chat:gpt-4o-mini"
 GOOD_LANE = "cloud:openai:good:chat:gpt-4o-mini"

@@ -218,7 +218,7 @@ def test_a_sqlite_file_that_cannot_be_opened_is_named_by_its_absolute_path(
     import subprocess
     import sys
 
-    from tests.test_cli_admin import ENV
+    from tests.cli.test_admin import ENV
 
     if blocker == "file":  # a file where the database's directory should be
         (tmp_path / "var").write_text("")

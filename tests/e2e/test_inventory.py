@@ -351,7 +351,7 @@ async def test_a_backend_whose_api_key_env_is_unset_is_never_called_and_says_whi
     import asyncio
     import uuid
 
-    from tests.test_cli_admin import laneway
+    from tests.cli.test_admin import laneway
 
     variable = f"LANEWAY_TEST_KEY_{uuid.uuid4().hex[:8].upper()}"
     monkeypatch.delenv(variable, raising=False)

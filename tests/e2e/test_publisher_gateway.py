@@ -18,7 +18,7 @@ from laneway.clock import ManualClock
 from laneway.publisher.local import LocalBackend, select_lanes
 from laneway.publisher.runner import Publisher
 from tests.conftest import CLIENT_KEY, RunningGateway, Sim
-from tests.test_publisher_api import ADMIN, TOKEN, admin, eventually, lane_health
+from tests.virtual.test_publisher_api import ADMIN, TOKEN, admin, eventually, lane_health
 
 pytestmark = pytest.mark.anyio
 

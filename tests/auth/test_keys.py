@@ -22,8 +22,8 @@ from laneway.auth.keys import Grant, KeyRing, merge_key_entries
 from laneway.gateway import GatewayOptions
 from laneway.storage import Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
+from tests.cli.test_admin import laneway, ok
 from tests.conftest import RunningGateway
-from tests.test_cli_admin import laneway, ok
 
 pytestmark = pytest.mark.anyio
 

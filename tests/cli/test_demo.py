@@ -11,8 +11,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.test_inventory_e2e import free_port
-from tests.test_publish_e2e import ENV, LANEWAY, get, wait_for
+from tests.e2e.test_inventory import free_port
+from tests.e2e.test_publish import ENV, LANEWAY, get, wait_for
 
 DEMO_KEY = "lw-demo-key"
 CHAT: list[dict[str, str]] = [{"role": "user", "content": "hi"}]
@@ -64,7 +64,7 @@ def test_make_demo_passes_a_port_on(args: list[str], command: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PORT")}
     done = subprocess.run(
         ["make", "--no-print-directory", "-n", "demo", *args],
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
         capture_output=True,
         text=True,
         check=True,

@@ -26,9 +26,9 @@ from laneway.errors import AuthenticationFailed
 from laneway.gateway import GatewayOptions
 from laneway.storage import AlreadyExists, Database, InvalidValue, hash_key
 from laneway.storage.db import alembic_config, create_engine
+from tests.cli.test_admin import laneway, ok, refused
 from tests.conftest import RunningGateway
 from tests.scripted_publisher import ScriptedPublisher
-from tests.test_cli_admin import laneway, ok, refused
 
 pytestmark = pytest.mark.anyio
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from tests.conftest import CLIENT_KEY, Sim
-from tests.test_inventory_e2e import free_port
-from tests.test_publish_e2e import Processes, get, health, wait_for
+from tests.e2e.test_inventory import free_port
+from tests.e2e.test_publish import Processes, get, health, wait_for
 
-ADMIN = "lw-e2e-admin"  # the admin key tests.test_publish_e2e.health uses
+ADMIN = "lw-e2e-admin"  # the admin key tests.e2e.test_publish.health uses
 TOKEN = "lw-drain-publish-token"
 NAME = "drain-box"
 HANG_GUARD = 30.0
