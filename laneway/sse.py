@@ -81,21 +81,27 @@ def boundary(buffer: bytes) -> int:
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
-def data_of(events: bytes) -> Iterator[bytes]:
+def data_of(events: bytes) -> list[bytes]:
     """The data of each event in ``events`` (whole events, as ``boundary`` cut them); events
-    without data (comments, a lone ``event:``) yield nothing."""
-    # One ``data: ...`` line and its blank line, the shape of nearly every event an upstream
-    # sends: its data is the slice between them, without the general parse (this is the hot
-    # path of a pass-through, hence no generator for it). A CR before the blank line is a CRLF
-    # line end: the general parse has it.
-    if (
-        events.startswith(b"data: ")
-        and events.find(b"\n") == len(events) - 2
-        and events[-1] == 0x0A
-        and events[-3] != 0x0D
-    ):
-        return iter((events[6:-2],))
-    return (event.data for event in parse(events))
+    without data (comments, a lone ``event:``) give nothing."""
+    # Nearly every event an upstream sends is one ``data: ...`` line and its blank line, and a
+    # read often holds several: each such event's data is a slice, without the general parse
+    # (this is the hot path of a pass-through). Anything else (CRLF line ends, named events,
+    # comments, data over several lines) goes through ``parse``.
+    one = events.startswith(b"data: ") and events.find(b"\n") == len(events) - 2
+    if one and events[-1] == 0x0A and events[-3] != 0x0D:
+        return [events[6:-2]]  # the commonest read: one such event (a CR before it: CRLF ends)
+    if b"\r" in events:
+        return [event.data for event in parse(events)]
+    out: list[bytes] = []
+    for raw in events.split(b"\n\n"):
+        if not raw:
+            continue
+        if raw.startswith(b"data: ") and b"\n" not in raw:
+            out.append(raw[6:])
+        else:
+            out.extend(event.data for event in parse(raw))
+    return out
 
 
 class Splitter:

@@ -187,3 +187,22 @@ def test_the_sims_streams_decode_event_for_event_as_the_official_sdks_read_them(
         ours = [e for i in range(0, len(raw), size) for e in decoder.feed(raw[i : i + size])]
         ours += decoder.close()
         assert [(e.event, e.data.decode(), e.id) for e in ours] == sdk, (name, size)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        b"data: x\n\n",
+        b"data: x\r\n\n",
+        b"data: a\n\ndata: b\n\ndata: [DONE]\n\n",
+        b"data: a\r\n\r\ndata: b\r\n\r\n",
+        b": keep-alive\n\ndata: a\n\n",
+        b"event: e\ndata: z\n\ndata: a\n\n",
+        b"data: l1\ndata: l2\n\ndata: c\n\n",
+        b"data: a\n\ndata: tail",
+        b"data:nospace\n\n",
+    ],
+)
+def test_data_of_reads_what_the_general_parse_reads(events: bytes) -> None:
+    """The pass-through's quick reading of whole events never disagrees with the codec's own."""
+    assert sse.data_of(events) == [e.data for e in sse.parse(events)]
