@@ -146,10 +146,14 @@ class Refresher:
         if st.unset_key_env:
             self._key_unset(st.unset_key_env)
             return False
+        deadline = ctx.settings.refresh_deadline
         try:
-            cooldown = await ctx.cooldowns.get(self.credential)
-        except LanewayError as exc:  # the runtime store is away: refreshing is the safer side
-            log.warning("could not read auth cooldowns", extra={"backend": self.name, "error": exc.message})
+            # Bounded like the model list: a refresh a request waits on (a model nobody serves)
+            # must not hang behind a runtime store that stopped answering.
+            cooldown = await within(ctx.clock, deadline, ctx.cooldowns.get(self.credential))
+        except (LanewayError, TimeoutError) as exc:  # the store is away: refreshing is the safer side
+            error = exc.message if isinstance(exc, LanewayError) else f"no answer in {deadline:g}s"
+            log.warning("could not read auth cooldowns", extra={"backend": self.name, "error": error})
             cooldown = None
         if cooldown is not None:
             st.cooldown_until, st.cooldown_reason = cooldown.until, cooldown.reason

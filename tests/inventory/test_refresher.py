@@ -353,6 +353,31 @@ async def test_a_cooldown_write_that_hangs_never_holds_the_request(sim_factory: 
     # ... and closing the reconciler ended the hung write instead of waiting for it
 
 
+class HangingReads(MemoryStore):
+    """A runtime store whose reads never return (a Redis that stopped answering)."""
+
+    async def get(self, key: str) -> bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+
+async def test_a_refresh_on_a_miss_is_not_held_by_a_store_that_stopped_answering(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    """A request for a model nobody serves waits on one refresh of the local backends; its
+    cooldown read is bounded by the refresh deadline (on the injected clock), then it refreshes."""
+    sim = sim_factory(family="ollama", models=["llama3:8b"])
+    backends = {"gpu": {"provider": "ollama", "base_url": sim.url}}
+    async with rig(backends, tmp_path, runtime=HangingReads, refresh_deadline=7) as r:
+        refresh = asyncio.create_task(r.reconciler.refresh_local())
+        await asyncio.sleep(0.05)
+        assert not refresh.done()  # held by the read until the deadline, measured on the clock
+        r.clock.advance(7)
+        assert await asyncio.wait_for(refresh, 10)  # a bound on waiting, not a timing
+        assert {ln.model for ln in r.inventory.lanes()} == {"llama3:8b"}
+        assert r.status("gpu").cooldown_until is None
+
+
 @pytest.mark.parametrize("refusal", ["wrong-key", "forbidden"])
 async def test_a_refused_credential_keeps_lanes_out_of_rotation_for_the_cooldown(
     sim_factory: Any, tmp_path: Path, refusal: str
