@@ -11,8 +11,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from laneway import sse
 from laneway.errors import StreamBroken, UpstreamProtocolError
 from laneway.providers.anthropic_response import (
@@ -22,7 +20,7 @@ from laneway.providers.anthropic_response import (
     status_error,
 )
 from laneway.providers.base import Call, Usage
-from laneway.providers.http import StreamingBody
+from laneway.providers.http import StreamingBody, loads_object
 from laneway.providers.openai_format import (
     ChunkWriter,
     include_usage,
@@ -56,16 +54,7 @@ async def frames(body: StreamingBody, stream: MessageStream, backend: str) -> As
 def event_data(event: sse.Event, backend: str = "") -> dict[str, Any]:
     """An event's JSON object, with the event's name as its ``type`` when the data has none
     (an unnamed event, ``message`` in SSE's words, names nothing)."""
-    try:
-        payload = event.json()
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(
-            f"backend '{backend}' sent a stream event that is not JSON", backend=backend
-        ) from None
-    if not isinstance(payload, dict):
-        raise UpstreamProtocolError(
-            f"backend '{backend}' sent a stream event that is not an object", backend=backend
-        )
+    payload = loads_object(event.data, backend, "a stream event")
     if "type" not in payload and event.event != "message":
         payload["type"] = event.event
     return payload

@@ -95,13 +95,18 @@ def credentials_in(headers: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def loads_object(body: bytes, backend: str) -> dict[str, Any]:
-    """Parse a JSON object from a backend, or raise UpstreamProtocolError."""
-    with map_errors(backend):
+def loads_object(body: bytes, backend: str, what: str = "an answer") -> dict[str, Any]:
+    """Parse a JSON object a backend sent (``what``: an answer, a stream event, a stream line),
+    or raise UpstreamProtocolError saying which it was and what was wrong with it."""
+    try:
         data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(
+            f"backend '{backend}' sent {what} that is not JSON", backend=backend
+        ) from None
     if not isinstance(data, dict):
         raise UpstreamProtocolError(
-            f"backend '{backend}' answered with JSON that is not an object", backend=backend
+            f"backend '{backend}' sent {what} that is not a JSON object", backend=backend
         )
     return data
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import orjson
-
 from laneway import sse
 from laneway.errors import StreamBroken, UpstreamProtocolError
 from laneway.providers.base import Call, Usage
-from laneway.providers.http import StreamingBody
+from laneway.providers.http import StreamingBody, loads_object
 from laneway.providers.ollama_response import (
     finish_reason,
     openai_tool_calls,
@@ -45,17 +43,7 @@ def parse_line(line: bytes, backend: str = "") -> dict[str, Any] | None:
     """One NDJSON line of an Ollama stream; None for a blank line."""
     if not line.strip():
         return None
-    try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(
-            f"backend '{backend}' sent a stream line that is not JSON", backend=backend
-        ) from None
-    if not isinstance(data, dict):
-        raise UpstreamProtocolError(
-            f"backend '{backend}' sent a stream line that is not an object", backend=backend
-        )
-    return data
+    return loads_object(line, backend, "a stream line")
 
 
 class LineStream:

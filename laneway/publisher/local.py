@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-import orjson
-
 from laneway.clock import Clock
 from laneway.config.schema import BackendConfig
 from laneway.errors import (
@@ -35,7 +33,7 @@ from laneway.errors import (
 from laneway.operations import OPERATIONS, Operation
 from laneway.providers.base import Call, ModelInfo, Provider, ReplyStream, answer
 from laneway.providers.base import stream as open_stream
-from laneway.providers.http import Upstream
+from laneway.providers.http import Upstream, loads_object
 from laneway.providers.registry import build_provider
 from laneway.publishing.protocol import Failure, LaneOffer, Result
 from laneway.sse import Decoder, EventTooLarge
@@ -168,16 +166,7 @@ class SSEChunks:
     def _decode(self, payload: bytes) -> dict[str, Any] | None:
         if payload.strip() == b"[DONE]":
             return None
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError(
-                "the local backend sent a stream frame that is not JSON", backend=BACKEND_NAME
-            ) from None
-        if not isinstance(chunk, dict):
-            raise UpstreamProtocolError(
-                "the local backend sent a stream frame that is not an object", backend=BACKEND_NAME
-            )
+        chunk = loads_object(payload, BACKEND_NAME, "a stream frame")
         error = chunk.get("error")
         if error is not None and "choices" not in chunk:
             message = error.get("message") if isinstance(error, dict) else error
@@ -282,16 +271,7 @@ class LocalBackend:
     ) -> dict[str, Any]:
         """The complete answer of a call that is not streamed, named by the published name."""
         reply = await answer(self.provider, lane.type, self._call(lane, body, False, timeout))
-        try:
-            parsed = orjson.loads(reply.body)
-        except orjson.JSONDecodeError:
-            raise UpstreamProtocolError(
-                "the local backend answered with invalid JSON", backend=BACKEND_NAME
-            ) from None
-        if not isinstance(parsed, dict):
-            raise UpstreamProtocolError(
-                "the local backend answered with JSON that is not an object", backend=BACKEND_NAME
-            )
+        parsed = loads_object(reply.body, BACKEND_NAME)
         renamed(parsed, lane.published)
         return parsed
 
