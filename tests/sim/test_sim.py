@@ -606,6 +606,29 @@ def test_fail_first_then_success_and_fail_status_alone(serve: Any) -> None:
         assert overloaded.value.body["error"]["type"] == "overloaded_error"
 
 
+def test_fail_retry_after_reaches_the_sdks_as_the_real_apis_send_it(serve: Any) -> None:
+    """A 503 (OpenAI) or 529 (Anthropic) that says when to come back: the SDKs read the status,
+    the error body in their family's shape, and the Retry-After header."""
+    ask: Any = [{"role": "user", "content": "x"}]
+    with serve(SimOptions(fail_status=503, fail_retry_after="7")) as (_, url):
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            oai(url).chat.completions.create(model="gpt-4o-mini", messages=ask)
+        assert unavailable.value.status_code == 503
+        assert unavailable.value.response.headers["retry-after"] == "7"
+        assert isinstance(unavailable.value.body, dict)
+        assert "simulated failure" in unavailable.value.body["message"]
+    with serve(SimOptions(fail_status=529, fail_retry_after="3")) as (_, url):
+        with pytest.raises(anthropic.APIStatusError) as overloaded:
+            claude(url).messages.create(model="gpt-4o-mini", max_tokens=5, messages=ask)
+        assert overloaded.value.response.headers["retry-after"] == "3"
+        assert isinstance(overloaded.value.body, dict)
+        assert overloaded.value.body["error"]["type"] == "overloaded_error"
+    with serve(SimOptions(fail_status=500)) as (_, url):  # said only when asked (and for a 429)
+        with pytest.raises(openai.InternalServerError) as failed:
+            oai(url).chat.completions.create(model="gpt-4o-mini", messages=ask)
+        assert "retry-after" not in failed.value.response.headers
+
+
 def test_fail_rate_is_seeded(serve: Any) -> None:
     def outcomes(seed: int) -> list[int]:
         with serve(SimOptions(fail_rate=0.5, fail_status=500, seed=seed)) as (_, url):
