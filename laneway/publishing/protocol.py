@@ -72,14 +72,6 @@ class SessionState(StrEnum):
     DRAINING = "draining"
 
 
-class LaneState(StrEnum):
-    """A registered lane's state on the gateway: inactive lanes are not routed to."""
-
-    ACTIVE = "active"
-    HIBERNATING = "hibernating"
-    INACTIVE = "inactive"
-
-
 def _null_is(default: Any) -> BeforeValidator:
     """An explicit ``null`` in a field that may be left out means what leaving it out means."""
     return BeforeValidator(lambda value: default if value is None else value)
