@@ -1,4 +1,9 @@
-"""Every error leaves the API in the OpenAI error shape, with the right status; never a traceback.
+"""Every error leaves the API in the caller's dialect, with the right status; never a traceback.
+
+An error is first put in the OpenAI error shape (``error_body``); a request that came in by
+another dialect's door (Anthropic's ``/v1/messages``, Ollama's ``/api/...``) has its ``Dialect``
+in its scope, which reshapes it (``Dialect.error``). A path no route serves answers in the
+dialect its prefix belongs to.
 
 What a client reads is laneway's own account (``LanewayError.client_message``): what failed and
 the request id to quote; which lane it was, only to admin keys or when the operator allows it
@@ -9,7 +14,7 @@ redacted, never to the client.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -22,6 +27,37 @@ from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError, http_st
 log = logging.getLogger("laneway.api")
 
 SHOW_LANE = "laneway.show_lane"  # scope key: this request's errors may name the lane
+DIALECT = "laneway.dialect"  # scope key: the Dialect this request's errors are shaped in
+
+
+class Dialect(Protocol):
+    """How one inbound dialect shapes an error. ``body`` is the error in the OpenAI shape
+    (``{"error": {"message", "type", "param", "code", ...}}``) and ``status`` its HTTP status."""
+
+    name: str
+
+    def error(self, status: int, body: dict[str, Any]) -> dict[str, Any]:
+        """The error as this dialect's clients expect it."""
+        ...
+
+
+PREFIXES = "dialect_prefixes"  # app state: ((path prefix, Dialect), ...) for paths no route took
+
+
+def dialect_of(request: Request) -> Dialect | None:
+    """The request's dialect: the one its route said (``DIALECT``), else its path prefix's (a 404
+    under ``/api/`` is Ollama's), else None (OpenAI's)."""
+    said = request.scope.get(DIALECT)
+    if said is not None:
+        return said  # type: ignore[no-any-return]
+    path = request.url.path
+    prefixes: tuple[tuple[str, Dialect], ...] = getattr(request.app.state, PREFIXES, ())
+    return next((d for prefix, d in prefixes if path.startswith(prefix)), None)
+
+
+def shaped(request: Request, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    dialect = dialect_of(request)
+    return body if dialect is None else dialect.error(status, body)
 
 
 def error_body(err: LanewayError, *, show_lane: bool = False) -> dict[str, Any]:
@@ -45,21 +81,28 @@ def error_body(err: LanewayError, *, show_lane: bool = False) -> dict[str, Any]:
     return body
 
 
-def error_response(err: LanewayError, request_id: str | None = None, *, show_lane: bool = False) -> Response:
+def error_response(
+    err: LanewayError,
+    request_id: str | None = None,
+    *,
+    show_lane: bool = False,
+    dialect: Dialect | None = None,
+) -> Response:
     headers = err.headers()
     if request_id:
         headers["x-request-id"] = request_id
+    status = http_status(err)
+    body = error_body(err, show_lane=show_lane)
     return Response(
-        orjson.dumps(error_body(err, show_lane=show_lane)),
-        status_code=http_status(err),
+        orjson.dumps(body if dialect is None else dialect.error(status, body)),
+        status_code=status,
         headers=headers,
         media_type="application/json",
     )
 
 
-def openai_error(status: int, message: str, error_type: str, code: str | None = None) -> Response:
-    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+def openai_error(status: int, message: str, error_type: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
 async def laneway_error_handler(request: Request, exc: Exception) -> Response:
@@ -71,6 +114,7 @@ async def laneway_error_handler(request: Request, exc: Exception) -> Response:
         exc,
         request.scope.get("state", {}).get("request_id"),
         show_lane=bool(request.scope.get(SHOW_LANE)),
+        dialect=dialect_of(request),
     )
 
 
@@ -80,11 +124,13 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     message = (
         f"Unknown path {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
     )
-    return openai_error(exc.status_code, message, kind)
+    body = shaped(request, exc.status_code, openai_error(exc.status_code, message, kind))
+    return Response(orjson.dumps(body), status_code=exc.status_code, media_type="application/json")
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return openai_error(
+    said = openai_error(
         500, "The gateway hit an internal error; it has been logged.", "server_error", "internal_error"
     )
+    return Response(orjson.dumps(shaped(request, 500, said)), status_code=500, media_type="application/json")

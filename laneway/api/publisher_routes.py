@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from laneway.api.openai_routes import read_body
+from laneway.api.inbound import read_body
 from laneway.api.wire import parse_body
 from laneway.auth.tokens import PublisherGrant
 from laneway.clock import within

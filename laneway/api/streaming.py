@@ -1,16 +1,18 @@
-"""An SSE response that stops the upstream the moment the client leaves.
+"""A streamed response that stops the upstream the moment the client leaves.
 
-The body is pumped from a ``ReplyStream`` while a watcher waits for ``http.disconnect``; if the
-client goes first, the pump is cancelled and the upstream stream is closed, so the backend stops
-generating for nobody. An upstream failure after bytes were sent cannot be failed over: the
-client gets an OpenAI-style error event and the stream ends.
+The body is pumped from a ``ReplyStream`` (or any stream of ready frames: a dialect's translation
+of one) while a watcher waits for ``http.disconnect``; if the client goes first, the pump is
+cancelled and the upstream stream is closed, so the backend stops generating for nobody. An
+upstream failure after bytes were sent cannot be failed over: the client gets an error frame (an
+OpenAI-style error event unless the dialect says otherwise: ``error_frame``) and the stream ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -18,18 +20,43 @@ from laneway import sse
 from laneway.api.access import RECORD
 from laneway.api.errors import error_body
 from laneway.errors import LanewayError
-from laneway.providers.base import ReplyStream
 from laneway.routing.record import RequestRecord
 
 log = logging.getLogger("laneway.api")
 
+SSE = "text/event-stream; charset=utf-8"
+
+
+class Frames(Protocol):
+    """What the response pumps: ready-to-send frames, closed when the response ends."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def openai_error_frame(exc: LanewayError, body: dict[str, Any]) -> bytes:
+    return sse.encode(body)
+
 
 class ReplyStreamResponse:
-    def __init__(self, stream: ReplyStream, headers: Mapping[str, str], *, show_lane: bool = False) -> None:
+    """``error_frame(exc, body)``: the last frame of a stream that broke (``body``: the error in
+    the OpenAI shape, as ``api.errors.error_body`` puts it)."""
+
+    def __init__(
+        self,
+        stream: Frames,
+        headers: Mapping[str, str],
+        *,
+        show_lane: bool = False,
+        media_type: str = SSE,
+        error_frame: Callable[[LanewayError, dict[str, Any]], bytes] = openai_error_frame,
+    ) -> None:
         self.stream = stream
         self.show_lane = show_lane
+        self.error_frame = error_frame
         self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"content-type", media_type.encode("latin-1")),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
@@ -68,7 +95,7 @@ class ReplyStreamResponse:
                         "lane": attribution.lane if attribution else None,
                     },
                 )
-                frame = sse.encode(error_body(exc, show_lane=self.show_lane))
+                frame = self.error_frame(exc, error_body(exc, show_lane=self.show_lane))
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             state["done"] = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -26,13 +26,31 @@ class ModelInfo:
     loaded: bool | None = None  # in memory on the backend right now (Ollama /api/ps); None: not known
 
 
+OPENAI = "openai"  # the dialect everything crosses the seam in, unless a call is native
+
+
+@dataclass(frozen=True, slots=True)
+class Native:
+    """A client's request as it sent it, in a dialect other than OpenAI's (``dialect``: "anthropic"
+    for ``/v1/messages``), for a lane whose family speaks that dialect itself: such a lane may send
+    ``body`` on as it came (only its ``model`` rewritten) and answer in the same dialect
+    (``Reply.dialect``, ``ReplyStream.dialect``), so nothing a translation would lose is lost.
+    ``headers`` are the client's headers of that dialect worth forwarding (``anthropic-beta``).
+    Every other lane serves the call's OpenAI ``body``, the same request translated."""
+
+    dialect: str
+    body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Call:
     """One request for one backend.
 
     ``body`` is the OpenAI-format request, with ``model`` already set to the backend's own model
     name. ``raw`` is the client's original bytes when they are still exactly ``body`` (same model
-    name), so an OpenAI-compatible upstream gets them without a re-serialisation.
+    name), so an OpenAI-compatible upstream gets them without a re-serialisation. ``native`` is
+    the client's request in its own dialect, when it came in another one (see ``Native``).
     """
 
     model: str
@@ -40,6 +58,7 @@ class Call:
     raw: bytes | None = None
     effort: str | None = None  # reasoning effort from a route selector (low|medium|high)
     timeout: float | None = None
+    native: Native | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +77,19 @@ class Usage:
 
 @dataclass(slots=True)
 class Reply:
-    """A complete OpenAI-format response body, the upstream's response headers, and the tokens
-    the upstream reported (None when its answer said nothing about them)."""
+    """A complete response body, the upstream's response headers, and the tokens the upstream
+    reported (None when its answer said nothing about them). The body is in OpenAI's format,
+    unless the provider served the call's ``native`` request: then in that ``dialect``."""
 
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
     usage: Usage | None = None
+    dialect: str = OPENAI
 
 
 class ReplyStream(Protocol):
-    """An established upstream stream, already translated to OpenAI SSE bytes.
+    """An established upstream stream, already translated to OpenAI SSE bytes (or, when the
+    provider served the call's ``native`` request, in that ``dialect``'s own frames).
 
     It is only handed out after the upstream answered with a success status, so a caller may
     still fail over on any error raised before it has one. Iterating yields ready-to-send
@@ -76,6 +98,7 @@ class ReplyStream(Protocol):
     """
 
     headers: Mapping[str, str]
+    dialect: str  # OPENAI, or the dialect of the call's native request
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 

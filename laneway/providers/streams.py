@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from laneway.providers.base import Usage
+from laneway.providers.base import OPENAI, Usage
 from laneway.providers.http import StreamingBody
 
 
@@ -27,7 +27,10 @@ class TranslatedStream:
         body: StreamingBody,
         frames: AsyncIterator[bytes],
         usage: Callable[[], Usage | None] = _unknown,
+        *,
+        dialect: str = OPENAI,
     ) -> None:
+        self.dialect = dialect
         self._body = body
         self._frames = frames
         self._usage = usage

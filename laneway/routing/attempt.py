@@ -133,10 +133,10 @@ class Attempts:
         spent queued did not count against it."""
         candidate, body = target.candidate, request.body
         timeout = min(max(0.001, request.deadline - called_at), target.config.timeout)
-        model = candidate.lane.model
+        model, native = candidate.lane.model, request.info.native
         if body.get("model") == model:
-            return Call(model=model, body=body, raw=request.raw, effort=candidate.effort, timeout=timeout)
-        return Call(model=model, body={**body, "model": model}, effort=candidate.effort, timeout=timeout)
+            return Call(model, body, request.raw, candidate.effort, timeout, native)
+        return Call(model, {**body, "model": model}, None, candidate.effort, timeout, native)
 
     # -- 3: learn ------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from laneway.providers.base import Native
 from laneway.routing.record import RequestRecord
 
 log = logging.getLogger("laneway.routing")
@@ -30,6 +31,8 @@ class RequestInfo:
     priority: int = 0
     published_lanes: bool = True  # the key may be served by published (virtual) lanes
     record: RequestRecord | None = None  # filled in as the request is served (the access log's)
+    native: Native | None = None  # the request in the client's own dialect (providers.base.Native)
+    needs: frozenset[str] = frozenset()  # capabilities a lane must have to serve it (routing.needs)
 
 
 @dataclass(slots=True)

@@ -59,6 +59,7 @@ class ObservedStream:
     ) -> None:
         self.inner = inner
         self.headers: Mapping[str, str] = inner.headers
+        self.dialect = inner.dialect
         self._first = first
         self._provider = provider
         self._lane = lane

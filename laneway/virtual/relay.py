@@ -26,7 +26,7 @@ import orjson
 from laneway.clock import Clock, within
 from laneway.errors import InvalidRequest, StreamBroken, UpstreamStatusError, UpstreamTimeout
 from laneway.operations import Operation
-from laneway.providers.base import Reply, Usage
+from laneway.providers.base import OPENAI, Reply, Usage
 from laneway.providers.openai import usage_of
 from laneway.publishing.protocol import CancelEvent, Chunks, EventName, Message, Result, TaskEvent, WakeEvent
 from laneway.sse import DONE, encode
@@ -307,6 +307,7 @@ class RelayStream:
         self._clock = clock
         self._deadline = deadline
         self.headers: Mapping[str, str] = {}
+        self.dialect = OPENAI  # a publisher's stream is always OpenAI's (virtual.dispatch)
         self._closed = False
 
     @property
