@@ -174,14 +174,11 @@ class Inbound:
         *,
         stream: bool,
         native: Native | None = None,
-        needs: frozenset[str] = frozenset(),
     ) -> Served[Reply] | Served[ReplyStream] | None:
         """Serve ``body`` (OpenAI's format; ``raw`` its bytes, or b"" when it was translated) by the
         router, whole or streamed; None when the client left first. ``native``: the request in the
-        client's own dialect, for lanes that speak it; ``needs``: capabilities a lane must have."""
-        info = admitted.info
-        if native is not None or needs:
-            info = replace(info, native=native, needs=needs)
+        client's own dialect, for lanes that speak it."""
+        info = admitted.info if native is None else replace(admitted.info, native=native)
         streamed = stream and OPERATIONS[op].streams
         if info.record is not None:
             record = info.record

@@ -32,7 +32,6 @@ class RequestInfo:
     published_lanes: bool = True  # the key may be served by published (virtual) lanes
     record: RequestRecord | None = None  # filled in as the request is served (the access log's)
     native: Native | None = None  # the request in the client's own dialect (providers.base.Native)
-    needs: frozenset[str] = frozenset()  # capabilities a lane must have to serve it (routing.needs)
 
 
 @dataclass(slots=True)
