@@ -135,7 +135,7 @@ class Attempts:
         timeout = min(max(0.001, request.deadline - called_at), target.config.timeout)
         model, native = candidate.lane.model, request.info.native
         if body.get("model") == model:
-            return Call(model, body, request.raw, candidate.effort, timeout, native)
+            return Call(model, body, request.raw or None, candidate.effort, timeout, native)
         return Call(model, {**body, "model": model}, None, candidate.effort, timeout, native)
 
     # -- 3: learn ------------------------------------------------------------------------------
