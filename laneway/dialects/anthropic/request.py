@@ -20,7 +20,11 @@ Choices made here, and why:
   than ``custom``) have no schema a non-Anthropic lane could call and are dropped.
 - ``thinking``: enabled → ``reasoning_effort`` by its budget (below 4096 low, below 16384 medium,
   else high: the budgets laneway's own Anthropic translation uses for each effort), disabled →
-  ``none``, adaptive → the model's default (no effort).
+  ``none``, adaptive → the model's default (no effort). ``output_config.effort`` wins when given
+  (xhigh and max are OpenAI's high).
+- ``output_config.format`` (structured outputs: a JSON schema) → ``response_format``
+  json_schema. ``max_tokens: 0`` (Anthropic: warm the cache, generate nothing) → 1: there is no
+  cache to warm on another lane, and OpenAI refuses 0.
 - ``metadata.user_id`` → ``user``; ``stop_sequences`` → ``stop``; a stream asks for usage
   (``stream_options.include_usage``): Anthropic's stream always reports it.
 """
@@ -43,27 +47,49 @@ def to_openai(body: Mapping[str, Any]) -> dict[str, Any]:
     for message in body["messages"]:
         if message["role"] == "user":
             messages.extend(_user_turn(message["content"]))
-        else:
-            if (assistant := _assistant_turn(message["content"])) is not None:
-                messages.append(assistant)
-    out: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
+        elif (assistant := _assistant_turn(message["content"])) is not None:
+            messages.append(assistant)
+    out: dict[str, Any] = {
+        "model": body["model"],
+        "messages": messages,
+        "max_tokens": max(1, body["max_tokens"]),
+    }
     if body.get("stream") is True:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
-    for key in ("temperature", "top_p", "top_k"):
-        if body.get(key) is not None:
-            out[key] = body[key]
+    out.update(_sampling(body))
+    out.update(_tools(body))
+    out.update(_output(body))
+    return out
+
+
+def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling parameters, stop sequences and the user id, in OpenAI's names."""
+    out = {key: body[key] for key in ("temperature", "top_p", "top_k") if body.get(key) is not None}
     if body.get("stop_sequences"):
         out["stop"] = list(body["stop_sequences"])
     metadata = body.get("metadata")
     if isinstance(metadata, Mapping) and isinstance(metadata.get("user_id"), str):
         out["user"] = metadata["user_id"]
-    out.update(_tools(body))
-    if (effort := reasoning_effort(body.get("thinking"))) is not None:
+    return out
+
+
+def _output(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``reasoning_effort`` and ``response_format`` from thinking and ``output_config``."""
+    out: dict[str, Any] = {}
+    said = body.get("output_config")
+    config: Mapping[str, Any] = said if isinstance(said, Mapping) else {}
+    if (effort := _effort(config.get("effort")) or reasoning_effort(body.get("thinking"))) is not None:
         out["reasoning_effort"] = effort
-    if (response_format := _output_format(body.get("output_format"))) is not None:
+    if (response_format := _output_format(config.get("format") or body.get("output_format"))) is not None:
         out["response_format"] = response_format
     return out
+
+
+def _effort(value: Any) -> str | None:
+    if value in ("low", "medium", "high"):
+        return str(value)
+    return "high" if value in ("xhigh", "max") else None
 
 
 def _system(system: Any) -> list[dict[str, Any]]:

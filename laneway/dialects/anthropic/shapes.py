@@ -22,7 +22,8 @@ Bool = Annotated[bool, Field(strict=True)]
 Str = Annotated[str, Field(strict=True)]
 Name = Annotated[str, Field(strict=True, min_length=1)]
 MAX_OUTPUT_TOKENS = 1 << 20  # as api.wire: no model writes a million tokens in one answer
-Tokens = Annotated[int, Field(strict=True, ge=1, le=MAX_OUTPUT_TOKENS)]
+# 0 is allowed: Anthropic then only writes the prompt cache and generates nothing.
+Tokens = Annotated[int, Field(strict=True, ge=0, le=MAX_OUTPUT_TOKENS)]
 Unit = Annotated[float, Field(strict=True, ge=0, le=1)]
 
 # What each block type must carry for the translation to read it (other types: only ``type``).
@@ -89,7 +90,7 @@ class ToolChoice(BaseModel):
 
 class Thinking(BaseModel):
     model_config = _Open
-    type: Literal["enabled", "disabled", "adaptive"]
+    type: Name  # enabled, disabled, adaptive, between_tools (and whatever comes next)
     budget_tokens: Annotated[int, Field(strict=True, ge=1)] | None = None
 
     @model_validator(mode="after")
@@ -102,6 +103,12 @@ class Thinking(BaseModel):
 class Metadata(BaseModel):
     model_config = _Open
     user_id: Str | None = None
+
+
+class OutputConfig(BaseModel):
+    model_config = _Open
+    effort: Str | None = None  # low, medium, high, xhigh, max
+    format: dict[str, Any] | None = None  # {"type": "json_schema", "schema": {...}}
 
 
 class _Prompt(BaseModel):
@@ -122,6 +129,7 @@ class MessagesRequest(_Prompt):
     top_p: Unit | None = None
     top_k: Annotated[int, Field(strict=True, ge=0)] | None = None
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
 
 
 class CountTokensRequest(_Prompt):

@@ -195,13 +195,15 @@ class AnthropicStream:
     async def _frames(self) -> AsyncIterator[bytes]:
         decoder = sse.Decoder()
         translator = self.translator
+        # Read to the lane stream's own end, past [DONE]: the router learns the usage and the
+        # stream's end there, before the response ends (and its access line is written).
         async for frame in self.inner:
             for item in decoder.feed(frame):
+                if translator.finished:
+                    continue
                 if item.data == b"[DONE]":
                     yield translator.end()
-                    return
-                out = translator.feed(_chunk(item.data))
-                if out:
+                elif out := translator.feed(_chunk(item.data)):
                     yield out
         if not translator.finished:
             yield translator.end()  # a lane whose stream ends without [DONE] (the provider checked it)
