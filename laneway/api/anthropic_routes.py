@@ -1,6 +1,7 @@
 """Anthropic's Messages API on laneway: ``POST /v1/messages`` (and its ``count_tokens``),
 ``GET /v1/models`` in Anthropic's shape for a client that sends ``anthropic-version``, and
-``GET``/``HEAD /`` (Claude Code checks the base URL answers before it starts).
+``GET``/``HEAD /`` and ``/api/hello`` (clients check the base URL answers before they start:
+Claude Code asks ``HEAD /api/hello``).
 
 A request is admitted and served like any chat (``api.inbound``: pools, ranking, failover,
 signals, usage and its record as operation chat). It is translated to OpenAI chat for the router
@@ -96,6 +97,8 @@ class AnthropicRoutes:
             Route("/v1/messages/count_tokens", anthropic_errors(self.count_tokens), methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/", self.root, methods=["GET", "HEAD"]),
+            # Claude Code's connectivity check (unauthenticated; any 2xx will do).
+            Route("/api/hello", self.root, methods=["GET", "HEAD"]),
         ]
 
     async def root(self, request: Request) -> Response:

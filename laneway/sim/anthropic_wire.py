@@ -242,14 +242,15 @@ def _prompt(body: dict[str, Any]) -> Prompt:
     system = body.get("system")
     prompt.words += count_words(_blocks_text(system, prompt))
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise WireError(400, "messages: each message needs role 'user' or 'assistant'")
+        # "system" mid-conversation: Claude Code's per-turn-control beta sends them.
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+            raise WireError(400, "messages: each message needs role 'user', 'assistant' or 'system'")
         text = _blocks_text(message.get("content"), prompt)
         prompt.words += count_words(text)
         if message["role"] == "user":
             prompt.last_user_text = text
     _check_signatures(messages)
-    last = messages[-1]
+    last = next((m for m in reversed(messages) if m["role"] != "system"), messages[-1])
     if last["role"] == "user":
         prompt.tool_result = _tool_result(last.get("content"), prompt)
     prompt.tools = _tools(body)
@@ -261,6 +262,11 @@ def _prompt(body: dict[str, Any]) -> Prompt:
 
 
 MAX_OUTPUT_TOKENS = 64_000  # the Claude 4.5 models' most output tokens
+MAX_OPUS_OUTPUT_TOKENS = 128_000  # Opus since 4.6
+
+
+def _max_output(model: str) -> int:
+    return MAX_OPUS_OUTPUT_TOKENS if "opus" in model else MAX_OUTPUT_TOKENS
 
 
 def parse_messages(raw: Any) -> Call:
@@ -269,11 +275,13 @@ def parse_messages(raw: Any) -> Call:
     if body.get("max_tokens") is None:
         raise WireError(400, "max_tokens: Field required")
     prompt = _prompt(body)
-    prompt.max_tokens = optional_int(body, "max_tokens")
-    if prompt.max_tokens is not None and prompt.max_tokens > MAX_OUTPUT_TOKENS:
+    # 0: the API only writes the prompt cache and generates nothing.
+    prompt.max_tokens = optional_int(body, "max_tokens", minimum=0)
+    most = _max_output(model)
+    if prompt.max_tokens is not None and prompt.max_tokens > most:
         raise WireError(
             400,
-            f"max_tokens: {prompt.max_tokens} > {MAX_OUTPUT_TOKENS}, which is the maximum allowed "
+            f"max_tokens: {prompt.max_tokens} > {most}, which is the maximum allowed "
             f"number of output tokens for {model}",
         )
     stream = optional_bool(body, "stream", "{name}: Input should be a valid boolean")

@@ -430,9 +430,3 @@ def test_a_failing_anthropic_lane_fails_over_to_ollama_translated(
     assert line["streamed"] is streamed
     assert line["prompt_tokens"] == usage["input_tokens"] > 0
     assert line["completion_tokens"] == usage["output_tokens"] > 0
-
-
-def test_head_and_get_root_answer(gw: RunningGateway) -> None:
-    http = client(gw)._client
-    assert http.head(gw.url + "/").status_code == 200
-    assert http.get(gw.url + "/").status_code == 200

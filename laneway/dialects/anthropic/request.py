@@ -5,7 +5,8 @@ sent: ``providers.anthropic_native``). The body has passed ``shapes.validate`` f
 
 Choices made here, and why:
 
-- ``system`` (a string or text blocks) becomes one leading system message.
+- ``system`` (a string or text blocks) becomes one leading system message; a ``system`` message
+  within ``messages`` (Claude Code sends them mid-conversation) a system message in its place.
 - A user turn's ``tool_result`` blocks become ``tool`` messages, in order, before the turn's other
   content (Anthropic puts results first; OpenAI wants each ``tool`` message right after the
   assistant's calls). A result that ``is_error`` says so in its content (OpenAI's tool message has
@@ -47,6 +48,8 @@ def to_openai(body: Mapping[str, Any]) -> dict[str, Any]:
     for message in body["messages"]:
         if message["role"] == "user":
             messages.extend(_user_turn(message["content"]))
+        elif message["role"] == "system":
+            messages.extend(_system(message["content"]))
         elif (assistant := _assistant_turn(message["content"])) is not None:
             messages.append(assistant)
     out: dict[str, Any] = {

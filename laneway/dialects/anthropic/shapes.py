@@ -63,7 +63,9 @@ class TextBlock(BaseModel):
 
 class Message(BaseModel):
     model_config = _Open
-    role: Literal["user", "assistant"]
+    # "system" in the middle of a conversation: what Claude Code sends with its per-turn-control
+    # beta (its environment, the tools it deferred), with an ``output_config`` of its own.
+    role: Literal["user", "assistant", "system"]
     content: Str | list[Block]
 
 
