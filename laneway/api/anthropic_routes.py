@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 from laneway.api.access import request_record
 from laneway.api.errors import SHOW_LANE, error_body
-from laneway.api.inbound import CLIENT_GONE, Admitted, Inbound, served_headers
+from laneway.api.inbound import CLIENT_GONE, Admitted, Inbound, request_id, served_headers
 from laneway.api.streaming import ReplyStreamResponse
 from laneway.dialects.anthropic.errors import ANTHROPIC, error_frame, status_of
 from laneway.dialects.anthropic.request import to_openai
@@ -57,11 +57,10 @@ def error_response(request: Request, exc: LanewayError) -> Response:
         record.error = exc.error_code
     status = status_of(exc)
     headers = exc.headers()
-    rid = request.scope.get("state", {}).get("request_id")
+    rid = request_id(request)
     body = ANTHROPIC.error(status, error_body(exc, show_lane=bool(request.scope.get(SHOW_LANE))))
-    if rid:
-        headers["x-request-id"] = rid
-        body.setdefault("request_id", rid)
+    headers["x-request-id"] = rid
+    body.setdefault("request_id", rid)
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 

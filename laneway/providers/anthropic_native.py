@@ -35,10 +35,8 @@ def is_native(call: Call) -> bool:
 
 def payload(native: Native, model: str, *, stream: bool) -> bytes:
     body: dict[str, Any] = {**native.body, "model": model}
-    if stream:
-        body["stream"] = True
-    else:
-        body.pop("stream", None)
+    if stream or "stream" in body:
+        body["stream"] = stream
     return orjson.dumps(body)
 
 

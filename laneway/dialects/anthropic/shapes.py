@@ -144,8 +144,12 @@ def validate(shape: type[BaseModel], body: dict[str, Any]) -> None:
     try:
         shape.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        loc = [str(p) for p in first["loc"] if not _is_union_tag(p)]
+        # A value of a union (content: a string or blocks) fails once per member; the deepest
+        # error is the one about what was sent (a block of a list, not "a string was expected").
+        errors = [
+            ([str(p) for p in e["loc"] if not _is_union_tag(p)], e) for e in exc.errors(include_url=False)
+        ]
+        loc, first = max(errors, key=lambda pair: len(pair[0]))
         field = ".".join(loc)
         message = first["msg"].removeprefix("Value error, ")
         raise InvalidRequest(f"{field}: {message}" if field else message, param=field or None) from None
