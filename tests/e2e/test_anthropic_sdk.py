@@ -430,3 +430,38 @@ def test_a_failing_anthropic_lane_fails_over_to_ollama_translated(
     assert line["streamed"] is streamed
     assert line["prompt_tokens"] == usage["input_tokens"] > 0
     assert line["completion_tokens"] == usage["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", NATIVE])
+def test_tool_choice_forces_or_forbids_a_tool(gw: RunningGateway, model: str) -> None:
+    c = client(gw)
+    lookup: Any = [*WEATHER, {"name": "lookup", "input_schema": {"type": "object", "properties": {}}}]
+    forced = c.messages.create(
+        model=model,
+        max_tokens=100,
+        messages=ASK,
+        tools=lookup,
+        tool_choice={"type": "tool", "name": "lookup"},
+    )
+    assert forced.stop_reason == "tool_use"
+    assert [b.name for b in forced.content if b.type == "tool_use"] == ["lookup"]
+    anything = c.messages.create(
+        model=model, max_tokens=100, messages=ASK, tools=lookup, tool_choice={"type": "any"}
+    )
+    assert anything.stop_reason == "tool_use"
+    never = c.messages.create(
+        model=model, max_tokens=100, messages=ASK, tools=lookup, tool_choice={"type": "none"}
+    )
+    assert never.stop_reason == "end_turn"
+    assert never.content[0].type == "text"
+
+
+@pytest.mark.parametrize(("model", "reason"), [(NATIVE, "stop_sequence"), ("gpt-4o-mini", "end_turn")])
+def test_stop_sequences(gw: RunningGateway, model: str, reason: str) -> None:
+    answer = client(gw).messages.create(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "hi"}], stop_sequences=["You said"]
+    )
+    assert answer.content[0].type == "text"
+    assert answer.content[0].text == f"Hello from {model}."
+    # An OpenAI lane does not say which stop string ended its answer: end_turn (vLLM's does).
+    assert answer.stop_reason == reason
