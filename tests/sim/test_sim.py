@@ -200,7 +200,7 @@ def test_openai_tool_calls_plain_streamed_and_answered(serve: Any) -> None:
         call = choice.message.tool_calls[0]
         assert call.type == "function"
         assert call.function.name == "get_weather"
-        assert json.loads(call.function.arguments) == {"city": "sim", "days": 1}  # its required properties, filled
+        assert json.loads(call.function.arguments) == {"city": "sim", "days": 1}  # required ones, filled
 
         stream = client.chat.completions.create(
             model="gpt-4o-mini",
