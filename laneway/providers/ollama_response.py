@@ -11,6 +11,7 @@ line of a stream; a stream's usage is therefore known only once it ended.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,12 +84,17 @@ def _reported(data: Mapping[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def call_id() -> str:
+    """A tool call id of OpenAI's shape (``call_...``), for a call laneway made of an answer."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
 def forced_call(forced: ForcedTool, content: str) -> dict[str, Any] | None:
     """The tool call an emulated forced call's answer makes. One tool: the answer is its arguments
     (as they came, like any model's arguments: a cut-off answer's are cut off too). Several: the
     answer names the tool and holds its arguments; None if it does not (then it stays content)."""
     if forced.single is not None:
-        return tool_call(new_id("call"), forced.single, content.strip() or "{}")
+        return tool_call(call_id(), forced.single, content.strip() or "{}")
     try:
         value = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -98,7 +104,7 @@ def forced_call(forced: ForcedTool, content: str) -> dict[str, Any] | None:
     arguments = value.get("arguments")
     if not isinstance(arguments, dict):
         return None
-    return tool_call(new_id("call"), str(value["name"]), orjson.dumps(arguments).decode())
+    return tool_call(call_id(), str(value["name"]), orjson.dumps(arguments).decode())
 
 
 def forced_finish(data: Mapping[str, Any], called_tools: bool) -> str:

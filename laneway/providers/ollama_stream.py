@@ -17,6 +17,7 @@ from laneway.providers.base import Call, Usage
 from laneway.providers.http import StreamingBody, loads_object
 from laneway.providers.ollama_request import ForcedTool, forced_tool
 from laneway.providers.ollama_response import (
+    call_id,
     finish_reason,
     forced_call,
     forced_finish,
@@ -137,7 +138,7 @@ class ChatStream(LineStream):
             return []
         out = []
         if self.tool_calls == 0:
-            out.append(writer.tool_call_start(0, new_id("call"), forced.single))
+            out.append(writer.tool_call_start(0, call_id(), forced.single))
             self.tool_calls = 1
         out.append(writer.tool_call_arguments(0, content))
         return out
@@ -147,7 +148,7 @@ class ChatStream(LineStream):
             if self.tool_calls:
                 return []
             self.tool_calls = 1
-            return [writer.tool_call_start(0, new_id("call"), forced.single, "{}")]
+            return [writer.tool_call_start(0, call_id(), forced.single, "{}")]
         call = forced_call(forced, self.held)
         if call is None:
             return [writer.content(self.held)] if self.held else []

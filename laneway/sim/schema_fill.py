@@ -97,7 +97,8 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = {**a, **b}
     if isinstance(a.get("properties"), dict) and isinstance(b.get("properties"), dict):
         out["properties"] = {**a["properties"], **b["properties"]}
-    out["required"] = [*(a.get("required") or []), *(b.get("required") or [])]
+    if "required" in a or "required" in b:
+        out["required"] = [*(a.get("required") or []), *(b.get("required") or [])]
     return out
 
 
