@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 import pytest
@@ -15,7 +15,7 @@ from laneway.sim.schema_fill import fill, json_text, output_schema
 from laneway.sim.text import Prompt, ToolSpec, answer
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     RED = "red"
     BLUE = "blue"
 
