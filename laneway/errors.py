@@ -438,6 +438,9 @@ _BUSY = Verdict(retryable=True)  # a full pool, or a queue wait that ran out: tr
 _BROKEN = Verdict(retryable=True, unhealthy=True)
 _REFUSED = Verdict(retryable=True, auth_failure=True)
 _STALE = Verdict(retryable=True, stale_lane=True)
+# A lane's family cannot honour a parameter (its adapter refused before calling): another lane
+# of another family may. Nothing is wrong with the lane, so no breaker and no signal.
+_CANNOT = Verdict(retryable=True)
 
 
 def classify(exc: LanewayError, *, now: float) -> Verdict:
@@ -448,8 +451,10 @@ def classify(exc: LanewayError, *, now: float) -> Verdict:
     408, 409, 429, 5xx, 529; a 404 (laneway chose the lane because its inventory said the backend
     serves the model: a 404 means the inventory is stale, not that the client asked for something
     wrong); a refused credential (it is laneway's, not the client's: another backend's may serve);
-    a busy pool. Not retryable: the client's fault (other 4xx), and laneway's own errors. A
-    transport failure is never an auth failure, whatever its message says.
+    a busy pool; a parameter the lane's family cannot honour (``UnsupportedParameter``, raised by
+    its adapter before any call: a lane of another family may serve it, and if none can, the last
+    refusal is what the client gets). Not retryable: the client's fault (other 4xx), and
+    laneway's own errors. A transport failure is never an auth failure, whatever its message says.
     """
     if isinstance(exc, UpstreamStatusError):
         return _status_verdict(exc, now)
@@ -459,6 +464,8 @@ def classify(exc: LanewayError, *, now: float) -> Verdict:
         return _REFUSED if _BAD_CREDENTIALS.search(exc.message) else _BROKEN
     if isinstance(exc, QueueFull | QueueTimeout):
         return _BUSY
+    if isinstance(exc, UnsupportedParameter):
+        return _CANNOT
     return _FINAL
 
 

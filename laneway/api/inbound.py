@@ -94,14 +94,20 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None
 
 
 def served_headers(served: Served[Any], rid: str) -> dict[str, str]:
+    """Who served the request; ``x-laneway-emulated`` names what the lane's family emulated for
+    it (``json_schema``, ``json_object``, ``forced_tool``: see ``routing.needs``), whole answers
+    and streams alike, so a client can tell an emulated JSON mode from a native one."""
     lane = served.lane
-    return {
+    headers = {
         "x-laneway-backend": lane.backend,
         "x-laneway-model": lane.model,
         "x-laneway-lane": lane.id,
         "x-laneway-attempts": str(served.attempts),
         "x-request-id": rid,
     }
+    if served.emulated:
+        headers["x-laneway-emulated"] = ",".join(served.emulated)
+    return headers
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ import orjson
 from laneway.config.schema import BackendConfig
 from laneway.errors import UnsupportedParameter
 from laneway.providers import anthropic_native
-from laneway.providers.anthropic_request import messages_request
+from laneway.providers.anthropic_request import json_answer, messages_request
 from laneway.providers.anthropic_response import message_response, model_page, usage_of
 from laneway.providers.anthropic_stream import frames, message_stream
 from laneway.providers.base import Call, ModelInfo, Reply
@@ -73,7 +73,8 @@ class AnthropicProvider:
             return await anthropic_native.reply(self.upstream, call)
         payload = messages_request(call, stream=False)
         headers, data = await self.upstream.post_json("/messages", payload, timeout=call.timeout)
-        answer = message_response(data, model=call.model, backend=self.name)
+        emulated = json_answer(call.body)  # the emulated JSON mode's answer tool, if any
+        answer = message_response(data, model=call.model, backend=self.name, answer=emulated)
         return Reply(body=orjson.dumps(answer), headers=headers, usage=usage_of(data))
 
     async def stream_chat(self, call: Call) -> TranslatedStream:

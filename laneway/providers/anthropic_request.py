@@ -16,13 +16,25 @@ Choices made here, and why:
   see ``anthropic_response``) gets them replayed, which Anthropic requires for tool use with
   thinking (a tool-use turn sent back without them continues with thinking off rather than
   failing).
-- No JSON mode (``response_format``), logprobs, penalties, ``n > 1`` or text completions: 422.
+- JSON mode is emulated (``json_answer``), as Anthropic has none: ``response_format``
+  json_schema becomes one tool whose ``input_schema`` is the schema, forced by ``tool_choice``,
+  and its input is returned as the message content (``anthropic_response``, ``anthropic_stream``);
+  json_object the same with a schema that takes any object, and a system note asking for JSON. A
+  schema whose root is not an object (Anthropic wants one) is wrapped as ``{"value": ...}`` and
+  unwrapped in the answer. With the client's own tools as well, the answer tool joins them and
+  ``tool_choice`` becomes ``any``: the model calls one of the client's tools or answers; a forced
+  tool choice of the client's wins (that turn's answer is its tool call, no JSON is asked for).
+  Anthropic refuses extended thinking with a forced tool, so an emulated JSON answer is given
+  without thinking, whatever effort was asked for.
+- No logprobs, penalties, ``n > 1`` or text completions: 422.
   ``seed`` is ignored (OpenAI only promises best effort for it too).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from laneway.errors import InvalidRequest, UnsupportedParameter
@@ -47,6 +59,10 @@ FAMILY = "anthropic"
 DEFAULT_MAX_TOKENS = 4096
 THINKING_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+ANSWER_TOOL = "json_answer"  # the answer tool's name when the schema names none
+ANSWER_DESCRIPTION = "Give your final answer by calling this tool: its input is the answer."
+JSON_NOTE = "Respond with a JSON object, given as the input of the {tool} tool."
+_TOOL_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def _image_block(part: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -140,9 +156,6 @@ def convert_messages(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str
 
 def _refuse(body: Mapping[str, Any]) -> None:
     refuse_common(body, FAMILY)
-    response_format = body.get("response_format")
-    if isinstance(response_format, Mapping) and response_format.get("type") not in (None, "text"):
-        raise UnsupportedParameter("the anthropic family has no JSON mode", param="response_format")
     for key in ("frequency_penalty", "presence_penalty"):
         if number_of(body, key):
             raise UnsupportedParameter(f"the anthropic family has no {key}", param=key)
@@ -172,6 +185,68 @@ def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
     return last[0]["type"] not in ("thinking", "redacted_thinking")
 
 
+@dataclass(frozen=True, slots=True)
+class JsonAnswer:
+    """An emulated JSON mode: the tool, forced or offered, whose input is the answer.
+    ``wrapped``: the client's schema is under ``value`` (its root was not an object)."""
+
+    kind: str  # json_schema | json_object
+    tool: str
+    schema: dict[str, Any]
+    description: str
+    wrapped: bool = False
+
+    def tool_spec(self) -> dict[str, Any]:
+        return {"name": self.tool, "description": self.description, "input_schema": self.schema}
+
+
+def json_answer(body: Mapping[str, Any]) -> JsonAnswer | None:
+    """The JSON mode this request asks for, as Anthropic gets it (see the module's docstring);
+    None when it asks for none, or when a tool call it forces is that turn's answer."""
+    response_format = body.get("response_format")
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind in (None, "text") and isinstance(response_format, Mapping):
+        return None
+    if kind not in ("json_object", "json_schema"):
+        raise InvalidRequest(
+            "response_format.type must be text, json_object or json_schema", param="response_format"
+        )
+    choice = tool_choice_of(body)
+    tools = function_tools(body)
+    if tools and choice not in (None, "auto", "none"):
+        return None
+    taken = {f["name"] for f in tools} if choice != "none" else set()
+    if kind == "json_object":
+        return JsonAnswer(kind, _free_name(ANSWER_TOOL, taken), {"type": "object"}, ANSWER_DESCRIPTION)
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema", {"type": "object"}) if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping) or not isinstance(schema, dict):
+        raise InvalidRequest("response_format.json_schema.schema must be an object", param="response_format")
+    name = spec.get("name")
+    name = _TOOL_NAME.sub("_", name)[:64] if isinstance(name, str) and name else ANSWER_TOOL
+    about = spec.get("description")
+    description = f"{ANSWER_DESCRIPTION} {about}" if isinstance(about, str) and about else ANSWER_DESCRIPTION
+    wrapped = schema.get("type", "object") != "object"
+    schema = _wrap(schema) if wrapped else {**schema, "type": "object"}
+    return JsonAnswer(kind, _free_name(name, taken), schema, description, wrapped)
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name = f"{name}_answer"[-64:]
+    return name
+
+
+def _wrap(schema: dict[str, Any]) -> dict[str, Any]:
+    """A non-object schema as the ``value`` of an object one; its definitions stay at the root,
+    where its ``$ref``s (``#/$defs/...``) point."""
+    defs: dict[str, Any] = {k: schema[k] for k in ("$defs", "definitions") if k in schema}
+    inner = {k: v for k, v in schema.items() if k not in defs}
+    return {"type": "object", "properties": {"value": inner}, "required": ["value"], **defs}
+
+
 def messages_request(call: Call, *, stream: bool) -> dict[str, Any]:
     """An OpenAI chat request → a ``/v1/messages`` body."""
     body = call.body
@@ -179,11 +254,23 @@ def messages_request(call: Call, *, stream: bool) -> dict[str, Any]:
     system, messages = convert_messages(messages_of(body))
     max_tokens = max_tokens_of(body) or DEFAULT_MAX_TOKENS
     out: dict[str, Any] = {"model": call.model, "max_tokens": max_tokens, "messages": messages}
-    if system:
-        out["system"] = system
     if stream:
         out["stream"] = True
     out.update(_sampling(body))
+    answer = json_answer(body)
+    if answer is not None:
+        _answer_tool(out, body, answer)  # no thinking: Anthropic refuses it with a forced tool
+        if answer.kind == "json_object":
+            system = "\n\n".join(filter(None, [system, JSON_NOTE.format(tool=answer.tool)]))
+    else:
+        _tools(out, body, messages, call)
+    if system:
+        out["system"] = system
+    return out
+
+
+def _tools(out: dict[str, Any], body: Mapping[str, Any], messages: list[dict[str, Any]], call: Call) -> None:
+    """The client's tools and tool choice, and thinking when it can be on with them."""
     tools = function_tools(body)
     choice = tool_choice_of(body)
     if tools:
@@ -194,7 +281,18 @@ def messages_request(call: Call, *, stream: bool) -> dict[str, Any]:
     effort = _thinking_effort(call, forced=forced, messages=messages)
     if effort is not None:
         _think(out, THINKING_BUDGETS[effort])
-    return out
+
+
+def _answer_tool(out: dict[str, Any], body: Mapping[str, Any], answer: JsonAnswer) -> None:
+    """The answer tool, forced; or, beside the client's own tools, one of them all must be used."""
+    tools = [] if tool_choice_of(body) == "none" else [_tool(f) for f in function_tools(body)]
+    out["tools"] = [*tools, answer.tool_spec()]
+    if tools:
+        out["tool_choice"] = {"type": "any"}
+        if body.get("parallel_tool_calls") is False:
+            out["tool_choice"]["disable_parallel_tool_use"] = True
+    else:
+        out["tool_choice"] = {"type": "tool", "name": answer.tool, "disable_parallel_tool_use": True}
 
 
 def _sampling(body: Mapping[str, Any]) -> dict[str, Any]:

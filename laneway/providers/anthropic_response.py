@@ -6,6 +6,9 @@ Choices made here, and why:
 - Thinking comes back as ``reasoning_content`` (text) plus ``thinking_blocks`` (the blocks with
   their signatures), which a client sends back for Anthropic to see them again (see
   ``anthropic_request``).
+- An emulated JSON mode (``anthropic_request.json_answer``): the answer tool's input is the
+  message's ``content``, as a JSON string, with ``finish_reason`` "stop" (or "length"); text
+  around it is left out. Calls of the client's own tools stay tool calls ("tool_calls").
 - Usage (``usage_of``, and a stream's in ``anthropic_stream``): prompt tokens are input + cache
   creation + cache read tokens (OpenAI's prompt count includes cached ones).
 """
@@ -19,7 +22,7 @@ import orjson
 
 from laneway.errors import UpstreamStatusError
 from laneway.operations import Operation
-from laneway.providers.anthropic_request import can_think
+from laneway.providers.anthropic_request import JsonAnswer, can_think
 from laneway.providers.base import ModelInfo, Usage
 from laneway.providers.openai_format import (
     assistant_message,
@@ -99,12 +102,26 @@ def _reported(data: Mapping[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def finish_reason(stop_reason: Any) -> str:
+def finish_reason(stop_reason: Any, *, answered: bool = False, called: bool = False) -> str:
+    """Anthropic's stop reason in OpenAI's words. ``answered``: the emulated JSON answer came as
+    the answer tool's input, so a ``tool_use`` stop is a plain "stop" unless other tools were
+    ``called`` too."""
+    if answered and stop_reason == "tool_use" and not called:
+        return "stop"
     return FINISH_REASONS.get(str(stop_reason), "stop")
 
 
-def message_response(data: Mapping[str, Any], *, model: str, backend: str = "") -> dict[str, Any]:
-    """A ``/v1/messages`` answer → an OpenAI ``chat.completion`` (the id is Anthropic's)."""
+def answer_json(answer: JsonAnswer, tool_input: Any) -> str:
+    """The answer tool's input as the message content: a JSON text of the client's schema."""
+    value = tool_input if isinstance(tool_input, dict) else {}
+    return orjson.dumps(value.get("value") if answer.wrapped else value).decode()
+
+
+def message_response(
+    data: Mapping[str, Any], *, model: str, backend: str = "", answer: JsonAnswer | None = None
+) -> dict[str, Any]:
+    """A ``/v1/messages`` answer → an OpenAI ``chat.completion`` (the id is Anthropic's).
+    ``answer``: the request's emulated JSON mode, if it had one."""
     if data.get("type") == "error":
         raise status_error(data.get("error"), backend)
     with protocol_guard(backend, "message"):
@@ -112,10 +129,13 @@ def message_response(data: Mapping[str, Any], *, model: str, backend: str = "") 
         calls: list[dict[str, Any]] = []
         reasoning: list[str] = []
         thinking_blocks: list[dict[str, Any]] = []
+        answered: str | None = None
         for block in data["content"]:
             kind = block["type"]
             if kind == "text":
                 texts.append(str_field(block, "text"))
+            elif kind == "tool_use" and answer is not None and block.get("name") == answer.tool:
+                answered = answer_json(answer, block.get("input"))
             elif kind == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
                 calls.append(tool_call(str_field(block, "id"), str_field(block, "name"), arguments))
@@ -131,15 +151,17 @@ def message_response(data: Mapping[str, Any], *, model: str, backend: str = "") 
             elif kind == "redacted_thinking":
                 thinking_blocks.append({"type": "redacted_thinking", "data": block["data"]})
             # server-tool blocks (web search...) have no OpenAI counterpart and are left out
-        message = assistant_message("".join(texts), calls, reasoning="".join(reasoning) or None)
+        content = "".join(texts) if answered is None else answered
+        message = assistant_message(content, calls, reasoning="".join(reasoning) or None)
         if thinking_blocks:
             message["thinking_blocks"] = thinking_blocks
         prompt, cached = prompt_counts(data["usage"])
+        stop = data.get("stop_reason")
         return chat_completion(
             id=str_field(data, "id"),
             model=data.get("model") or model,
             message=message,
-            finish_reason=finish_reason(data.get("stop_reason")),
+            finish_reason=finish_reason(stop, answered=answered is not None, called=bool(calls)),
             usage=usage(prompt, int_field(data["usage"], "output_tokens"), cached_tokens=cached),
         )
 

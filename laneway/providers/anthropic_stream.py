@@ -1,6 +1,10 @@
 """Anthropic's Messages stream → an OpenAI chat stream: the SSE events read with the one codec
 (``laneway.sse``), each translated by a ``MessageStream`` into ``chat.completion.chunk`` objects.
 
+An emulated JSON mode (``anthropic_request.json_answer``): the answer tool's ``input_json_delta``
+fragments become content deltas as they come (a wrapped schema's answer is unwrapped at the
+block's end, whole), text blocks are left out, and a ``tool_use`` stop is a "stop".
+
 Usage (``MessageStream.usage``): a stream knows its prompt tokens from ``message_start`` and its
 final output tokens from ``message_delta``, just before the end.
 """
@@ -11,10 +15,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from laneway import sse
 from laneway.errors import StreamBroken, UpstreamProtocolError
+from laneway.providers.anthropic_request import JsonAnswer, json_answer
 from laneway.providers.anthropic_response import (
     PROMPT_KEYS,
+    answer_json,
     finish_reason,
     prompt_counts,
     status_error,
@@ -67,6 +75,7 @@ class _Block:
     has_arguments: bool = False
     thinking: str = ""
     signature: str = ""
+    held: str = ""  # a wrapped JSON answer, read whole before it is unwrapped
 
 
 class MessageStream:
@@ -79,8 +88,12 @@ class MessageStream:
     before ``message_stop`` raises StreamBroken (``close``).
     """
 
-    def __init__(self, *, model: str, include_usage: bool, backend: str = "") -> None:
+    def __init__(
+        self, *, model: str, include_usage: bool, backend: str = "", answer: JsonAnswer | None = None
+    ) -> None:
         self.model = model
+        self.answer = answer  # the request's emulated JSON mode, if any
+        self.answered = False
         self.include_usage = include_usage
         self.backend = backend
         self.writer: ChunkWriter | None = None
@@ -128,7 +141,8 @@ class MessageStream:
             if kind == "message_stop":
                 self.done = True
                 total = usage(self.prompt_tokens, self.output_tokens, cached_tokens=self.cached_tokens)
-                return self.writer.end(finish_reason(self.stop_reason), total)
+                finish = finish_reason(self.stop_reason, answered=self.answered, called=self.tool_calls > 0)
+                return self.writer.end(finish, total)
         return []  # Anthropic may add event types; unknown ones are skipped, as its SDKs do
 
     def close(self) -> None:
@@ -161,6 +175,12 @@ class MessageStream:
 
     def _block_start(self, writer: ChunkWriter, index: int, block: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = block["type"]
+        if self.answer is not None and kind in ("text", "tool_use"):
+            answers = kind == "tool_use" and block.get("name") == self.answer.tool
+            if answers or kind == "text":  # the answer's content is its JSON, and nothing else
+                self.answered = self.answered or answers
+                self.blocks[index] = _Block("answer" if answers else "left out")
+                return []
         state = self.blocks[index] = _Block(kind)
         if kind == "text" and block.get("text"):
             return [writer.content(str_field(block, "text"))]
@@ -181,8 +201,10 @@ class MessageStream:
         self, writer: ChunkWriter, state: _Block, delta: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         kind = delta["type"]
-        if kind == "text_delta":
+        if kind == "text_delta" and state.kind == "text":
             return [writer.content(str_field(delta, "text"))] if delta["text"] else []
+        if kind == "input_json_delta" and state.kind == "answer":
+            return self._answer_delta(writer, state, str_field(delta, "partial_json"))
         if kind == "input_json_delta" and state.kind == "tool_use":
             fragment = str_field(delta, "partial_json")
             if not fragment:
@@ -196,7 +218,22 @@ class MessageStream:
             state.signature += str_field(delta, "signature")
         return []
 
+    def _answer_delta(self, writer: ChunkWriter, state: _Block, fragment: str) -> list[dict[str, Any]]:
+        assert self.answer is not None
+        if not fragment:
+            return []
+        state.has_arguments = True
+        if self.answer.wrapped:
+            state.held += fragment
+            return []
+        return [writer.content(fragment)]
+
     def _block_stop(self, writer: ChunkWriter, state: _Block) -> list[dict[str, Any]]:
+        if state.kind == "answer":
+            assert self.answer is not None
+            if self.answer.wrapped:
+                return [writer.content(answer_json(self.answer, orjson.loads(state.held or "{}")))]
+            return [] if state.has_arguments else [writer.content("{}")]
         if state.kind == "tool_use" and not state.has_arguments:
             return [writer.tool_call_arguments(state.tool_index, "{}")]
         if state.kind == "thinking":
@@ -206,4 +243,9 @@ class MessageStream:
 
 
 def message_stream(call: Call, backend: str = "") -> MessageStream:
-    return MessageStream(model=call.model, include_usage=include_usage(call.body), backend=backend)
+    return MessageStream(
+        model=call.model,
+        include_usage=include_usage(call.body),
+        backend=backend,
+        answer=json_answer(call.body),
+    )

@@ -16,11 +16,12 @@ from laneway.config.schema import BackendConfig
 from laneway.errors import UpstreamError
 from laneway.providers.base import Call, ModelInfo, Reply
 from laneway.providers.http import Upstream
-from laneway.providers.ollama_request import chat_request, embed_request, generate_request
+from laneway.providers.ollama_request import chat_request, embed_request, forced_tool, generate_request
 from laneway.providers.ollama_response import (
     chat_response,
     embed_response,
     generate_response,
+    listed_capabilities,
     model_info,
     running_names,
     tag_names,
@@ -59,6 +60,9 @@ class OllamaProvider:
         )
         # model -> can it think, from the last discovery (a route's effort skips those that cannot)
         self.thinks: dict[str, bool] = {}
+        # model -> the capabilities /api/show listed for it (``providers.abilities``: the router
+        # leaves out a lane whose model is known to lack what a request needs)
+        self.reported: dict[str, frozenset[str]] = {}
 
     async def list_models(self) -> list[ModelInfo]:
         """``/api/tags`` names the models; then, all at once, ``/api/show`` describes each and
@@ -77,6 +81,10 @@ class OllamaProvider:
             info = model_info(model, show)
             if show is not None:
                 self.thinks[model] = "reasoning" in info.capabilities
+                if listed_capabilities(show):
+                    self.reported[model] = info.capabilities
+                else:
+                    self.reported.pop(model, None)
             return info
 
         async def running() -> set[str] | None:
@@ -110,7 +118,7 @@ class OllamaProvider:
     async def chat(self, call: Call) -> Reply:
         payload = chat_request(call, stream=False, thinks=self.thinks.get(call.model))
         headers, data = await self.upstream.post_json("/api/chat", payload, timeout=call.timeout)
-        answer = chat_response(data, model=call.model, backend=self.name)
+        answer = chat_response(data, model=call.model, backend=self.name, forced=forced_tool(call.body))
         return Reply(orjson.dumps(answer), headers, usage_of(data))
 
     async def stream_chat(self, call: Call) -> TranslatedStream:

@@ -3,9 +3,17 @@ bodies), as pure functions.
 
 Choices made here, and why:
 
-- ``tool_choice``: Ollama has no way to force a tool, so ``required`` and a named function are
-  refused (422) rather than silently ignored; ``none`` sends no tools. ``parallel_tool_calls`` is
-  a hint Ollama cannot follow either way and is ignored.
+- ``tool_choice``: Ollama has no way to force a tool, so a forced one is emulated
+  (``forced_tool``) with what it does have, an answer constrained to a JSON schema (``format``):
+  a named function (or ``required`` with one tool) makes that tool's parameters the schema, and
+  the answer's JSON is returned as a call of that tool (``ollama_response``, ``ollama_stream``);
+  ``required`` with several tools makes the schema "one of: ``{"name": <tool>, "arguments":
+  <its parameters>}``", each name tied to its own arguments, and the answer is mapped to that
+  tool's call. The tools themselves are then not sent (Ollama might read the JSON answer as a
+  call of its own); a system note names the tool(s) and their descriptions instead. Several
+  tools whose schemas define one name differently cannot share one schema faithfully: 422 (the
+  router moves on to another lane). ``none`` sends no tools. ``parallel_tool_calls`` is a hint
+  Ollama cannot follow either way and is ignored.
 - Images must be inline (``data:`` URLs): Ollama takes base64 and cannot fetch a remote URL.
 - Reasoning effort (the client's ``reasoning_effort`` or the route's) becomes ``think: true``
   (a route's effort only for a model discovery showed can think: see ``chat_request``);
@@ -17,6 +25,7 @@ Choices made here, and why:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from laneway.errors import InvalidRequest, UnsupportedParameter
@@ -157,6 +166,86 @@ def _common(call: Call, stream: bool) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ForcedTool:
+    """An emulated forced tool call: the tools the answer may call (one: its JSON is that tool's
+    arguments; several: it is ``{"name", "arguments"}``) and the ``format`` that constrains it."""
+
+    names: tuple[str, ...]
+    schema: dict[str, Any]
+    note: str  # the system note that tells the model what it is answering
+
+    @property
+    def single(self) -> str | None:
+        return self.names[0] if len(self.names) == 1 else None
+
+
+def forced_tool(body: Mapping[str, Any]) -> ForcedTool | None:
+    """The forced tool call this request asks for, as Ollama gets it; None if it forces none."""
+    tools = function_tools(body)
+    choice = tool_choice_of(body)
+    if not tools or choice in (None, "auto", "none"):
+        return None
+    chosen = tools if choice == "required" else [f for f in tools if f["name"] == choice]
+    if not chosen:
+        raise InvalidRequest(
+            f"tool_choice names '{choice}', which is not one of the tools", param="tool_choice"
+        )
+    if len(chosen) == 1:
+        schema = _parameters(chosen[0])
+        note = f"Call the tool {_described(chosen[0])}. Answer with its arguments only, as a JSON object."
+    else:
+        schema = _one_of(chosen)
+        listed = "\n".join(f"- {_described(f)}" for f in chosen)
+        note = (
+            'Call one of these tools, answering with a JSON object {"name": <the tool>, '
+            f'"arguments": <its arguments>}} only:\n{listed}'
+        )
+    return ForcedTool(tuple(f["name"] for f in chosen), schema, note)
+
+
+def _parameters(function: Mapping[str, Any]) -> dict[str, Any]:
+    parameters = function.get("parameters")
+    return parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}}
+
+
+def _described(function: Mapping[str, Any]) -> str:
+    name, description = function["name"], function.get("description")
+    return f"{name}: {description}" if isinstance(description, str) and description else str(name)
+
+
+def _one_of(functions: list[dict[str, Any]]) -> dict[str, Any]:
+    """One schema for a call of any of ``functions``: each name with its own arguments. Their
+    definitions (``$defs``) move to the root, where their ``$ref``s point."""
+    defs: dict[str, Any] = {}
+    branches = []
+    for function in functions:
+        arguments = dict(_parameters(function))
+        for key, value in (arguments.pop("$defs", None) or {}).items():
+            if defs.setdefault(key, value) != value:
+                raise UnsupportedParameter(
+                    f"Ollama cannot be made to call one of these tools: two define '{key}' differently",
+                    param="tool_choice",
+                )
+        name = {"type": "string", "enum": [function["name"]]}
+        branches.append(
+            {
+                "type": "object",
+                "properties": {"name": name, "arguments": arguments},
+                "required": ["name", "arguments"],
+            }
+        )
+    return {"anyOf": branches, **({"$defs": defs} if defs else {})}
+
+
+def _noted(messages: list[dict[str, Any]], note: str) -> list[dict[str, Any]]:
+    """``messages`` with ``note`` in the system message at their head (one made if none)."""
+    if messages and messages[0]["role"] == "system":
+        head = messages[0]
+        return [{**head, "content": "\n\n".join(filter(None, [head["content"], note]))}, *messages[1:]]
+    return [{"role": "system", "content": note}, *messages]
+
+
 def chat_request(call: Call, *, stream: bool, thinks: bool | None = None) -> dict[str, Any]:
     """An OpenAI chat request → an ``/api/chat`` body. ``thinks``: whether the model can think,
     if known (Ollama answers 400 to ``think: true`` for a model that cannot)."""
@@ -164,11 +253,11 @@ def chat_request(call: Call, *, stream: bool, thinks: bool | None = None) -> dic
     out["messages"] = chat_messages(messages_of(call.body))
     tools = function_tools(call.body)
     choice = tool_choice_of(call.body)
-    if choice not in (None, "auto", "none"):
-        raise UnsupportedParameter(
-            "Ollama cannot force a tool call; use tool_choice 'auto'", param="tool_choice"
-        )
-    if tools and choice != "none":
+    forced = forced_tool(call.body)
+    if forced is not None:
+        out["format"] = forced.schema  # the tool call's JSON is the answer (and no tools sent)
+        out["messages"] = _noted(out["messages"], forced.note)
+    elif tools and choice != "none":
         out["tools"] = [{"type": "function", "function": function} for function in tools]
     if effort_of(call.body, call.effort) is not None:
         # Ollama answers 400 to think: true for a model that cannot think, and a model that can

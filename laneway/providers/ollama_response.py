@@ -2,12 +2,16 @@
 or ``/api/embed`` answer (and the pieces a stream's lines share with them), and discovery's
 ``/api/tags``, ``/api/ps`` and ``/api/show`` answers.
 
+An emulated forced tool call (``ollama_request.forced_tool``): the answer's content is the JSON
+``format`` constrained it to, returned as the call of that tool (``forced_call``).
+
 Usage (``usage_of``) is ``prompt_eval_count`` / ``eval_count`` of the final answer or the ``done``
 line of a stream; a stream's usage is therefore known only once it ended.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +20,7 @@ import orjson
 from laneway.errors import UpstreamStatusError
 from laneway.providers.base import ModelInfo, Usage
 from laneway.providers.capabilities import EMBEDDING_TYPES, TEXT_TYPES, capabilities_from_name
+from laneway.providers.ollama_request import ForcedTool
 from laneway.providers.openai_format import (
     assistant_message,
     chat_completion,
@@ -79,22 +84,57 @@ def _reported(data: Mapping[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def chat_response(data: Mapping[str, Any], *, model: str, backend: str = "") -> dict[str, Any]:
-    """An ``/api/chat`` answer → an OpenAI ``chat.completion``."""
+def call_id() -> str:
+    """A tool call id of OpenAI's shape (``call_...``), for a call laneway made of an answer."""
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def forced_call(forced: ForcedTool, content: str) -> dict[str, Any] | None:
+    """The tool call an emulated forced call's answer makes. One tool: the answer is its arguments
+    (as they came, like any model's arguments: a cut-off answer's are cut off too). Several: the
+    answer names the tool and holds its arguments; None if it does not (then it stays content)."""
+    if forced.single is not None:
+        return tool_call(call_id(), forced.single, content.strip() or "{}")
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or value.get("name") not in forced.names:
+        return None
+    arguments = value.get("arguments")
+    if not isinstance(arguments, dict):
+        return None
+    return tool_call(call_id(), str(value["name"]), orjson.dumps(arguments).decode())
+
+
+def forced_finish(data: Mapping[str, Any], called_tools: bool) -> str:
+    """An emulated call cut off by ``num_predict`` says so ("length"), as OpenAI's would."""
+    return "length" if data.get("done_reason") == "length" else finish_reason(data, called_tools)
+
+
+def chat_response(
+    data: Mapping[str, Any], *, model: str, backend: str = "", forced: ForcedTool | None = None
+) -> dict[str, Any]:
+    """An ``/api/chat`` answer → an OpenAI ``chat.completion``. ``forced``: the request's
+    emulated forced tool call, if it had one."""
     raise_if_error(data, backend)
     with protocol_guard(backend, "chat answer"):
         message = data["message"]
         calls = openai_tool_calls(message)
+        content = str_field(message, "content", optional=True)
+        finish = finish_reason(data, bool(calls))
+        if forced is not None and not calls:
+            if (call := forced_call(forced, content)) is not None:
+                calls, content = [call], ""
+            finish = forced_finish(data, bool(calls))
         reply = assistant_message(
-            str_field(message, "content", optional=True),
-            calls,
-            reasoning=str_field(message, "thinking", optional=True) or None,
+            content, calls, reasoning=str_field(message, "thinking", optional=True) or None
         )
         return chat_completion(
             id=new_id("chatcmpl"),
             model=data.get("model") or model,
             message=reply,
-            finish_reason=finish_reason(data, bool(calls)),
+            finish_reason=finish,
             usage=openai_usage(data),
         )
 
@@ -165,6 +205,12 @@ def running_names(data: Mapping[str, Any], backend: str = "") -> set[str]:
 _CAPABILITY_NAMES = {"tools": "tools", "vision": "vision", "thinking": "reasoning"}
 
 
+def listed_capabilities(show: Mapping[str, Any]) -> list[str]:
+    """The ``capabilities`` an ``/api/show`` answer lists (Ollama ≥ 0.6); [] when it lists none."""
+    listed = show.get("capabilities")
+    return [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
+
+
 def model_info(name: str, show: Mapping[str, Any] | None) -> ModelInfo:
     """A model from its ``/api/show`` answer: ``capabilities`` (Ollama ≥ 0.6) give its lane types
     and capabilities, ``model_info["<arch>.context_length"]`` its context length. Whatever the
@@ -172,8 +218,8 @@ def model_info(name: str, show: Mapping[str, Any] | None) -> ModelInfo:
     types, caps = capabilities_from_name(name)
     context_length = None
     if isinstance(show, Mapping):
-        listed = show.get("capabilities")
-        if isinstance(listed, list) and listed:
+        listed = listed_capabilities(show)
+        if listed:
             shown_types: set[str] = set()
             if "completion" in listed:  # Ollama's words for what a model does
                 shown_types |= TEXT_TYPES

@@ -1,6 +1,10 @@
 """Ollama's NDJSON streams → OpenAI chat and completion streams: each line parsed
 (``parse_line``) and translated by a ``LineStream`` into OpenAI chunk objects, framed with the one
-SSE codec (``laneway.sse``)."""
+SSE codec (``laneway.sse``).
+
+An emulated forced tool call (``ollama_request.forced_tool``): for one tool, the answer's content
+fragments are that call's argument deltas as they come; for several, the answer is read whole
+(it names the tool) and sent as one call at the end, as Ollama sends its own calls."""
 
 from __future__ import annotations
 
@@ -11,8 +15,12 @@ from laneway import sse
 from laneway.errors import StreamBroken, UpstreamProtocolError
 from laneway.providers.base import Call, Usage
 from laneway.providers.http import StreamingBody, loads_object
+from laneway.providers.ollama_request import ForcedTool, forced_tool
 from laneway.providers.ollama_response import (
+    call_id,
     finish_reason,
+    forced_call,
+    forced_finish,
     openai_tool_calls,
     openai_usage,
     raise_if_error,
@@ -84,10 +92,14 @@ class ChatStream(LineStream):
 
     what = "chat stream"
 
-    def __init__(self, *, model: str, include_usage: bool, backend: str = "") -> None:
+    def __init__(
+        self, *, model: str, include_usage: bool, backend: str = "", forced: ForcedTool | None = None
+    ) -> None:
         super().__init__(model=model, include_usage=include_usage, backend=backend)
         self.writer: ChunkWriter | None = None
         self.tool_calls = 0
+        self.forced = forced  # the request's emulated forced tool call, if any
+        self.held = ""  # its answer so far, when it names one of several tools
 
     def _feed(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         out = []
@@ -100,7 +112,9 @@ class ChatStream(LineStream):
         message = data.get("message") or {}
         if thinking := str_field(message, "thinking", optional=True):
             out.append(writer.reasoning(thinking))
-        if content := str_field(message, "content", optional=True):
+        if (content := str_field(message, "content", optional=True)) and self.forced is not None:
+            out.extend(self._forced_content(writer, self.forced, content))
+        elif content:
             out.append(writer.content(content))
         for call in openai_tool_calls(message):
             function = call["function"]
@@ -111,8 +125,37 @@ class ChatStream(LineStream):
         if data.get("done") is True:
             self.done = True
             self.usage = usage_of(data)
-            out.extend(writer.end(finish_reason(data, self.tool_calls > 0), openai_usage(data)))
+            finish = finish_reason(data, self.tool_calls > 0)
+            if self.forced is not None:
+                out.extend(self._forced_end(writer, self.forced))
+                finish = forced_finish(data, self.tool_calls > 0)
+            out.extend(writer.end(finish, openai_usage(data)))
         return out
+
+    def _forced_content(self, writer: ChunkWriter, forced: ForcedTool, content: str) -> list[dict[str, Any]]:
+        if forced.single is None:
+            self.held += content
+            return []
+        out = []
+        if self.tool_calls == 0:
+            out.append(writer.tool_call_start(0, call_id(), forced.single))
+            self.tool_calls = 1
+        out.append(writer.tool_call_arguments(0, content))
+        return out
+
+    def _forced_end(self, writer: ChunkWriter, forced: ForcedTool) -> list[dict[str, Any]]:
+        if forced.single is not None:
+            if self.tool_calls:
+                return []
+            self.tool_calls = 1
+            return [writer.tool_call_start(0, call_id(), forced.single, "{}")]
+        call = forced_call(forced, self.held)
+        if call is None:
+            return [writer.content(self.held)] if self.held else []
+        function = call["function"]
+        start = writer.tool_call_start(self.tool_calls, call["id"], function["name"], function["arguments"])
+        self.tool_calls += 1
+        return [start]
 
 
 class GenerateStream(LineStream):
@@ -145,7 +188,12 @@ class GenerateStream(LineStream):
 
 
 def chat_stream(call: Call, backend: str = "") -> ChatStream:
-    return ChatStream(model=call.model, include_usage=include_usage(call.body), backend=backend)
+    return ChatStream(
+        model=call.model,
+        include_usage=include_usage(call.body),
+        backend=backend,
+        forced=forced_tool(call.body),
+    )
 
 
 def generate_stream(call: Call, backend: str = "") -> GenerateStream:

@@ -1,12 +1,14 @@
 """Dispatch: serve a request from the best lane that can, failing over when one breaks.
 
 For each request: resolve the name to candidate lanes (``candidates``: the backends' policy and
-the key's apply), rank them (``ranked``), then try them in order within the attempt budget and
-the request's deadline, one ``Attempts.run`` each (acquire, call, learn: ``routing.attempt``).
-A failure whose verdict says another lane may serve the request moves on to the next lane; any
-other ends the request. Lanes whose backends asked to be left alone (used-up quota, a 503 that
-said when to come back) are held: not tried, and waited for when they are back soon enough
-(``routing.holdoff``): a round of attempts, a wait, another round.
+the key's apply), keep those that can serve what the request needs (``routing.needs``: tools, a
+forced tool call, a JSON answer, images, reasoning; a 422 when none can), rank them (``ranked``:
+lanes that emulate a need after those that have it, other facts equal), then try them in order
+within the attempt budget and the request's deadline, one ``Attempts.run`` each (acquire, call,
+learn: ``routing.attempt``). A failure whose verdict says another lane may serve the request
+moves on to the next lane; any other ends the request. Lanes whose backends asked to be left
+alone (used-up quota, a 503 that said when to come back) are held: not tried, and waited for
+when they are back soon enough (``routing.holdoff``): a round of attempts, a wait, another round.
 
 A stream is established and its first frame read before it is handed out, so a stream that
 breaks before any byte reached the client fails over too; after that it is the client's, and a
@@ -38,6 +40,7 @@ from laneway.errors import (
 from laneway.inventory.lanes import Health, Lane
 from laneway.operations import Operation
 from laneway.pools import PoolRegistry, Slot
+from laneway.providers.abilities import Need
 from laneway.providers.base import Call, Provider, Reply, ReplyStream, Usage, answer
 from laneway.providers.base import stream as open_upstream
 from laneway.routing.attempt import Attempts, LaneCall, Target
@@ -45,6 +48,7 @@ from laneway.routing.backends import Backends
 from laneway.routing.breaker import Breakers
 from laneway.routing.failover import FailoverLog, RequestInfo
 from laneway.routing.holdoff import Holdoff
+from laneway.routing.needs import able, emulated, needs_of, tier
 from laneway.routing.rank import Facts, ranked_facts, spread
 from laneway.routing.request import Dispatch
 from laneway.routing.resolve import Candidate, OutOfRotation, Resolver
@@ -58,11 +62,13 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class Served(Generic[T]):
-    """What came back, and who served it."""
+    """What came back, and who served it; ``emulated``: the request's needs that lane's family
+    served by emulation (``routing.needs``), for the ``x-laneway-emulated`` header."""
 
     result: T
     lane: Lane
     attempts: int
+    emulated: tuple[str, ...] = ()
 
 
 class UsageSink(Protocol):
@@ -163,15 +169,15 @@ class Router:
 
     # -- ranking -----------------------------------------------------------------------------
 
-    def ranked(self, targets: list[Target]) -> list[Target]:
+    def ranked(self, targets: list[Target], needs: frozenset[Need] = frozenset()) -> list[Target]:
         """Best first, the load shared among equals (``rank.spread``); the lanes held by their
         backends are already left out (``Holdoff.ready``). A lone candidate (the common case: one
         lane serves the name) needs no facts."""
         if len(targets) <= 1:
             return targets
-        return spread(ranked_facts(targets, self._facts, self.seed), self._rng)
+        return spread(ranked_facts(targets, lambda t: self._facts(t, needs), self.seed), self._rng)
 
-    def _facts(self, target: Target) -> Facts:
+    def _facts(self, target: Target, needs: frozenset[Need]) -> Facts:
         lane = target.lane
         status, p50, share = "unknown", None, None
         sig = self.signals.get(lane.backend)
@@ -184,7 +190,8 @@ class Router:
                 share = quota.remaining / quota.limit
         pool = self.pools.pool_for(lane.backend, lane.id, target.config)
         queued, busy = pool.queued, pool.active / pool.slots
-        return Facts(lane.id, lane.weight, status, p50, share, queued, busy, target.candidate.group)
+        support = tier(lane, target.provider, needs)
+        return Facts(lane.id, lane.weight, status, p50, share, queued, busy, target.candidate.group, support)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -197,17 +204,21 @@ class Router:
         self.breakers.advance()
         try:
             found = await self.candidates(request.requested, op.value, info)
-            return await self._rounds(request, found, call)
+            needs = needs_of(body)
+            found = able(found, needs, self.attempts.providers.get, request.requested)
+            return await self._rounds(request, found, needs, call)
         except LanewayError as exc:
             request.given_up(self.failovers)
             request.stamp(exc)
             raise
 
-    async def _rounds(self, request: Dispatch, found: tuple[Candidate, ...], call: LaneCall[T]) -> Served[T]:
+    async def _rounds(
+        self, request: Dispatch, found: tuple[Candidate, ...], needs: frozenset[Need], call: LaneCall[T]
+    ) -> Served[T]:
         """Rounds of attempts, until one serves the request or a failure ends it (raised). Between
         rounds the request may wait for a lane that asked to be left alone a moment (``holdoff``)."""
         while True:
-            served = await self._round(request, found, call)
+            served = await self._round(request, found, needs, call)
             if served is not None:
                 return served
             wait = self.holdoff.wait(found, request)
@@ -217,17 +228,17 @@ class Router:
             request.waited += wait
 
     async def _round(
-        self, request: Dispatch, found: tuple[Candidate, ...], call: LaneCall[T]
+        self, request: Dispatch, found: tuple[Candidate, ...], needs: frozenset[Need], call: LaneCall[T]
     ) -> Served[T] | None:
         """Try the ready candidates, best first, until one serves the request or the budget is
         spent; None if none served it."""
         ready = (self.attempts.target(c) for c in self.holdoff.ready(found, request))
-        for target in self.ranked([t for t in ready if t is not None]):
+        for target in self.ranked([t for t in ready if t is not None], needs):
             if request.spent(self.clock.monotonic()):
                 break
             result = await self.attempts.run(request, target, call)
             if result is not None:
-                return Served(result, target.lane, request.attempts)
+                return Served(result, target.lane, request.attempts, emulated(target.lane, needs))
         return None
 
     def _refusal(self, request: Dispatch, found: tuple[Candidate, ...]) -> LanewayError:

@@ -6,14 +6,17 @@ it is tested on its own. In order of precedence:
 1. exhausted lanes are dropped (until their reset: the signals say when);
 2. available before unknown before degraded;
 3. higher lane weight first (tier x provider x instance x model x health);
-4. shorter queue first;
-5. less busy first: the share of its pool's slots in use, in quarters, so a lane with a few slots
+4. how it serves what the request needs (``routing.needs.tier``): natively, then by emulation
+   (an Anthropic lane's JSON mode, an Ollama lane's forced tool call), then lanes whose model's
+   name suggests it lacks a needed capability (a hint only: they are still tried);
+5. shorter queue first;
+6. less busy first: the share of its pool's slots in use, in quarters, so a lane with a few slots
    (a GPU box, a publisher's laptop) that is already serving yields the next request to an idle
    equal, while a 64-slot cloud pool lets latency decide until it is a quarter full;
-6. lower recent p50 first, compared in 25% steps so noise does not reorder equals (a lane without
+7. lower recent p50 first, compared in 25% steps so noise does not reorder equals (a lane without
    samples counts as fast, so new lanes get traffic and learn their latency);
-7. more quota remaining first (a share of the limit; unknown counts as full);
-8. a seeded tie-break: one seed gives one order (tests, reproducible incidents), different seeds
+8. more quota remaining first (a share of the limit; unknown counts as full);
+9. a seeded tie-break: one seed gives one order (tests, reproducible incidents), different seeds
    (replicas) different ones.
 
 A route's selectors stay in their order: ranking happens within each selector's group.
@@ -23,7 +26,8 @@ available or not yet known): a fixed order would send every request to the first
 picks the first lane by the power of two choices: two of the equals drawn at random (from the
 router's seeded generator), the less loaded of the two first: fewer queued, then fewer of its
 slots in use, then (only when one is at least twice as slow, so noise does not starve a lane
-whose samples are stale) the faster. The rest keep their ranked order, for failover.
+whose samples are stale) the faster. The rest keep their ranked order, for failover. Lanes of
+different support tiers are never equals: an emulating lane is not drawn before a native one.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Facts:
     queued: int = 0
     busy: float = 0.0  # slots in use / slots of its pool, 0..1
     group: int = 0  # the route selector that chose it (0 for a plain model name)
+    support: int = 0  # how it serves the request's needs: 0 natively, 1 by emulation, 2 hinted lacking
 
 
 def _tiebreak(seed: int, lane_id: str) -> bytes:
@@ -63,11 +68,12 @@ def _p50_step(p50: float | None) -> int:
     return math.floor(math.log(p50) / _P50_STEP)
 
 
-def rank_key(facts: Facts, seed: int) -> tuple[int, int, float, int, int, int, float, bytes]:
+def rank_key(facts: Facts, seed: int) -> tuple[int, int, float, int, int, int, int, float, bytes]:
     return (
         facts.group,
         _STATUS_ORDER.get(facts.status, 1),
         -facts.weight,
+        facts.support,
         facts.queued,
         math.floor(facts.busy * 4),
         _p50_step(facts.p50),
@@ -103,7 +109,9 @@ def spread(ranked: list[tuple[T, Facts]], rng: random.Random) -> list[T]:
 
 
 def _equal(x: Facts, y: Facts) -> bool:
-    return x.group == y.group and _healthy(x) == _healthy(y) and x.weight == y.weight
+    return (
+        x.group == y.group and _healthy(x) == _healthy(y) and x.weight == y.weight and x.support == y.support
+    )
 
 
 def _healthy(facts: Facts) -> bool:

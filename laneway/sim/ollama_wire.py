@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from laneway.sim.openai_wire import tool_choice
+from laneway.sim.schema_fill import output_schema
 from laneway.sim.text import Answer, Prompt, ToolSpec, count_words, embedding
 from laneway.sim.wire import (
     SLOT,
@@ -203,6 +204,8 @@ def parse_chat(raw: Any) -> Call:
     prompt.tools = _tools(body)
     prompt.tool_choice = tool_choice(body.get("tool_choice"))
     prompt.thinking = body.get("think") not in (None, False)
+    fmt = body.get("format")
+    prompt.output_schema = output_schema("schema" if isinstance(fmt, dict) else fmt, fmt)
     _options(body, prompt)
     return Call(model, "chat", _stream(body), prompt)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from laneway.sim.schema_fill import output_schema
 from laneway.sim.text import Answer, Prompt, ToolSpec, count_words, embedding, embedding_base64
 from laneway.sim.wire import (
     SLOT,
@@ -123,7 +124,15 @@ def parse_chat(raw: Any) -> Call:
     prompt.tool_choice = tool_choice(body.get("tool_choice"))
     prompt.max_tokens = optional_int(body, "max_completion_tokens") or optional_int(body, "max_tokens")
     prompt.stops = string_list(body.get("stop"), "stop")
+    prompt.output_schema = _output_schema(body.get("response_format"))
     return _call(body, model, "chat", prompt)
+
+
+def _output_schema(response_format: Any) -> dict[str, Any] | None:
+    if not isinstance(response_format, dict):
+        return None
+    spec = response_format.get("json_schema")
+    return output_schema(response_format.get("type"), spec.get("schema") if isinstance(spec, dict) else None)
 
 
 def parse_completion(raw: Any) -> Call:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import orjson
 
+from laneway.sim.schema_fill import fill, json_text
+
 # "stop": the reply ended by itself; "length": cut by max_tokens; "stop_sequence": cut by a stop
 # string; "tool_calls": the reply is a tool call. Each wire module maps these to its own words.
 Finish = Literal["stop", "length", "stop_sequence", "tool_calls"]
@@ -52,6 +54,7 @@ class Prompt:
     max_tokens: int | None = None
     stops: list[str] = field(default_factory=list)
     thinking: bool = False
+    output_schema: dict[str, Any] | None = None  # a JSON answer asked for: the schema it fits ({}: any)
 
     @property
     def prompt_tokens(self) -> int:
@@ -118,6 +121,8 @@ def answer(model: str, prompt: Prompt, reply: str | None = None) -> Answer:
     if tool is not None:
         call = ToolCall(tool.name, _arguments_for(tool.schema))
         return Answer([], "tool_calls", prompt.prompt_tokens, tool_call=call, thinking=thinking)
+    if reply is None and prompt.output_schema is not None:
+        reply = json_text(prompt.output_schema)
     text = compose_reply(model, prompt) if reply is None else reply
     finish: Finish = "stop"
     matched: str | None = None
@@ -144,22 +149,9 @@ def _chosen_tool(prompt: Prompt) -> ToolSpec | None:
 
 
 def _arguments_for(schema: dict[str, Any]) -> dict[str, Any]:
-    """``{}`` plus "sim" (or the first enum value) for each required string property."""
-    properties = schema.get("properties")
-    required = schema.get("required")
-    if not isinstance(properties, dict) or not isinstance(required, list):
-        return {}
-    arguments: dict[str, Any] = {}
-    for name in required:
-        spec = properties.get(name) if isinstance(name, str) else None
-        if not isinstance(spec, dict):
-            continue
-        kind = spec.get("type")
-        if kind == "string" or (isinstance(kind, list) and "string" in kind):
-            enum = spec.get("enum")
-            first = enum[0] if isinstance(enum, list) and enum else None
-            arguments[name] = first if isinstance(first, str) else "sim"
-    return arguments
+    """Arguments that fit the tool's schema (``schema_fill``): its required properties filled."""
+    arguments = fill(schema)
+    return arguments if isinstance(arguments, dict) else {}
 
 
 def embedding(text: str, dim: int) -> list[float]:

@@ -268,8 +268,6 @@ def test_thinking_blocks_are_replayed() -> None:
     [
         ({"n": 3}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"tools": [{"type": "web_search"}]}, "tools"),
     ],

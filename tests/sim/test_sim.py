@@ -200,7 +200,7 @@ def test_openai_tool_calls_plain_streamed_and_answered(serve: Any) -> None:
         call = choice.message.tool_calls[0]
         assert call.type == "function"
         assert call.function.name == "get_weather"
-        assert json.loads(call.function.arguments) == {"city": "sim"}  # only required strings
+        assert json.loads(call.function.arguments) == {"city": "sim", "days": 1}  # required ones, filled
 
         stream = client.chat.completions.create(
             model="gpt-4o-mini",
@@ -220,7 +220,7 @@ def test_openai_tool_calls_plain_streamed_and_answered(serve: Any) -> None:
             for tc in (c.choices[0].delta.tool_calls or [])
             if tc.function is not None
         )
-        assert json.loads(arguments) == {"city": "sim"}
+        assert json.loads(arguments) == {"city": "sim", "days": 1}
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
         answered = client.chat.completions.create(
@@ -496,7 +496,7 @@ def test_ollama_chat_streams_by_default_and_generates(serve: Any) -> None:
         )
         calls = json.loads(raw)["message"]["tool_calls"]
         assert calls[0]["function"]["name"] == "get_weather"
-        assert calls[0]["function"]["arguments"] == {"city": "sim"}  # an object, not a string
+        assert calls[0]["function"]["arguments"] == {"city": "sim", "days": 1}  # an object, not a string
 
         _, _, raw = http(url + "/api/generate", {"model": "llama3.2", "prompt": "why?"})
         assert json.loads(raw)["error"] == 'model "llama3.2" not found, try pulling it first'
