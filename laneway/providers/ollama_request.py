@@ -261,9 +261,10 @@ def chat_request(call: Call, *, stream: bool, thinks: bool | None = None) -> dic
         out["tools"] = [{"type": "function", "function": function} for function in tools]
     if effort_of(call.body, call.effort) is not None:
         # Ollama answers 400 to think: true for a model that cannot think, and a model that can
-        # thinks by default, so a route's effort is only sent to models known to think. A client
-        # asking for reasoning itself gets what it asked for (and Ollama's answer).
-        if thinks or call.body.get("reasoning_effort") is not None:
+        # thinks by default, so a route's effort is only sent to models known to think; a client
+        # asking for reasoning itself gets it unless discovery showed the model cannot (then it
+        # is answered without: reasoning is a preference, see ``routing.needs``).
+        if thinks or (thinks is None and call.body.get("reasoning_effort") is not None):
             out["think"] = True
     elif call.body.get("reasoning_effort") == "none":
         out["think"] = False

@@ -5,7 +5,8 @@ from that one shape (``needs_of``): function tools, a forced tool call, a JSON a
 or any object), images, reasoning. A lane serves each need natively, by emulation, or not at
 all (``support``): its family's wire format decides the first two (``providers.abilities``),
 and a backend that reported its model's capabilities (Ollama's ``/api/show``) can rule a lane
-out. Capabilities guessed from a model's name never rule a lane out; they only rank it later.
+out (reasoning excepted: ``RULES_OUT``). Capabilities guessed from a model's name never rule a
+lane out; they only rank it later.
 
 The router drops the candidates that cannot serve (``able``) before any call, and only when none
 can does the client get a 422 that says which need no lane meets. Among those left, lanes that
@@ -34,6 +35,12 @@ from laneway.routing.resolve import Candidate
 NATIVE, EMULATED, HINTED_LACKING = 0, 1, 2
 
 ProviderOf = Callable[[str], object | None]  # backend name → its provider (None: gone)
+
+# The needs a lane lacking them cannot serve at all. Reasoning is not one: a lane that cannot
+# think still answers the question (its adapter leaves thinking off), so it only ranks after
+# those that can. Clients ask for thinking on every turn (Claude Code does); ruling such lanes
+# out would turn an answer into a 422.
+RULES_OUT = frozenset(set(Need) - {Need.REASONING})
 
 
 def needs_of(body: Mapping[str, Any]) -> frozenset[Need]:
@@ -93,7 +100,7 @@ def able(
     for candidate in found:
         lane = candidate.lane
         provider = provider_of(lane.backend)
-        missing = [n for n in sorted(needs) if support(lane, provider, n) == Support.NONE]
+        missing = [n for n in sorted(needs) if n in RULES_OUT and support(lane, provider, n) == Support.NONE]
         if not missing:
             kept.append(candidate)
         for need in missing:

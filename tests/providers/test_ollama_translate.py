@@ -188,7 +188,9 @@ def test_route_effort_skips_models_known_not_to_think() -> None:
     assert think({}, thinks=True) is True
     assert think({}, thinks=False) is None  # Ollama would answer 400 to think: true
     assert think({}, thinks=None) is None  # not discovered yet: a thinking model thinks anyway
-    assert think({"reasoning_effort": "high"}, thinks=False) is True  # the client asked for it
+    # the client asked for it, but discovery showed the model cannot: answered without thinking
+    assert think({"reasoning_effort": "high"}, thinks=False) is None
+    assert think({"reasoning_effort": "high"}, thinks=None) is True  # not known: as asked
 
 
 @pytest.mark.parametrize(

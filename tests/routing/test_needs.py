@@ -120,6 +120,16 @@ def test_able_drops_the_lanes_that_cannot_and_keeps_the_order() -> None:
     assert able(found, frozenset({Need.VISION}), providers.get, "fast") == (Candidate(seeing),)
 
 
+def test_reasoning_ranks_but_never_rules_a_lane_out() -> None:
+    # Claude Code asks for thinking on every turn: a lane whose model cannot think still answers
+    unthinking = lane("ollama", "llama3.2:3b", {"chat", "tools"}, backend="gpu-1")
+    providers = {"gpu-1": Reporting({"llama3.2:3b": frozenset({"chat", "tools"})})}
+    assert support(unthinking, providers["gpu-1"], Need.REASONING) == Support.NONE
+    found = (Candidate(unthinking),)
+    assert able(found, frozenset({Need.REASONING, Need.TOOLS}), providers.get, "chat") == found
+    assert tier(unthinking, providers["gpu-1"], frozenset({Need.REASONING})) == HINTED_LACKING
+
+
 def test_no_lane_able_is_a_422_naming_the_need_and_the_lanes() -> None:
     blind = lane("ollama", "llama3.2:3b", {"chat"}, backend="gpu-1")
     providers = {"gpu-1": Reporting({"llama3.2:3b": frozenset({"chat"})})}
