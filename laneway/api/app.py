@@ -17,12 +17,14 @@ from starlette.types import Receive, Scope, Send
 from laneway.api.access import AccessMiddleware
 from laneway.api.admin_routes import AdminRoutes
 from laneway.api.edge import EdgeStats
-from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
+from laneway.api.errors import PREFIXES, http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
+from laneway.api.ollama_routes import OllamaRoutes
 from laneway.api.openai_routes import OpenAIRoutes
 from laneway.api.publisher_routes import PublisherRoutes
 from laneway.api.responses_routes import ResponsesRoutes
 from laneway.api.usage_routes import usage_routes
+from laneway.dialects.ollama.errors import OLLAMA
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
 from laneway.inventory.refresher import BackendStatus
@@ -67,6 +69,7 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
     serve`` opens it itself first, so a start-up error is one clear line; a server in a thread of
     its own serves a ``GatewayApp``, which opens it on that server's loop."""
     api = OpenAIRoutes(gateway)
+    ollama = OllamaRoutes(gateway)
     admin = AdminRoutes(gateway)
     publishers = PublisherRoutes(gateway)
     metrics = Metrics(gateway, edge)  # its own registry, read at scrape time (see laneway.api.metrics)
@@ -80,10 +83,11 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
             orjson.dumps(body), status_code=200 if body["ready"] else 503, media_type="application/json"
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *api.routes(),
             *ResponsesRoutes(gateway).routes(),
+            *ollama.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
@@ -107,6 +111,9 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
             Exception: unexpected_error_handler,
         },
     )
+    # Paths no route serves answer in the dialect of their prefix (a 404 under /api/ is Ollama's).
+    setattr(app.state, PREFIXES, (("/api/", OLLAMA),))
+    return app
 
 
 class GatewayApp:
