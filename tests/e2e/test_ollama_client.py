@@ -5,6 +5,7 @@ Anthropic lanes too). What the client parses is what a real Ollama client would 
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ JSON_FAMILIES = FAMILY_MODELS[:2]
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
+HI = [{"role": "user", "content": "hi"}]
+USER = b'"messages": [{"role": "user"}]'
 WEATHER = {
     "type": "function",
     "function": {
@@ -166,7 +169,8 @@ def test_chat_streams_by_default_each_family(gw: RunningGateway, model: str, bac
         assert served.headers["x-laneway-backend"] == backend
         lines = [line for line in served.iter_lines() if line]
     assert len(lines) > 2
-    parts = list(client(gw).chat(model=model, messages=[{"role": "user", "content": "Stream to me"}], stream=True))
+    asked = [{"role": "user", "content": "Stream to me"}]
+    parts = list(client(gw).chat(model=model, messages=asked, stream=True))
     assert all(not p.done for p in parts[:-1])
     last = parts[-1]
     assert last.done is True
@@ -272,17 +276,16 @@ def test_options_carry_over(gw: RunningGateway, model: str, backend: str) -> Non
 @pytest.mark.parametrize("model", ["llama3.2:3b", "claude-sonnet-4-6"])
 def test_think_returns_the_thinking(gw: RunningGateway, model: str) -> None:
     ollama_client = client(gw)
-    answer = ollama_client.chat(model=model, messages=[{"role": "user", "content": "Think first"}], think=True)
+    asked = [{"role": "user", "content": "Think first"}]
+    answer = ollama_client.chat(model=model, messages=asked, think=True)
     assert answer.message.thinking
     assert "think" in answer.message.thinking
     assert answer.message.content
-    parts = list(
-        ollama_client.chat(model=model, messages=[{"role": "user", "content": "Think"}], think="low", stream=True)
-    )
+    parts = list(ollama_client.chat(model=model, messages=asked, think="low", stream=True))
     assert parts[-1].done is True
     if model.startswith("claude"):  # the Ollama sim streams no thinking (its whole answers do)
         assert "".join(p.message.thinking or "" for p in parts).strip()
-    unthought = ollama_client.chat(model=model, messages=[{"role": "user", "content": "Just say"}], think=False)
+    unthought = ollama_client.chat(model=model, messages=asked, think=False)
     assert not unthought.message.thinking
 
 
@@ -381,11 +384,11 @@ def test_embed_and_embeddings(gw: RunningGateway, model: str) -> None:
 
 def test_unknown_model_is_a_404(gw: RunningGateway) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
-        client(gw).chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        client(gw).chat(model="no-such-model", messages=HI)
     assert caught.value.status_code == 404
     assert "no-such-model" in caught.value.error
     with pytest.raises(ollama.ResponseError) as caught:
-        list(client(gw).chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}], stream=True))
+        list(client(gw).chat(model="no-such-model", messages=HI, stream=True))
     assert caught.value.status_code == 404
 
 
@@ -407,11 +410,11 @@ def test_a_wrong_key_is_a_401(gw: RunningGateway) -> None:
         (b'{"messages": [{"role": "user", "content": "hi"}]}', "model is required"),
         (b'{"model": "llama3.2:3b", "messages": "hi"}', "'messages' must be a list"),
         (b'{"model": "llama3.2:3b", "messages": [{"role": "robot", "content": "hi"}]}', "role must be"),
-        (b'{"model": "llama3.2:3b", "messages": [{"role": "user"}], "options": {"temperature": "hot"}}', "number"),
-        (b'{"model": "llama3.2:3b", "messages": [{"role": "user"}], "options": {"temperature": 9}}', "temperature"),
-        (b'{"model": "llama3.2:3b", "messages": [{"role": "user"}], "stream": "yes"}', "'stream'"),
-        (b'{"model": "llama3.2:3b", "messages": [{"role": "user"}], "format": "xml"}', "'format'"),
-        (b'{"model": "llama3.2:3b", "messages": [{"role": "user"}], "think": "hard"}', "'think'"),
+        (b'{"model": "llama3.2:3b", ' + USER + b', "options": {"temperature": "hot"}}', "number"),
+        (b'{"model": "llama3.2:3b", ' + USER + b', "options": {"temperature": 9}}', "temperature"),
+        (b'{"model": "llama3.2:3b", ' + USER + b', "stream": "yes"}', "'stream'"),
+        (b'{"model": "llama3.2:3b", ' + USER + b', "format": "xml"}', "'format'"),
+        (b'{"model": "llama3.2:3b", ' + USER + b', "think": "hard"}', "'think'"),
     ],
 )
 def test_a_bad_body_is_a_400_in_ollamas_shape(gw: RunningGateway, body: bytes, words: str) -> None:
@@ -442,11 +445,11 @@ def test_paths_and_methods_it_does_not_serve(gw: RunningGateway) -> None:
 def test_a_failure_mid_stream_ends_with_an_error_line(gw: RunningGateway) -> None:
     gw.sims["ollama"].options.drop_after_chunks = 3
     parts: list[ollama.ChatResponse] = []
+    stream = client(gw).chat(
+        model="llama3.2:3b", messages=[{"role": "user", "content": "a long answer please"}], stream=True
+    )
     with pytest.raises(ollama.ResponseError) as caught:
-        for part in client(gw).chat(
-            model="llama3.2:3b", messages=[{"role": "user", "content": "a long answer please"}], stream=True
-        ):
-            parts.append(part)
+        parts.extend(stream)
     assert parts
     assert not any(p.done for p in parts)
     assert "Request id" in caught.value.error
@@ -456,3 +459,30 @@ def test_a_failure_mid_stream_ends_with_an_error_line(gw: RunningGateway) -> Non
     ) as served:
         lines = [line for line in served.iter_lines() if line]
     assert list(httpx.Response(200, content=lines[-1]).json()) == ["error"]
+
+
+def test_the_access_log_says_ollama_and_the_operation(gw: RunningGateway, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="laneway.access")
+    headers = {"Authorization": f"Bearer {gw.key}"}
+    calls = {
+        "chat": ("/api/chat", {"model": "fast", "messages": HI, "stream": False}),
+        "generate": ("/api/generate", {"model": "gpt-4o-mini", "prompt": "hi", "stream": False}),
+        "raw": ("/api/generate", {"model": "gpt-4o-mini", "prompt": "hi", "raw": True, "stream": False}),
+        "embed": ("/api/embed", {"model": "embed", "input": "hi"}),
+    }
+    for name, (path, body) in calls.items():
+        answer = httpx.post(gw.url + path, json=body, headers={**headers, "x-request-id": f"ollama-{name}"})
+        assert answer.status_code == 200, answer.text
+    logged = {
+        record.request_id: record
+        for record in caplog.records
+        if record.name == "laneway.access" and str(getattr(record, "request_id", "")).startswith("ollama-")
+    }
+    operations = {rid: (r.dialect, r.operation, r.requested) for rid, r in logged.items()}
+    assert operations == {
+        "ollama-chat": ("ollama", "chat", "fast"),
+        "ollama-generate": ("ollama", "chat", "gpt-4o-mini"),
+        "ollama-raw": ("ollama", "completion", "gpt-4o-mini"),
+        "ollama-embed": ("ollama", "embedding", "embed"),
+    }
+    assert all((r.prompt_tokens or 0) > 0 for r in logged.values())

@@ -15,6 +15,7 @@ Malformed answers raise ``KeyError``/``TypeError``/``ValueError``: the caller re
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ NANOS = 1_000_000_000
 def rfc3339_nano(epoch: float) -> str:
     """A UTC time as Go's RFC3339Nano writes it (Ollama's ``created_at``): up to nine fraction
     digits, trailing zeros cut, no fraction at all on a whole second."""
-    nanos = round(epoch * NANOS)
-    seconds, fraction = divmod(nanos, NANOS)
+    seconds = math.floor(epoch)
+    fraction = min(NANOS - 1, round((epoch - seconds) * NANOS))  # epoch * NANOS would lose digits
     moment = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     digits = f"{fraction:09d}".rstrip("0")
     return f"{moment}.{digits}Z" if digits else f"{moment}Z"
