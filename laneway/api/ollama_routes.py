@@ -143,8 +143,9 @@ class OllamaRoutes:
         asked = model_of(body)
         if is_load(path, body):
             self.known(asked)
+            at, keep_alive = rfc3339_nano(clock.now()), body.get("keep_alive")
             return json_response(
-                ollama_response.load_response(path, model=asked, at=rfc3339_nano(clock.now()))
+                ollama_response.load_response(path, model=asked, at=at, keep_alive=keep_alive)
             )
         translated = TRANSLATE[path](body)
         served_name, _ = self.known(asked)

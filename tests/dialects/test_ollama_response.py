@@ -150,6 +150,9 @@ def test_load_answers() -> None:
     }
     assert load_response("generate", model="m", at="T")["response"] == ""
     assert load_response("embeddings", model="m", at="T") == {"embedding": []}
+    for zero in (0, "0", "0s"):
+        assert load_response("chat", model="m", at="T", keep_alive=zero)["done_reason"] == "unload"
+    assert load_response("chat", model="m", at="T", keep_alive="5m")["done_reason"] == "load"
 
 
 def test_errors_are_ollamas_one_field() -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 NANOS = 1_000_000_000
+ZERO_DURATIONS = frozenset({"0", "0s", "0m", "0h"})  # keep_alive values that mean "unload now"
 
 
 def rfc3339_nano(epoch: float) -> str:
@@ -193,8 +194,10 @@ def embeddings_response(answer: Mapping[str, Any]) -> dict[str, Any]:
     return {"embedding": found[0] if found else []}
 
 
-def load_response(path: str, *, model: str, at: str) -> dict[str, Any]:
-    """The answer to a load request (no messages, no prompt): Ollama's, with ``done_reason: load``."""
+def load_response(path: str, *, model: str, at: str, keep_alive: Any = None) -> dict[str, Any]:
+    """The answer to a load request (no messages, no prompt): Ollama's, ``done_reason: load``, or
+    ``unload`` when ``keep_alive`` is zero (Ollama's way to ask for a model to be unloaded).
+    laneway's backends keep their models as they see fit; the answer only says it was heard."""
     if path == "embeddings":
         return {"embedding": []}
     head: dict[str, Any] = {"model": model, "created_at": at}
@@ -202,4 +205,5 @@ def load_response(path: str, *, model: str, at: str) -> dict[str, Any]:
         head["message"] = {"role": "assistant", "content": ""}
     else:
         head["response"] = ""
-    return {**head, "done_reason": "load", "done": True}
+    unload = keep_alive == 0 or (isinstance(keep_alive, str) and keep_alive.strip() in ZERO_DURATIONS)
+    return {**head, "done_reason": "unload" if unload else "load", "done": True}
