@@ -151,11 +151,8 @@ class OllamaRoutes:
         served_name, _ = self.known(asked)
         translated.body["model"] = served_name
         validate(SHAPES[translated.op], translated.body)  # what the translation cannot have checked
-        # The translated body's own bytes, not b"": the router sends ``raw`` as it is to a lane
-        # whose model name is the one asked for (routing.attempt), and b"" would be an empty body.
-        raw = orjson.dumps(translated.body)
         served = await inbound.serve(
-            request, admitted, translated.op, translated.body, raw, stream=translated.stream
+            request, admitted, translated.op, translated.body, b"", stream=translated.stream
         )
         if served is None:
             return CLIENT_GONE
