@@ -20,11 +20,13 @@ from laneway.api.anthropic_routes import AnthropicRoutes
 from laneway.api.edge import EdgeStats
 from laneway.api.errors import PREFIXES, http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
+from laneway.api.ollama_routes import OllamaRoutes
 from laneway.api.openai_routes import OpenAIRoutes
 from laneway.api.publisher_routes import PublisherRoutes
 from laneway.api.responses_routes import ResponsesRoutes
 from laneway.api.usage_routes import usage_routes
 from laneway.dialects.anthropic.errors import ANTHROPIC
+from laneway.dialects.ollama.errors import OLLAMA
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
 from laneway.inventory.refresher import BackendStatus
@@ -70,6 +72,7 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
     its own serves a ``GatewayApp``, which opens it on that server's loop."""
     api = OpenAIRoutes(gateway)
     anthropic = AnthropicRoutes(gateway, models_fallback=api.models)
+    ollama = OllamaRoutes(gateway)
     admin = AdminRoutes(gateway)
     publishers = PublisherRoutes(gateway)
     metrics = Metrics(gateway, edge)  # its own registry, read at scrape time (see laneway.api.metrics)
@@ -88,6 +91,7 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
             *anthropic.routes(),  # first: its GET /v1/models answers Anthropic's clients, else api's
             *api.routes(),
             *ResponsesRoutes(gateway).routes(),
+            *ollama.routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
@@ -111,7 +115,8 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
             Exception: unexpected_error_handler,
         },
     )
-    setattr(app.state, PREFIXES, (("/v1/messages", ANTHROPIC),))
+    # Paths no route serves answer in the dialect of their prefix (a 404 under /api/ is Ollama's).
+    setattr(app.state, PREFIXES, (("/v1/messages", ANTHROPIC), ("/api/", OLLAMA)))
     return app
 
 
