@@ -195,9 +195,18 @@ def test_thinking_natively_streams_thinking_and_signature_deltas(gw: RunningGate
     assert whole.content[0].signature == SIM_SIGNATURE
 
 
-def test_thinking_translated_for_an_ollama_lane(gw: RunningGateway) -> None:
+def test_thinking_translated_for_an_ollama_lane(sim_factory: Any, gateway_factory: Any) -> None:
+    """A model whose /api/show says it thinks gets think: true and its thinking back as a block; one
+    that says it cannot (llama3.2, like a real Ollama's) is answered without thinking, not with
+    Ollama's 400 for think: true."""
+    ollama = sim_factory(family="ollama", models=["qwen3:8b", "llama3.2:3b"])
+    config = {
+        "auth": {"keys": [{"name": "tests", "key": CLIENT_KEY}]},
+        "backends": {"gpu-1": {"provider": "ollama", "base_url": ollama.url}},
+    }
+    gw = gateway_factory(config, {"ollama": ollama})
     params: Any = {
-        "model": "llama3.2:3b",
+        "model": "qwen3:8b",
         "max_tokens": 4096,
         "thinking": {"type": "enabled", "budget_tokens": 2048},
         "messages": [{"role": "user", "content": "think first"}],
@@ -206,6 +215,10 @@ def test_thinking_translated_for_an_ollama_lane(gw: RunningGateway) -> None:
     assert [b.type for b in whole.content] == ["thinking", "text"]
     assert whole.content[0].type == "thinking"
     assert whole.content[0].thinking.startswith("Let me think")
+    unthinking = client(gw).messages.create(**{**params, "model": "llama3.2:3b"})
+    assert [b.type for b in unthinking.content] == ["text"]
+    assert unthinking.content[0].type == "text"
+    assert unthinking.content[0].text.startswith("Hello from llama3.2:3b")
     # (The Ollama sim streams no thinking: the stream's translation of it is tested on its own.)
 
 
