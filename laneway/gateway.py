@@ -34,6 +34,7 @@ from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.usage_writer import UsageRecorder
 from laneway.virtual import Fleet
 
@@ -116,6 +117,7 @@ class Gateway:
     fleet: Fleet
     router: Router
     key_reloader: KeyReloader
+    responses: ResponseStore  # the Responses API's stored responses, on the gateway's clock
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -219,6 +221,7 @@ class Gateway:
             fleet=fleet,
             router=router,
             key_reloader=key_reloader,
+            responses=ResponseStore(db.responses, clock, retention=settings.responses.retention),
         )
 
     async def _start(self) -> None:

@@ -21,6 +21,7 @@ from laneway.api.errors import http_error_handler, laneway_error_handler, unexpe
 from laneway.api.metrics import Metrics
 from laneway.api.openai_routes import OpenAIRoutes
 from laneway.api.publisher_routes import PublisherRoutes
+from laneway.api.responses_routes import ResponsesRoutes
 from laneway.api.usage_routes import usage_routes
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
@@ -82,6 +83,7 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
     return Starlette(
         routes=[
             *api.routes(),
+            *ResponsesRoutes(gateway).routes(),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),

@@ -22,6 +22,7 @@ publishers: {tokens: [{name, token | token_env | token_hash, names, models, join
             heartbeat_interval,
             heartbeat_timeout, inactive_retention, sweep_interval, ping_interval, timeout,
             wake_timeout, redispatch_wait, queue_size, queue_timeout, weight}
+responses: {retention}                 stored responses of /v1/responses, in seconds (30 days)
 """
 
 from __future__ import annotations
@@ -311,6 +312,13 @@ class RoutingConfig(Strict):
     breaker: BreakerConfig = BreakerConfig()
 
 
+class ResponsesConfig(Strict):
+    """Stored responses of the Responses API (``store: true``, the default there): kept this
+    many seconds (30 days, as OpenAI keeps them), then no longer served and deleted."""
+
+    retention: Seconds = 30 * 86400.0
+
+
 ROLES = ("chat", "task", "embed")
 
 
@@ -341,6 +349,7 @@ class Settings(Strict):
     routes: dict[str, list[SelectorSpec]] = {}
     defaults: DefaultsConfig = DefaultsConfig()
     publishers: PublishersConfig = PublishersConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
     # The line of every key of that file (set by the loader), for what is checked after loading.
     _marks: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)

@@ -26,6 +26,7 @@ from laneway.clock import Clock, SystemClock
 from laneway.storage.errors import DatabaseUnavailable
 from laneway.storage.publisher_tokens import PublisherTokenRepo
 from laneway.storage.repos import BackendRepo, Inflight, KeyRepo
+from laneway.storage.responses_repo import ResponsesRepo
 from laneway.storage.urls import (
     describe,
     is_sqlite,
@@ -165,6 +166,7 @@ class Database:
             self._sessions, clock=clock, url=url, inflight=self._inflight
         )
         self.usage = UsageRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
+        self.responses = ResponsesRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock | None = None, migrate: bool = True) -> Database:

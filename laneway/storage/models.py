@@ -1,4 +1,5 @@
-"""The declared-state tables (backends, client keys, publisher tokens) and the usage records.
+"""The declared-state tables (backends, client keys, publisher tokens), the usage records and the
+stored responses of the Responses API.
 ``migrations/versions`` must produce exactly this schema; a test compares the two with Alembic's
 autogenerate so they cannot drift apart.
 
@@ -169,3 +170,23 @@ class UsageRow(Base):
     request_id: Mapped[str] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer())
     streamed: Mapped[bool] = mapped_column(Boolean())
+
+
+class ResponseRow(Base):
+    """A stored response of the Responses API (``store: true``): whose it is (only that caller
+    may read, chain on or delete it), its conversation in chat form (``input``: every message it
+    answered, ``output``: its answer; a later turn's ``previous_response_id`` continues from the
+    two without translating anything again) and the response object as sent. Rows past
+    ``expires_at`` (``responses.retention``) are never served and are swept."""
+
+    __tablename__ = "responses"
+    __table_args__ = (Index("ix_responses_expires_at", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    caller: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    input: Mapped[list[Any]] = mapped_column(JSON())
+    output: Mapped[list[Any]] = mapped_column(JSON())
+    response: Mapped[dict[str, Any]] = mapped_column()
