@@ -16,13 +16,15 @@ from starlette.types import Receive, Scope, Send
 
 from laneway.api.access import AccessMiddleware
 from laneway.api.admin_routes import AdminRoutes
+from laneway.api.anthropic_routes import AnthropicRoutes
 from laneway.api.edge import EdgeStats
-from laneway.api.errors import http_error_handler, laneway_error_handler, unexpected_error_handler
+from laneway.api.errors import PREFIXES, http_error_handler, laneway_error_handler, unexpected_error_handler
 from laneway.api.metrics import Metrics
 from laneway.api.openai_routes import OpenAIRoutes
 from laneway.api.publisher_routes import PublisherRoutes
 from laneway.api.responses_routes import ResponsesRoutes
 from laneway.api.usage_routes import usage_routes
+from laneway.dialects.anthropic.errors import ANTHROPIC
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
 from laneway.inventory.refresher import BackendStatus
@@ -67,6 +69,7 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
     serve`` opens it itself first, so a start-up error is one clear line; a server in a thread of
     its own serves a ``GatewayApp``, which opens it on that server's loop."""
     api = OpenAIRoutes(gateway)
+    anthropic = AnthropicRoutes(gateway, models_fallback=api.models)
     admin = AdminRoutes(gateway)
     publishers = PublisherRoutes(gateway)
     metrics = Metrics(gateway, edge)  # its own registry, read at scrape time (see laneway.api.metrics)
@@ -80,8 +83,9 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
             orjson.dumps(body), status_code=200 if body["ready"] else 503, media_type="application/json"
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
+            *anthropic.routes(),  # first: its GET /v1/models answers Anthropic's clients, else api's
             *api.routes(),
             *ResponsesRoutes(gateway).routes(),
             Route("/healthz", healthz, methods=["GET"]),
@@ -107,6 +111,8 @@ def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:
             Exception: unexpected_error_handler,
         },
     )
+    setattr(app.state, PREFIXES, (("/v1/messages", ANTHROPIC),))
+    return app
 
 
 class GatewayApp:

@@ -1,7 +1,8 @@
 """The ``anthropic`` family: Anthropic's Messages API (``/v1/messages``, ``/v1/models``). This
 module is the provider: identity, base URL, auth and client; the wire-format translation lives
 in ``anthropic_request`` (requests), ``anthropic_response`` (answers, errors, model lists) and
-``anthropic_stream`` (streams).
+``anthropic_stream`` (streams). A call that came in by Anthropic's own ``/v1/messages`` (its
+``native`` request) is served as the client sent it instead (``anthropic_native``).
 
 Anthropic has no text-completion and no embeddings API: ``complete``, ``stream_complete`` and
 ``embed`` raise ``UnsupportedParameter`` (422) without calling the backend.
@@ -10,12 +11,14 @@ Anthropic has no text-completion and no embeddings API: ``complete``, ``stream_c
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 
 from laneway.config.schema import BackendConfig
 from laneway.errors import UnsupportedParameter
+from laneway.providers import anthropic_native
 from laneway.providers.anthropic_request import messages_request
 from laneway.providers.anthropic_response import message_response, model_page, usage_of
 from laneway.providers.anthropic_stream import frames, message_stream
@@ -66,16 +69,25 @@ class AnthropicProvider:
         return headers
 
     async def chat(self, call: Call) -> Reply:
+        if anthropic_native.is_native(call):
+            return await anthropic_native.reply(self.upstream, call)
         payload = messages_request(call, stream=False)
         headers, data = await self.upstream.post_json("/messages", payload, timeout=call.timeout)
         answer = message_response(data, model=call.model, backend=self.name)
         return Reply(body=orjson.dumps(answer), headers=headers, usage=usage_of(data))
 
     async def stream_chat(self, call: Call) -> TranslatedStream:
+        if anthropic_native.is_native(call):
+            return await anthropic_native.stream(self.upstream, call)
         payload = orjson.dumps(messages_request(call, stream=True))
         body = await self.upstream.open_stream("/messages", payload, timeout=call.timeout)
         translator = message_stream(call, self.name)
         return TranslatedStream(body, frames(body, translator, self.name), lambda: translator.usage)
+
+    async def count_tokens(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> int:
+        """The input tokens of a ``/v1/messages/count_tokens`` body (its model the backend's),
+        as Anthropic counts them; ``headers``: the client's (``anthropic-beta``) to forward."""
+        return await anthropic_native.count_tokens(self.upstream, body, headers)
 
     async def complete(self, call: Call) -> Reply:
         raise _no_completions()

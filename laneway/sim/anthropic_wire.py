@@ -3,11 +3,18 @@
 Streams are named SSE events (``event: NAME`` + ``data: {"type": NAME, ...}``) in the order the
 API sends them: message_start, then per content block start / ping / deltas / stop, then
 message_delta (stop reason and output tokens) and message_stop.
+
+Two checks a test can see a native pass-through by, as Anthropic's API makes them: a thinking
+block sent back in the history must carry the signature the sim gave it (else 400 "Invalid
+`signature` in `thinking` block"), and the prompt up to the last ``cache_control`` breakpoint
+is reported as written to the cache (``cache_creation_input_tokens``; the sim keeps no cache,
+so every marked prefix is a write, whatever its length).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -192,6 +199,43 @@ def _tool_choice(value: Any) -> str | None:
     return None
 
 
+@dataclass(slots=True)
+class MessagesCall(Call):
+    """A /v1/messages call: ``cache_words`` of its prompt are up to its last cache breakpoint."""
+
+    cache_words: int = 0
+
+
+def _cache_words(body: dict[str, Any]) -> int:
+    """Words of the system prompt and messages up to (and with) the last block that carries
+    ``cache_control``, in the order Anthropic caches them (tools, system, messages)."""
+    scratch = Prompt()
+    seen = cached = 0
+    system = body.get("system")
+    blocks: list[Any] = list(system) if isinstance(system, list) else []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks.extend(content if isinstance(content, list) else [{"type": "text", "text": content or ""}])
+    for block in blocks:
+        seen += count_words(_blocks_text([block], scratch))
+        if isinstance(block, dict) and isinstance(block.get("cache_control"), dict):
+            cached = seen
+    return cached
+
+
+def _check_signatures(messages: list[Any]) -> None:
+    """Anthropic refuses a thinking block whose signature it did not write."""
+    for i, message in enumerate(messages):
+        content = message.get("content") if message.get("role") == "assistant" else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            if (
+                isinstance(block, dict)
+                and block.get("type") == "thinking"
+                and block.get("signature") != _SIGNATURE
+            ):
+                raise WireError(400, f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block")
+
+
 def _prompt(body: dict[str, Any]) -> Prompt:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -200,13 +244,15 @@ def _prompt(body: dict[str, Any]) -> Prompt:
     system = body.get("system")
     prompt.words += count_words(_blocks_text(system, prompt))
     for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise WireError(400, "messages: each message needs role 'user' or 'assistant'")
+        # "system" mid-conversation: Claude Code's per-turn-control beta sends them.
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+            raise WireError(400, "messages: each message needs role 'user', 'assistant' or 'system'")
         text = _blocks_text(message.get("content"), prompt)
         prompt.words += count_words(text)
         if message["role"] == "user":
             prompt.last_user_text = text
-    last = messages[-1]
+    _check_signatures(messages)
+    last = next((m for m in reversed(messages) if m["role"] != "system"), messages[-1])
     if last["role"] == "user":
         prompt.tool_result = _tool_result(last.get("content"), prompt)
     prompt.tools = _tools(body)
@@ -218,6 +264,11 @@ def _prompt(body: dict[str, Any]) -> Prompt:
 
 
 MAX_OUTPUT_TOKENS = 64_000  # the Claude 4.5 models' most output tokens
+MAX_OPUS_OUTPUT_TOKENS = 128_000  # Opus since 4.6
+
+
+def _max_output(model: str) -> int:
+    return MAX_OPUS_OUTPUT_TOKENS if "opus" in model else MAX_OUTPUT_TOKENS
 
 
 def parse_messages(raw: Any) -> Call:
@@ -226,15 +277,17 @@ def parse_messages(raw: Any) -> Call:
     if body.get("max_tokens") is None:
         raise WireError(400, "max_tokens: Field required")
     prompt = _prompt(body)
-    prompt.max_tokens = optional_int(body, "max_tokens")
-    if prompt.max_tokens is not None and prompt.max_tokens > MAX_OUTPUT_TOKENS:
+    # 0: the API only writes the prompt cache and generates nothing.
+    prompt.max_tokens = optional_int(body, "max_tokens", minimum=0)
+    most = _max_output(model)
+    if prompt.max_tokens is not None and prompt.max_tokens > most:
         raise WireError(
             400,
-            f"max_tokens: {prompt.max_tokens} > {MAX_OUTPUT_TOKENS}, which is the maximum allowed "
+            f"max_tokens: {prompt.max_tokens} > {most}, which is the maximum allowed "
             f"number of output tokens for {model}",
         )
     stream = optional_bool(body, "stream", "{name}: Input should be a valid boolean")
-    return Call(model, "chat", stream is True, prompt)
+    return MessagesCall(model, "chat", stream is True, prompt, cache_words=_cache_words(body))
 
 
 def parse_count_tokens(raw: Any) -> Call:
@@ -249,15 +302,20 @@ def count_tokens_body(call: Call) -> bytes:
 # -- rendering ---------------------------------------------------------------------------------
 
 
+def _cached(call: Call) -> int:
+    return call.cache_words if isinstance(call, MessagesCall) else 0
+
+
 def _tool_id(meta: Meta) -> str:
     return f"toolu_sim{meta.seq:015x}"
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, Any]:
+    cached = min(cached, input_tokens)
     return {
-        "input_tokens": input_tokens,
+        "input_tokens": input_tokens - cached,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": cached,
         "cache_read_input_tokens": 0,
         "service_tier": "standard",
     }
@@ -272,7 +330,7 @@ def _message(call: Call, answer: Answer, meta: Meta, content: list[dict[str, Any
         "content": content,
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": _usage(answer.prompt_tokens, answer.completion_tokens),
+        "usage": _usage(answer.prompt_tokens, answer.completion_tokens, _cached(call)),
     }
 
 
@@ -307,7 +365,7 @@ def render_messages_stream(call: Call, answer: Answer, meta: Meta) -> StreamPlan
     """Blocks: [thinking], then text or tool_use. ``head`` opens the first block, ``tail``
     closes the last; frames in between (deltas, block boundaries) are paced as content."""
     start = _message(call, answer, meta, [])
-    start["usage"] = _usage(answer.prompt_tokens, 1)
+    start["usage"] = _usage(answer.prompt_tokens, 1, _cached(call))
     blocks: list[tuple[dict[str, Any], list[bytes]]] = []
     if answer.thinking:
         thinking = {"type": "thinking", "thinking": "", "signature": ""}
