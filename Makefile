@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint typecheck check bench bench-publish clean
+.PHONY: demo serve test lint typecheck check bench bench-publish agents clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# The coding-agent CLIs tests/agents runs (Claude Code, Codex; pinned in tests/agents/package*.json),
+# installed with `npm ci` into $(LANEWAY_AGENT_CACHE) or ~/.cache/laneway/agents. Needs Node.js and npm.
+agents: $(STAMP)
+	$(BIN)/python -m tests.agents.install
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead $(ARGS)

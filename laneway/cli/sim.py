@@ -122,6 +122,14 @@ def _models(ctx: click.Context, param: click.Parameter, value: str | None) -> li
     help="Model lists and metadata (/v1/models, /api/tags, /api/show, /api/ps) never answer; "
     'inference still does. POST /_sim/options {"hang_discovery": false} ends it.',
 )
+@click.option(
+    "--tool-calls",
+    type=click.Choice(["auto", "forced"]),
+    default="auto",
+    show_default=True,
+    help="auto: call a tool whenever tools are offered; forced: only when tool choice forces one "
+    "(what a coding agent's sim wants: it answers text, never asks for a command).",
+)
 @friendly_errors
 def sim(
     host: str,
@@ -146,6 +154,7 @@ def sim(
     context_length: int,
     models_format: str | None,
     hang_discovery: bool,
+    tool_calls: str,
 ) -> None:
     """Run a simulated LLM upstream speaking the OpenAI, Ollama and Anthropic protocols.
 
@@ -179,6 +188,7 @@ def sim(
         context_length=context_length,
         models_format=models_format,
         hang_discovery=hang_discovery,
+        tool_calls=tool_calls,
     )
     port = FAMILY_PORTS[family] if port is None else port
     try:

@@ -192,6 +192,8 @@ def _tool_choice(value: Any) -> str | None:
     kind = value.get("type")
     if kind == "none":
         return "none"
+    if kind == "any":  # forces some tool: what OpenAI calls "required"
+        return "required"
     if kind == "tool" and isinstance(value.get("name"), str):
         return str(value["name"])
     return None

@@ -257,7 +257,7 @@ class SimApp:
 
         result: Answer | None = None
         if isinstance(endpoint, Generate):
-            result = answer(call.model, call.prompt, options.reply)
+            result = answer(call.model, call.prompt, options.reply, options.tool_calls)
             output_tokens = result.completion_tokens
         else:
             output_tokens = 0

@@ -16,6 +16,7 @@ from typing import Any
 FAMILIES = ("openai", "ollama", "anthropic")
 RATELIMIT_FORMATS = ("openai", "anthropic", "openrouter")
 MODELS_FORMATS = ("openai", "vllm", "openrouter")
+TOOL_CALLS = ("auto", "forced")
 
 _DEFAULT_MODELS: dict[str, tuple[str, ...]] = {
     "openai": ("gpt-4o-mini", "text-embedding-3-small"),
@@ -54,6 +55,12 @@ class SimOptions:
     ``/api/tags``, ``/api/show``, ``/api/ps``) take the request and never answer, until the
     client leaves or the option is turned off; inference is unaffected. The non-inference
     endpoints at ``fail_metadata_paths`` answer 500 (inference ignores it: see ``fail_*``).
+
+    Tool calls: with ``tool_calls`` "auto" the sim calls the first tool offered (or the named one)
+    whenever a request offers tools and tool choice is not "none", as a tool-happy model would;
+    "forced" calls one only when tool choice forces it (required / any / a named tool) and
+    answers text otherwise. Coding agents (Claude Code, Codex) offer shell tools on every turn:
+    under "forced" a sim never asks them to run a command.
     """
 
     family: str = "openai"
@@ -85,6 +92,7 @@ class SimOptions:
     models_format: str | None = None
     hang_discovery: bool = False
     fail_metadata_paths: list[str] = field(default_factory=list)
+    tool_calls: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -128,6 +136,10 @@ def _problems(o: SimOptions) -> list[str]:
         (
             all(isinstance(p, str) and p.startswith("/") for p in o.fail_metadata_paths),
             "fail_metadata_paths must be paths starting with '/'",
+        ),
+        (
+            o.tool_calls in TOOL_CALLS,
+            f"tool_calls must be one of {', '.join(TOOL_CALLS)}, not {o.tool_calls!r}",
         ),
     ]
     return [message for ok, message in checks if not ok]

@@ -114,10 +114,13 @@ def compose_reply(model: str, prompt: Prompt) -> str:
     return " ".join(parts)
 
 
-def answer(model: str, prompt: Prompt, reply: str | None = None) -> Answer:
-    """The sim's answer to ``prompt``: a tool call when tools call for one, else text."""
+def answer(model: str, prompt: Prompt, reply: str | None = None, tool_calls: str = "auto") -> Answer:
+    """The sim's answer to ``prompt``: a tool call when tools call for one, else text.
+
+    ``tool_calls`` "forced" calls a tool only when the tool choice forces one (SimOptions.tool_calls).
+    """
     thinking = split_tokens(_THINKING) if prompt.thinking else []
-    tool = _chosen_tool(prompt)
+    tool = _chosen_tool(prompt, forced_only=tool_calls == "forced")
     if tool is not None:
         call = ToolCall(tool.name, _arguments_for(tool.schema))
         return Answer([], "tool_calls", prompt.prompt_tokens, tool_call=call, thinking=thinking)
@@ -139,8 +142,10 @@ def answer(model: str, prompt: Prompt, reply: str | None = None) -> Answer:
     return Answer(tokens, finish, prompt.prompt_tokens, stop_sequence=matched, thinking=thinking)
 
 
-def _chosen_tool(prompt: Prompt) -> ToolSpec | None:
+def _chosen_tool(prompt: Prompt, *, forced_only: bool = False) -> ToolSpec | None:
     if not prompt.tools or prompt.tool_choice == "none" or prompt.tool_result is not None:
+        return None
+    if forced_only and prompt.tool_choice is None:  # None is "auto": the model may answer text
         return None
     for tool in prompt.tools:
         if tool.name == prompt.tool_choice:
