@@ -79,6 +79,18 @@ laneway demo is running at {url}  (config: {config_path})
   .venv/bin/python -c 'from openai import OpenAI; c = OpenAI(); \\
 print(c.chat.completions.create(model="llama3.2:3b", messages=[{{"role": "user", "content": "hi"}}]))'
 
+Every client's own API, on every lane (docs/dialects.md):
+
+  curl -s {url}/v1/messages -H 'x-api-key: {DEMO_KEY}' -H 'anthropic-version: 2023-06-01' \\
+       -H 'content-type: application/json' \\
+       -d '{{"model": "llama3.2:3b", "max_tokens": 99, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl -s {url}/v1/responses -H 'authorization: Bearer {DEMO_KEY}' -H 'content-type: application/json' \\
+       -d '{{"model": "claude-sonnet-4-6", "input": "Hello!"}}'
+  curl -s {url}/api/chat -H 'authorization: Bearer {DEMO_KEY}' \\
+       -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello!"}}], "stream": false}}'
+
+  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN={DEMO_KEY} claude -p "hi" --model llama3.2:3b
+
 Models: llama3.2:3b and nomic-embed-text:latest (simulated Ollama), gpt-4o-mini and
 text-embedding-3-small (simulated OpenAI), claude-sonnet-4-6 and claude-haiku-4-5 (simulated
 Anthropic); also by backend (local-ollama/llama3.2:3b), by route (smart, fast) and by role
