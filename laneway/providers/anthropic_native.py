@@ -23,7 +23,7 @@ from laneway.providers.anthropic_response import PROMPT_KEYS, status_error, usag
 from laneway.providers.anthropic_stream import event_data
 from laneway.providers.base import Call, Native, Reply, Usage
 from laneway.providers.http import StreamingBody, Upstream, loads_object
-from laneway.providers.streams import TranslatedStream
+from laneway.providers.streams import TranslatedStream, sse_events
 
 DIALECT = "anthropic"
 FORWARDED = ("anthropic-beta", "anthropic-version")
@@ -109,17 +109,9 @@ class NativeEvents:
 
     async def frames(self) -> AsyncIterator[bytes]:
         splitter = sse.Splitter()
-        async for chunk in self._body.chunks():
-            try:
-                events = splitter.feed(chunk)
-            except sse.EventTooLarge:
-                raise UpstreamProtocolError(
-                    f"backend '{self._backend}' sent a stream event over {splitter.max_bytes} bytes",
-                    backend=self._backend,
-                ) from None
-            if events:
-                self._check(events)
-                yield events
+        async for events in sse_events(self._body, splitter, self._backend):
+            self._check(events)
+            yield events
         # An event left without its blank line is incomplete and not passed on (as the SSE
         # specification says); if it was message_stop, the stream is reported as broken.
         if not self._done:

@@ -23,7 +23,7 @@ from laneway.operations import Operation
 from laneway.providers.base import Call, ModelInfo, Reply, Usage
 from laneway.providers.capabilities import EMBEDDING_TYPES, TEXT_TYPES, capabilities_from_name
 from laneway.providers.http import StreamingBody, Upstream, loads_object
-from laneway.providers.streams import TranslatedStream
+from laneway.providers.streams import TranslatedStream, sse_events
 
 
 def api_root(base_url: str) -> str:
@@ -197,17 +197,9 @@ class _PassThrough:
 
     async def frames(self) -> AsyncIterator[bytes]:
         splitter = sse.Splitter()
-        async for chunk in self._body.chunks():
-            try:
-                events = splitter.feed(chunk)
-            except sse.EventTooLarge:
-                raise UpstreamProtocolError(
-                    f"backend '{self._backend}' sent a stream event over {splitter.max_bytes} bytes",
-                    backend=self._backend,
-                ) from None
-            if events:
-                self._check(events)
-                yield events
+        async for events in sse_events(self._body, splitter, self._backend):
+            self._check(events)
+            yield events
         rest = splitter.close()
         if rest.strip():  # a last event without its blank line
             self._check(rest)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 
+from laneway import sse
+from laneway.errors import UpstreamProtocolError
 from laneway.providers.base import OPENAI, Usage
 from laneway.providers.http import StreamingBody
 
@@ -51,3 +53,19 @@ class TranslatedStream:
                 await aclose()
         finally:
             await self._body.aclose()
+
+
+async def sse_events(body: StreamingBody, splitter: sse.Splitter, backend: str) -> AsyncIterator[bytes]:
+    """An upstream's SSE body as runs of whole events, as they arrive (for a pass-through, which
+    checks and forwards them unchanged). What is left in ``splitter`` at the end (an event
+    without its blank line) is the caller's to judge. An event over the size limit is the
+    backend's protocol error."""
+    async for chunk in body.chunks():
+        try:
+            events = splitter.feed(chunk)
+        except sse.EventTooLarge:
+            raise UpstreamProtocolError(
+                f"backend '{backend}' sent a stream event over {splitter.max_bytes} bytes", backend=backend
+            ) from None
+        if events:
+            yield events
