@@ -14,14 +14,14 @@ import ollama
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import RunningGateway, Sim, three_family_config
+from tests.conftest import CLIENT_KEY, RunningGateway, Sim, three_family_config
 
 FAMILY_MODELS = [
     pytest.param("llama3.2:3b", "gpu-1", id="ollama"),
     pytest.param("gpt-4o-mini", "oai", id="openai"),
     pytest.param("claude-sonnet-4-6", "claude", id="anthropic"),
 ]
-# The families whose lanes take a JSON format today (Anthropic's has no JSON mode of its own).
+# The families whose lanes take a JSON format natively (Anthropic's is emulated: tested below).
 JSON_FAMILIES = FAMILY_MODELS[:2]
 # A 1x1 PNG
 PNG = base64.b64decode(
@@ -226,17 +226,53 @@ def test_tools_from_a_python_function(gw: RunningGateway) -> None:
     assert answer.message.tool_calls[0].function.name == "add_two_numbers"
 
 
-@pytest.mark.parametrize(("model", "backend"), FAMILY_MODELS)
+@pytest.fixture
+def able_gw(gateway_factory: Any, sim_factory: Any) -> RunningGateway:
+    """An Ollama whose /api/show says what its models can do: llava sees, qwen3 thinks, llama3.2
+    does neither (as a real Ollama says of them)."""
+    sim = sim_factory(family="ollama", models=["llava:7b", "qwen3:8b", "llama3.2:3b"])
+    config = {
+        "auth": {"keys": [{"name": "tests", "key": CLIENT_KEY}]},
+        "backends": {"gpu-1": {"provider": "ollama", "base_url": sim.url}},
+    }
+    running: RunningGateway = gateway_factory(config, {"ollama": sim})
+    return running
+
+
+IMAGES = [{"role": "user", "content": "What is this?", "images": [PNG, PNG]}]
+
+
+@pytest.mark.parametrize(("model", "backend"), FAMILY_MODELS[1:])
 def test_images_each_family(gw: RunningGateway, model: str, backend: str) -> None:
-    answer = client(gw).chat(
-        model=model, messages=[{"role": "user", "content": "What is this?", "images": [PNG, PNG]}]
-    )
+    answer = client(gw).chat(model=model, messages=IMAGES)
     assert "I received 2 images." in (answer.message.content or "")
+
+
+def test_images_on_ollama_lanes_that_see_and_not_on_those_that_do_not(able_gw: RunningGateway) -> None:
+    answer = client(able_gw).chat(model="llava:7b", messages=IMAGES)
+    assert "I received 2 images." in (answer.message.content or "")
+    with pytest.raises(ollama.ResponseError) as refused:  # no lane of it sees: said before any call
+        client(able_gw).chat(model="llama3.2:3b", messages=IMAGES)
+    assert refused.value.status_code == 422
+    assert "needs vision" in refused.value.error
+    assert able_gw.sims["ollama"].stats.inference_requests == 1
 
 
 class Person(BaseModel):
     name: str
     age: int
+
+
+def test_format_a_schema_on_an_anthropic_lane(gw: RunningGateway) -> None:
+    # Anthropic has no JSON mode: laneway forces one tool whose input is the answer
+    answer = client(gw).chat(
+        model="claude-sonnet-4-6",
+        messages=[{"role": "user", "content": "Who?"}],
+        format=Person.model_json_schema(),
+    )
+    person = Person.model_validate_json(answer.message.content or "")
+    assert isinstance(person.age, int)
+    assert not answer.message.tool_calls
 
 
 @pytest.mark.parametrize(("model", "backend"), JSON_FAMILIES)
@@ -273,9 +309,18 @@ def test_options_carry_over(gw: RunningGateway, model: str, backend: str) -> Non
     assert (stopped.message.content or "").startswith("Hello from")
 
 
-@pytest.mark.parametrize("model", ["llama3.2:3b", "claude-sonnet-4-6"])
-def test_think_returns_the_thinking(gw: RunningGateway, model: str) -> None:
-    ollama_client = client(gw)
+def test_think_on_a_model_that_cannot_is_answered_without(able_gw: RunningGateway) -> None:
+    # a real Ollama answers 400 to think: true here; laneway leaves thinking off instead
+    answer = client(able_gw).chat(
+        model="llama3.2:3b", messages=[{"role": "user", "content": "hm"}], think=True
+    )
+    assert not answer.message.thinking
+    assert (answer.message.content or "").startswith("Hello from llama3.2:3b")
+
+
+@pytest.mark.parametrize("model", ["qwen3:8b", "claude-sonnet-4-6"])
+def test_think_returns_the_thinking(gw: RunningGateway, able_gw: RunningGateway, model: str) -> None:
+    ollama_client = client(able_gw if model.startswith("qwen") else gw)
     asked = [{"role": "user", "content": "Think first"}]
     answer = ollama_client.chat(model=model, messages=asked, think=True)
     assert answer.message.thinking
