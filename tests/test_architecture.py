@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "laneway"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 # The packages the request path and the relay live in: their functions stay short.
-SHORT_FUNCTIONS = ("routing", "pools", "virtual", "api", "providers", "signals", "inventory")
+SHORT_FUNCTIONS = ("routing", "pools", "virtual", "api", "providers", "signals", "inventory", "dialects")
 
 
 def _modules() -> list[Path]:
