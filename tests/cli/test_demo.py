@@ -8,6 +8,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import anthropic
+import ollama
 import openai
 import pytest
 
@@ -45,6 +47,18 @@ def test_demo_serves_every_family_and_a_published_model(tmp_path: Path) -> None:
             assert raw.parse().choices[0].message.content
             emb = sdk.embeddings.create(model="embed", input="x")
             assert emb.data[0].embedding
+            # the other doors it prints, each to a lane of another family (the published one too)
+            answer = sdk.responses.create(model="claude-sonnet-4-6", input="Hello!")
+            assert answer.output_text.startswith("Hello from claude-sonnet-4-6")
+        with anthropic.Anthropic(base_url=url, api_key=DEMO_KEY, max_retries=0) as claude:
+            for model in ("llama3.2:3b", "qwen2.5:0.5b"):
+                message = claude.messages.create(model=model, max_tokens=99, messages=CHAT)  # type: ignore[arg-type]
+                assert message.content[0].type == "text"
+                assert message.content[0].text.startswith(f"Hello from {model}")
+        chat = ollama.Client(host=url, headers={"authorization": f"Bearer {DEMO_KEY}"}).chat(
+            model="gpt-4o-mini", messages=CHAT
+        )
+        assert (chat.message.content or "").startswith("Hello from gpt-4o-mini")
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
