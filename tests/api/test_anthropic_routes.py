@@ -91,15 +91,44 @@ async def test_a_query_string_is_accepted(gw: RunningGateway) -> None:
     assert status == 200, body
 
 
-async def test_a_lane_that_cannot_honour_the_request_is_a_422_in_anthropics_shape(gw: RunningGateway) -> None:
+async def test_a_forced_tool_on_an_ollama_lane_is_emulated(gw: RunningGateway) -> None:
     tools = [{"name": "f", "input_schema": {"type": "object", "properties": {}}}]
     request = {**MESSAGE, "tools": tools, "tool_choice": {"type": "any"}}
-    status, _, body = await call(gw, "POST", "/v1/messages", body=request)
-    if status == 200:  # a lane that can force the tool (or emulate it) served it
-        assert body["content"][0]["type"] == "tool_use"
-        return
+    status, headers, body = await call(gw, "POST", "/v1/messages", body=request)
+    assert status == 200, body
+    assert headers["x-laneway-emulated"] == "forced_tool"
+    assert [b["type"] for b in body["content"]] == ["tool_use"]
+    assert body["content"][0]["name"] == "f"
+    assert body["stop_reason"] == "tool_use"
+
+
+async def test_a_lane_that_cannot_serve_the_request_is_a_422_in_anthropics_shape(gw: RunningGateway) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    request = {**MESSAGE, "messages": [{"role": "user", "content": [image, {"type": "text", "text": "?"}]}]}
+    status, _, body = await call(gw, "POST", "/v1/messages", body=request)  # llama3.2 cannot see
     assert status == 422
     assert_anthropic_error(body, "invalid_request_error")
+    assert "needs vision" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"type": "url"}, "source.url"),
+        ({"type": "base64", "data": "AAAA"}, "source.media_type"),
+        ({"type": "file"}, "source.file_id"),
+        ("a string", "'source' must be an object"),
+    ],
+)
+async def test_an_image_source_without_what_its_type_needs_is_a_400(
+    gw: RunningGateway, source: object, field: str
+) -> None:
+    request = {**MESSAGE, "messages": [{"role": "user", "content": [{"type": "image", "source": source}]}]}
+    status, _, body = await call(gw, "POST", "/v1/messages", body=request)
+    assert status == 400
+    assert_anthropic_error(body, "invalid_request_error")
+    assert field in body["error"]["message"]
+    assert body["error"]["message"].startswith("messages.0.content.0")
 
 
 async def test_count_tokens_validates_its_own_shape(gw: RunningGateway) -> None:

@@ -50,9 +50,21 @@ class Block(BaseModel):
                 raise ValueError(f"'{key}' is required in a {self.type} block")
         if self.type == "text" and not isinstance(extra["text"], str):
             raise ValueError("'text' must be a string")
-        if self.type in ("image", "document") and not isinstance(extra["source"], dict):
-            raise ValueError("'source' must be an object")
+        if self.type in ("image", "document"):
+            _check_source(extra["source"])
         return self
+
+
+# What an image's or a document's source must carry, by its type (as Anthropic refuses otherwise).
+_SOURCE_FIELDS = {"base64": ("media_type", "data"), "url": ("url",), "file": ("file_id",), "text": ("data",)}
+
+
+def _check_source(source: object) -> None:
+    if not isinstance(source, dict):
+        raise ValueError("'source' must be an object")
+    for key in _SOURCE_FIELDS.get(str(source.get("type")), ()):
+        if not isinstance(source.get(key), str):
+            raise ValueError(f"'source.{key}' is required (a string) in a {source.get('type')} source")
 
 
 class TextBlock(BaseModel):
