@@ -198,13 +198,16 @@ class AnthropicStream:
         # Read to the lane stream's own end, past [DONE]: the router learns the usage and the
         # stream's end there, before the response ends (and its access line is written).
         async for frame in self.inner:
+            out: list[bytes] = []  # all of one read in one write: a send per event costs
             for item in decoder.feed(frame):
                 if translator.finished:
                     continue
                 if item.data == b"[DONE]":
-                    yield translator.end()
-                elif out := translator.feed(_chunk(item.data)):
-                    yield out
+                    out.append(translator.end())
+                elif events := translator.feed(_chunk(item.data)):
+                    out.append(events)
+            if out:
+                yield b"".join(out)
         if not translator.finished:
             yield translator.end()  # a lane whose stream ends without [DONE] (the provider checked it)
 

@@ -131,6 +131,7 @@ class NdjsonStream:
     async def _translate(self) -> AsyncIterator[bytes]:
         decoder = sse.Decoder()
         async for frame in self.upstream:
+            out: list[dict[str, Any]] = []  # all of one read in one write: a send per line costs
             for event in decoder.feed(frame):
                 if event.data == b"[DONE]":
                     continue
@@ -138,9 +139,9 @@ class NdjsonStream:
                     chunk = event.json()
                     if not isinstance(chunk, dict):
                         raise TypeError("a stream chunk is not an object")
-                    out = self.lines.feed(chunk)
-                if out:
-                    yield b"".join(line(obj) for obj in out)
+                    out += self.lines.feed(chunk)
+            if out:
+                yield b"".join(line(obj) for obj in out)
         with protocol_guard(self.backend, "tool call in a stream"):
             last = self.lines.end()
         yield b"".join(line(obj) for obj in last)

@@ -93,12 +93,12 @@ class ResponseEvents:
         yield self._event("response.in_progress", response=self.turn.response("in_progress"))
         decoder = sse.Decoder()
         async for frame in self.stream:
+            out: list[bytes] = []  # all of one read in one write: a send per event costs
             for event in decoder.feed(frame):
-                if event.data == b"[DONE]":
-                    continue
-                out = self._chunk(self._parse(event.data))
-                if out:
-                    yield b"".join(out)
+                if event.data != b"[DONE]":
+                    out += self._chunk(self._parse(event.data))
+            if out:
+                yield b"".join(out)
         yield b"".join(self._close_all())
         response = self._final()
         if self._on_complete is not None:
