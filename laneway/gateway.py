@@ -18,6 +18,7 @@ from pathlib import Path
 from laneway.auth.keys import KeyRing, config_key_hashes
 from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
+from laneway.cluster.replicas import Holding, Replicas
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
 from laneway.inventory.cooldown import AuthCooldowns
@@ -118,6 +119,7 @@ class Gateway:
     router: Router
     key_reloader: KeyReloader
     responses: ResponseStore  # the Responses API's stored responses, on the gateway's clock
+    replicas: Replicas  # this replica's record in the runtime store, and the live ones
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -135,7 +137,12 @@ class Gateway:
         log_storage(settings)
         db = await Database.open(settings.storage.resolved_database_url())
         try:
-            runtime, cache = open_stores(settings.storage.runtime_url, settings.storage.data_dir, clock)
+            runtime, cache = open_stores(
+                settings.storage.runtime_url,
+                settings.storage.data_dir,
+                clock,
+                namespace=settings.cluster.namespace,
+            )
         except BaseException:
             await db.aclose()
             raise
@@ -222,6 +229,13 @@ class Gateway:
             router=router,
             key_reloader=key_reloader,
             responses=ResponseStore(db.responses, clock, retention=settings.responses.retention),
+            replicas=Replicas(
+                runtime,
+                clock,
+                settings.cluster,
+                address=f"http://{settings.server.host}:{settings.server.port}",
+                holding=lambda: holding(pools, fleet),
+            ),
         )
 
     async def _start(self) -> None:
@@ -236,6 +250,7 @@ class Gateway:
         self._rebuild_routes(names)
         await self.reload_keys()
         await reconciler.cycle()
+        await self.replicas.renew()
         self._tasks = [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
@@ -244,6 +259,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
             self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
+            self._tasks.append(asyncio.create_task(self.replicas.run(), name="replica"))
         self.ready = True
         log.info("laneway ready: %d backends, %d lanes", len(reconciler.refreshers), len(self.inventory))
 
@@ -290,8 +306,15 @@ class Gateway:
         await self.usage.aclose()  # the last batch, before the database goes
         await self.signals.aclose()  # persists what the last requests taught
         await self.reconciler.aclose()
+        await self.replicas.aclose()  # out of the cluster's list at once
         await self.runtime.aclose()
         await self.db.aclose()
+
+
+def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:
+    """What this replica holds, for its record: open control streams, slots in use."""
+    streams = sum(1 for session in fleet.registry.sessions.values() if session.bound)
+    return Holding(streams, sum(stats.active for stats in pools.statistics()))
 
 
 def log_storage(settings: Settings) -> None:

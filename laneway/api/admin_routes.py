@@ -57,6 +57,7 @@ class AdminRoutes:
             Route("/admin/pools", self.pools, methods=["GET"]),
             Route("/admin/failovers", self.failovers, methods=["GET"]),
             Route("/admin/breakers", self.breakers, methods=["GET"]),
+            Route("/admin/replicas", self.replicas, methods=["GET"]),
         ]
 
     def _admin(self, request: Request) -> Reconciler:
@@ -148,6 +149,14 @@ class AdminRoutes:
     async def pools(self, request: Request) -> Response:
         self._admin(request)
         return self._json({"pools": [p.as_dict() for p in self.gateway.pools.statistics()]})
+
+    async def replicas(self, request: Request) -> Response:
+        """The live replicas (their records in the runtime store: every replica sharing this one's
+        Redis; in the embedded default, this one), and which one answered."""
+        self._admin(request)
+        replicas = self.gateway.replicas
+        live = await replicas.live()
+        return self._json({"replica": replicas.id, "replicas": [r.as_dict() for r in live]})
 
     async def failovers(self, request: Request) -> Response:
         self._admin(request)

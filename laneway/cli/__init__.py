@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "publishers": ("laneway.cli.publishers", "publishers"),
     "publish": ("laneway.cli.publish", "publish"),
     "refresh": ("laneway.cli.refresh", "refresh"),
+    "replicas": ("laneway.cli.replicas", "replicas"),
     "serve": ("laneway.cli.serve", "serve"),
     "signals": ("laneway.cli.signals", "signals"),
     "sim": ("laneway.cli.sim", "sim"),

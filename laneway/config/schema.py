@@ -54,6 +54,7 @@ from laneway.config.access import (
 from laneway.config.access import (
     PublisherTokenConfig as PublisherTokenConfig,
 )
+from laneway.config.cluster import ClusterConfig
 from laneway.config.common import (
     NAME_RE as NAME_RE,
 )
@@ -350,6 +351,7 @@ class Settings(Strict):
     defaults: DefaultsConfig = DefaultsConfig()
     publishers: PublishersConfig = PublishersConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    cluster: ClusterConfig = ClusterConfig()
     source: str | None = Field(default=None, exclude=True)  # the file it came from, for messages
     # The line of every key of that file (set by the loader), for what is checked after loading.
     _marks: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)

@@ -16,11 +16,13 @@ ACCEPTED = (
 )
 
 
-def open_runtime_store(url: str, clock: Clock, *, cache_dir: str | Path | None = None) -> KeyValueStore:
+def open_runtime_store(
+    url: str, clock: Clock, *, cache_dir: str | Path | None = None, namespace: str = "laneway:"
+) -> KeyValueStore:
     """The ``KeyValueStore`` that ``url`` names. Nothing is opened or connected yet: each store
     creates or connects on first use. ``cache_dir`` is where ``file://`` without a path points
     (the embedded default's local cache directory). The clock drives memory and file TTLs; Redis
-    keeps time on its server."""
+    keeps time on its server, and keeps every key under ``namespace``."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "memory" and not (parts.netloc or parts.path or parts.query):
         return MemoryStore(clock)
@@ -34,7 +36,7 @@ def open_runtime_store(url: str, clock: Clock, *, cache_dir: str | Path | None =
         else:
             raise ValueError("runtime store URL 'file://' names the cache directory, and none is configured")
     if parts.scheme in ("redis", "rediss") and parts.hostname:
-        return RedisStore(url)
+        return RedisStore(url, namespace=namespace)
     raise ValueError(f"unsupported runtime store URL '{_shown(url)}': use {ACCEPTED}")
 
 
@@ -45,11 +47,13 @@ def _shown(url: str) -> str:
         return "<unparseable URL>"
 
 
-def open_stores(runtime_url: str, data_dir: str | Path, clock: Clock) -> tuple[KeyValueStore, KeyValueStore]:
+def open_stores(
+    runtime_url: str, data_dir: str | Path, clock: Clock, *, namespace: str = "laneway:"
+) -> tuple[KeyValueStore, KeyValueStore]:
     """(runtime store, cache store). Embedded default: runtime state in memory, caches that should
     survive a restart (model lists, signals) in the data directory's ``cache``. Cluster mode:
     both in Redis."""
-    runtime = open_runtime_store(runtime_url, clock)
+    runtime = open_runtime_store(runtime_url, clock, namespace=namespace)
     if runtime_url == "memory://":
         return runtime, FileStore(Path(data_dir) / "cache", clock)
     return runtime, runtime
