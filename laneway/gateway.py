@@ -18,6 +18,7 @@ from pathlib import Path
 from laneway.auth.keys import KeyRing, config_key_hashes
 from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
+from laneway.cluster.credentials import CredentialWatch
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
@@ -36,6 +37,7 @@ from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, open_stores
 from laneway.storage.responses_repo import ResponseStore
+from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
 from laneway.virtual import Fleet
 
@@ -44,7 +46,7 @@ log = logging.getLogger("laneway")
 
 @dataclass
 class GatewayOptions:
-    key_reload_interval: float = 5.0
+    key_reload_interval: float | None = None  # None: the config's auth.reload_interval
     # Run the reconciliation schedule in the background. Tests that drive cycles by hand turn it
     # off; on-demand refreshes (a request for an unknown model, POST /admin/refresh) still run.
     schedule: bool = True
@@ -208,7 +210,7 @@ class Gateway:
             fleet.tokens,
             config_key_hashes(settings.auth.keys, settings.source),
             clock,
-            interval=options.key_reload_interval,
+            interval=options.key_reload_interval or settings.auth.reload_interval,
             on_reload=fleet.cut_off,
         )
         return cls(
@@ -260,6 +262,10 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
             self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
             self._tasks.append(asyncio.create_task(self.replicas.run(), name="replica"))
+            database_url = self.settings.storage.resolved_database_url()
+            if not is_sqlite(database_url):
+                watch = CredentialWatch(database_url, self.reload_keys, self.clock)
+                self._tasks.append(asyncio.create_task(watch.run(), name="credentials"))
         self.ready = True
         log.info("laneway ready: %d backends, %d lanes", len(reconciler.refreshers), len(self.inventory))
 

@@ -1,7 +1,9 @@
 """``laneway keys``: create, list and revoke client API keys.
 
-A key's secret is shown once, when it is created; the database keeps only its hash. A running
-gateway picks up new and revoked keys within a few seconds (it reloads the hashes periodically).
+A key's secret is shown once, when it is created; the database keeps only its hash. On PostgreSQL
+every running replica picks up a new or revoked key as soon as the change commits (a notification:
+``laneway.cluster.credentials``); on SQLite the gateway re-reads the hashes every
+``auth.reload_interval`` (5 s).
 """
 
 from __future__ import annotations

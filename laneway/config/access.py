@@ -33,6 +33,9 @@ class KeyConfig(Strict):
 class AuthConfig(Strict):
     open: bool = False  # true: no client key needed (development only)
     keys: list[KeyConfig] = []
+    # How often keys and publisher tokens are re-read from the database. On PostgreSQL a change
+    # also reaches every replica at once (cluster.credentials): then this is only the backstop.
+    reload_interval: Seconds = 5.0
     # GET /metrics: open unless one of these is given; then it needs this key or an admin key.
     metrics_key: str | None = Field(default=None, repr=False)
     metrics_key_env: str | None = None

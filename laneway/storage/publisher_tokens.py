@@ -113,6 +113,7 @@ class PublisherTokenRepo(_Repo):
         try:
             async with self._session(write=True) as s:
                 s.add(row)
+                await self._credentials_changed(s)
         except IntegrityError:
             # 256 random bits do not collide; the name is what is taken.
             raise AlreadyExists(
@@ -142,6 +143,7 @@ class PublisherTokenRepo(_Repo):
                     .values(revoked_at=now)
                 )
                 if _rowcount(result) > 0:
+                    await self._credentials_changed(s)
                     return True
         return False
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, delete, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,7 +29,7 @@ from laneway.clock import Clock
 from laneway.config.schema import NAME_RE, BackendConfig
 from laneway.storage.errors import AlreadyExists, InvalidValue, StorageError
 from laneway.storage.models import ApiKeyRow, BackendRow
-from laneway.storage.urls import translate
+from laneway.storage.urls import is_sqlite, translate
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -187,6 +187,10 @@ def _runs_to_completion(
     return wrapper
 
 
+# The PostgreSQL notification channel on which a change of keys or publisher tokens is announced.
+CREDENTIALS_CHANNEL = "laneway_credentials"
+
+
 class _Repo:
     def __init__(
         self,
@@ -203,6 +207,13 @@ class _Repo:
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock.now(), UTC)
+
+    async def _credentials_changed(self, s: AsyncSession) -> None:
+        """Tell every replica listening on this PostgreSQL database that keys or tokens changed
+        (``cluster.credentials``): the notification leaves when this transaction commits, and
+        not at all if it rolls back. SQLite has no such thing; its gateway polls."""
+        if not is_sqlite(self._url):
+            await s.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CREDENTIALS_CHANNEL})
 
     @asynccontextmanager
     async def _session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
@@ -326,6 +337,7 @@ class KeyRepo(_Repo):
         try:
             async with self._session(write=True) as s:
                 s.add(row)
+                await self._credentials_changed(s)
         except IntegrityError:
             # 256 random bits do not collide; the name is what is taken.
             raise AlreadyExists(
@@ -353,6 +365,7 @@ class KeyRepo(_Repo):
                     .values(revoked_at=now)
                 )
                 if _rowcount(result) > 0:
+                    await self._credentials_changed(s)
                     return True
         return False
 

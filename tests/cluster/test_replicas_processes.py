@@ -26,31 +26,44 @@ def ids(url: str) -> list[str]:
     return [r["id"] for r in body["replicas"]]
 
 
+def start_replicas(
+    procs: Processes, tmp_path: Path, database_url: str, namespace: str, *names: str, **extra: Any
+) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, str]]:
+    """Real ``laneway serve`` replicas on one database and one Redis prefix: (process, url) by name.
+    ``extra``: more config sections (``auth`` is merged over the admin key)."""
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    urls: dict[str, str] = {}
+    for name in names:
+        port = free_port()
+        config: dict[str, Any] = {
+            "server": {"port": port, "drain_timeout": 1},
+            "storage": {
+                "database_url": database_url,
+                "runtime_url": REDIS_URL,
+                "data_dir": str(tmp_path / name),
+            },
+            "auth": {"keys": [{"name": "ops", "key": ADMIN, "admin": True}], **extra.pop("auth", {})},
+            "cluster": {"replica_id": name, "lease_ttl": 2, "heartbeat": 0.5, "namespace": namespace},
+            **extra,
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        started[name] = procs.start(name, "serve", "-c", str(path))
+        urls[name] = f"http://127.0.0.1:{port}"
+    every = list(names)
+    for name, url in urls.items():
+        wait_for(lambda url=url: ids(url) == every, f"{name} lists every replica")  # type: ignore[misc]
+    return started, urls
+
+
 def test_replicas_see_each_other_and_lose_the_dead(tmp_path: Path) -> None:
     namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
     procs = Processes(tmp_path)
     urls: dict[str, str] = {}
     with fresh_pg_database() as database_url:
         try:
-            started: dict[str, subprocess.Popen[bytes]] = {}
-            for name in ("r1", "r2", "r3"):
-                port = free_port()
-                config: dict[str, Any] = {
-                    "server": {"port": port, "drain_timeout": 1},
-                    "storage": {
-                        "database_url": database_url,
-                        "runtime_url": REDIS_URL,
-                        "data_dir": str(tmp_path / name),
-                    },
-                    "auth": {"keys": [{"name": "ops", "key": ADMIN, "admin": True}]},
-                    "cluster": {"replica_id": name, "lease_ttl": 2, "heartbeat": 0.5, "namespace": namespace},
-                }
-                path = tmp_path / f"{name}.yaml"
-                path.write_text(yaml.safe_dump(config))
-                started[name] = procs.start(name, "serve", "-c", str(path))
-                urls[name] = f"http://127.0.0.1:{port}"
-            for name, url in urls.items():
-                wait_for(lambda url=url: ids(url) == ["r1", "r2", "r3"], f"{name} lists all three")  # type: ignore[misc]
+            started, found = start_replicas(procs, tmp_path, database_url, namespace, "r1", "r2", "r3")
+            urls.update(found)
 
             shown = subprocess.run(
                 [*LANEWAY, "replicas", "--url", urls["r1"], "--key", ADMIN],
