@@ -144,6 +144,7 @@ class Gateway:
                 settings.storage.data_dir,
                 clock,
                 namespace=settings.cluster.namespace,
+                timeout=settings.cluster.redis_timeout,
             )
         except BaseException:
             await db.aclose()

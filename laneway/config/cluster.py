@@ -26,6 +26,9 @@ class ClusterConfig(Strict):
     # Every key laneway keeps in Redis starts with this, so several deployments (or test runs) can
     # share one server.
     namespace: str = "laneway:"
+    # A Redis call (connecting, or one reply) that takes longer has failed; after a few such in a
+    # row the store stops trying for a moment (storage.redisstore.RedisBreaker).
+    redis_timeout: Seconds = 1.0
 
     @model_validator(mode="after")
     def _renewed_in_time(self) -> ClusterConfig:

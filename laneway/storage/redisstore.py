@@ -5,6 +5,12 @@ when an entry expires; an injected ``Clock`` does not apply here. Keys live unde
 (``laneway:`` unless told otherwise) so several deployments, or tests, can share one server.
 
 redis-py's exceptions are translated at one boundary (``_translated``) and never travel further.
+
+Redis trouble must never hang the gateway: every call has a timeout (``timeout``: connecting and
+each reply), and a breaker (``RedisBreaker``) stops trying for ``cooldown`` seconds after
+``failures`` calls in a row could not reach Redis, so what waits on the store fails at once with
+``StoreUnavailable`` rather than each waiting out its own timeout; the first call after the
+cooldown tries again, and a success closes it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,34 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from laneway.clock import Clock, SystemClock
 from laneway.storage.errors import StorageError, StoreUnavailable
 
 _SCAN_BATCH = 500  # keys per SCAN step and per MGET
+
+
+class RedisBreaker:
+    """Open after ``failures`` unreachable calls in a row, for ``cooldown`` seconds (monotonic, on
+    the injected clock); then one call is let through to try."""
+
+    def __init__(self, clock: Clock, *, failures: int = 3, cooldown: float = 2.0) -> None:
+        self.clock = clock
+        self.failures = failures
+        self.cooldown = cooldown
+        self._failed = 0
+        self._open_until = 0.0
+
+    def closed_for(self) -> float:
+        """Seconds it stays open; 0 when a call may go."""
+        return max(0.0, self._open_until - self.clock.monotonic())
+
+    def failed(self) -> None:
+        self._failed += 1
+        if self._failed >= self.failures:
+            self._open_until = self.clock.monotonic() + self.cooldown
+
+    def succeeded(self) -> None:
+        self._failed, self._open_until = 0, 0.0
 
 
 class RedisStore:
@@ -32,10 +63,18 @@ class RedisStore:
     no half-read reply is left for the next caller. ``timeout`` bounds connecting and each reply.
     """
 
-    def __init__(self, url: str, *, namespace: str = "laneway:", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "laneway:",
+        timeout: float = 5.0,
+        breaker: RedisBreaker | None = None,
+    ) -> None:
         self._where = redact_redis_url(url)
         self._namespace = namespace
         self._client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        self.breaker = breaker or RedisBreaker(SystemClock())
 
     async def get(self, key: str) -> bytes | None:
         async with self._translated():
@@ -73,23 +112,38 @@ class RedisStore:
         return found
 
     async def aclose(self) -> None:
-        async with self._translated():
+        try:  # not through the breaker: closing must happen even while it is open
             await self._client.aclose()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot close the connections to Redis at {self._where}: {_reason(exc)}"
+            ) from None
 
     def __repr__(self) -> str:
         return f"<RedisStore: {self._where} namespace={self._namespace!r}>"
 
     @asynccontextmanager
     async def _translated(self) -> AsyncIterator[None]:
+        breaker = self.breaker
+        wait = breaker.closed_for()
+        if wait > 0:
+            raise StoreUnavailable(
+                f"cannot use Redis at {self._where}: it could not be reached several times in a row, "
+                f"and is not tried again for {wait:.1f} s; check that Redis is running and reachable "
+                "and the URL is right (storage.runtime_url)"
+            )
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            breaker.failed()
             raise StoreUnavailable(
                 f"cannot use Redis at {self._where}: {_reason(exc)}; check that Redis is running and "
                 "reachable and the URL is right (storage.runtime_url)"
             ) from None
         except RedisError as exc:
+            breaker.succeeded()  # it answered: reachable
             raise StorageError(f"Redis at {self._where} answered with an error: {_reason(exc)}") from None
+        breaker.succeeded()
 
 
 def escape_glob(text: str) -> str:

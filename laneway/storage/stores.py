@@ -7,7 +7,7 @@ from pathlib import Path
 
 from laneway.clock import Clock
 from laneway.storage.filestore import FileStore
-from laneway.storage.redisstore import RedisStore, redact_redis_url
+from laneway.storage.redisstore import RedisBreaker, RedisStore, redact_redis_url
 from laneway.storage.runtime import KeyValueStore, MemoryStore
 
 ACCEPTED = (
@@ -17,12 +17,18 @@ ACCEPTED = (
 
 
 def open_runtime_store(
-    url: str, clock: Clock, *, cache_dir: str | Path | None = None, namespace: str = "laneway:"
+    url: str,
+    clock: Clock,
+    *,
+    cache_dir: str | Path | None = None,
+    namespace: str = "laneway:",
+    timeout: float = 5.0,
 ) -> KeyValueStore:
     """The ``KeyValueStore`` that ``url`` names. Nothing is opened or connected yet: each store
     creates or connects on first use. ``cache_dir`` is where ``file://`` without a path points
     (the embedded default's local cache directory). The clock drives memory and file TTLs; Redis
-    keeps time on its server, and keeps every key under ``namespace``."""
+    keeps time on its server, keeps every key under ``namespace``, and gives up on a call after
+    ``timeout`` seconds (a breaker on the injected clock then stops trying for a moment)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "memory" and not (parts.netloc or parts.path or parts.query):
         return MemoryStore(clock)
@@ -36,7 +42,7 @@ def open_runtime_store(
         else:
             raise ValueError("runtime store URL 'file://' names the cache directory, and none is configured")
     if parts.scheme in ("redis", "rediss") and parts.hostname:
-        return RedisStore(url, namespace=namespace)
+        return RedisStore(url, namespace=namespace, timeout=timeout, breaker=RedisBreaker(clock))
     raise ValueError(f"unsupported runtime store URL '{_shown(url)}': use {ACCEPTED}")
 
 
@@ -48,12 +54,17 @@ def _shown(url: str) -> str:
 
 
 def open_stores(
-    runtime_url: str, data_dir: str | Path, clock: Clock, *, namespace: str = "laneway:"
+    runtime_url: str,
+    data_dir: str | Path,
+    clock: Clock,
+    *,
+    namespace: str = "laneway:",
+    timeout: float = 5.0,
 ) -> tuple[KeyValueStore, KeyValueStore]:
     """(runtime store, cache store). Embedded default: runtime state in memory, caches that should
     survive a restart (model lists, signals) in the data directory's ``cache``. Cluster mode:
     both in Redis."""
-    runtime = open_runtime_store(runtime_url, clock, namespace=namespace)
+    runtime = open_runtime_store(runtime_url, clock, namespace=namespace, timeout=timeout)
     if runtime_url == "memory://":
         return runtime, FileStore(Path(data_dir) / "cache", clock)
     return runtime, runtime
