@@ -63,7 +63,17 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
             if backends
             else "no lane can take requests: no backend is declared and no model is published"
         )
-    return {"ready": reason is None, "reason": reason, "lanes": routable, "backends": backends}
+    # Serving, but not as one with the cluster: the runtime store (Redis) could not be reached at
+    # the last renewal. Still ready (a load balancer keeps sending: this replica serves from what
+    # it knows), and said so in laneway's words (/readyz is unauthenticated; the log has the rest).
+    degraded = "runtime store unreachable" if gateway.replicas.unreachable else None
+    return {
+        "ready": reason is None,
+        "reason": reason,
+        "degraded": degraded,
+        "lanes": routable,
+        "backends": backends,
+    }
 
 
 def build_app(gateway: Gateway, *, edge: EdgeStats | None = None) -> Starlette:

@@ -78,6 +78,7 @@ class Replicas:
         self.started = clock.now()
         self._holding = holding
         self._renewed = False  # the last renewal reached the store (to log a change once)
+        self.unreachable: str | None = None  # why the last renewal did not reach the store
 
     def me(self) -> Replica:
         held = self._holding()
@@ -100,11 +101,11 @@ class Replicas:
         except StorageError as exc:
             if self._renewed:
                 log.warning("replica record not renewed: %s", exc, extra={"replica": self.id})
-            self._renewed = False
+            self._renewed, self.unreachable = False, exc.message
             return
         if not self._renewed:
             log.info("replica %s in the cluster at %s", self.id, self.address)
-        self._renewed = True
+        self._renewed, self.unreachable = True, None
 
     async def run(self) -> None:
         while True:

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from laneway.api.app import readiness
 from laneway.clock import ManualClock
+from laneway.config import settings_from_data
+from laneway.gateway import Gateway, GatewayOptions
 from laneway.storage.errors import StoreUnavailable
 from laneway.storage.redisstore import RedisBreaker, RedisStore
 from tests.e2e.test_inventory import free_port
@@ -92,3 +95,29 @@ async def test_the_breaker_opens_on_a_dead_redis_and_closes_when_it_is_back(own_
         assert await store.get("k") == b"again"
     finally:
         await store.aclose()
+
+
+async def test_readyz_says_degraded_while_redis_is_down_and_recovers_by_itself(
+    own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    settings = settings_from_data(
+        {
+            "storage": {"runtime_url": f"redis://127.0.0.1:{own_redis.port}/0", "data_dir": str(tmp_path)},
+            "cluster": {"redis_timeout": 0.5},
+        },
+        source="test.yaml",
+    )
+    async with await Gateway.open(settings, options=GatewayOptions(schedule=False)) as gateway:
+        before = readiness(gateway)
+        assert before["degraded"] is None
+        own_redis.kill()
+        await gateway.replicas.renew()  # a heartbeat (the loop's, when scheduled): Redis is gone
+        body = readiness(gateway)
+        assert body["degraded"] == "runtime store unreachable"
+        # Its readiness is not Redis's to decide: it still serves, from what it knows.
+        assert (body["ready"], body["reason"]) == (before["ready"], before["reason"])
+        assert "127.0.0.1" not in str(body)  # laneway's words only: /readyz is unauthenticated
+        own_redis.start()
+        gateway.runtime.breaker.succeeded()  # type: ignore[attr-defined]  # skip its 2 s of real time
+        await gateway.replicas.renew()  # the next heartbeat reaches it: one with the cluster again
+        assert readiness(gateway)["degraded"] is None
