@@ -18,6 +18,7 @@ from pathlib import Path
 from laneway.auth.keys import KeyRing, config_key_hashes
 from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
+from laneway.cluster.bus import Bus, NoBus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
@@ -122,6 +123,7 @@ class Gateway:
     key_reloader: KeyReloader
     responses: ResponseStore  # the Responses API's stored responses, on the gateway's clock
     replicas: Replicas  # this replica's record in the runtime store, and the live ones
+    bus: Bus  # what this replica tells the others at once (cluster.bus); NoBus when alone
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -214,6 +216,13 @@ class Gateway:
             interval=options.key_reload_interval or settings.auth.reload_interval,
             on_reload=fleet.cut_off,
         )
+        replicas = Replicas(
+            runtime,
+            clock,
+            settings.cluster,
+            address=f"http://{settings.server.host}:{settings.server.port}",
+            holding=lambda: holding(pools, fleet),
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -232,13 +241,8 @@ class Gateway:
             router=router,
             key_reloader=key_reloader,
             responses=ResponseStore(db.responses, clock, retention=settings.responses.retention),
-            replicas=Replicas(
-                runtime,
-                clock,
-                settings.cluster,
-                address=f"http://{settings.server.host}:{settings.server.port}",
-                holding=lambda: holding(pools, fleet),
-            ),
+            replicas=replicas,
+            bus=open_bus(settings, replicas.id, clock),
         )
 
     async def _start(self) -> None:
@@ -254,6 +258,7 @@ class Gateway:
         await self.reload_keys()
         await reconciler.cycle()
         await self.replicas.renew()
+        self.bus.on(COOLDOWN_LIFTED, self._cooldown_lifted)
         self._tasks = [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
@@ -263,6 +268,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
             self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
             self._tasks.append(asyncio.create_task(self.replicas.run(), name="replica"))
+            self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
             database_url = self.settings.storage.resolved_database_url()
             if not is_sqlite(database_url):
                 watch = CredentialWatch(database_url, self.reload_keys, self.clock)
@@ -293,6 +299,23 @@ class Gateway:
             self.pools.remove_backend(gone)
         self._names = names
 
+    async def lift_cooldown(self, backend: str) -> bool:
+        """Lift a backend's auth cooldown (its key was fixed): in the shared store, here at once
+        (a refresh of it), and on every other replica at once (``COOLDOWN_LIFTED``). False if it
+        had none."""
+        refresher = self.reconciler.refreshers[backend]
+        lifted = await self.reconciler.ctx.cooldowns.lift(refresher.credential)
+        if lifted:
+            await self.reconciler.cycle([backend])
+            await self.bus.publish(COOLDOWN_LIFTED, {"backend": backend})
+        return lifted
+
+    async def _cooldown_lifted(self, payload: dict[str, object]) -> None:
+        """Another replica lifted a backend's cooldown: refresh it now, not at its next interval."""
+        backend = payload.get("backend")
+        if isinstance(backend, str) and backend in self.reconciler.refreshers:
+            await self.reconciler.cycle([backend])
+
     async def reload_keys(self) -> None:
         """Client keys and publisher tokens from the database (``laneway.auth.reload``); a revoked
         publisher token's sessions are cut off: their control streams close, their lanes go inactive."""
@@ -314,8 +337,23 @@ class Gateway:
         await self.signals.aclose()  # persists what the last requests taught
         await self.reconciler.aclose()
         await self.replicas.aclose()  # out of the cluster's list at once
+        await self.bus.aclose()
         await self.runtime.aclose()
         await self.db.aclose()
+
+
+COOLDOWN_LIFTED = "cooldown.lifted"  # payload: {"backend": name}
+
+
+def open_bus(settings: Settings, replica: str, clock: Clock) -> Bus:
+    """Redis pub/sub when the runtime store is Redis (a cluster); else no one to tell."""
+    url = settings.storage.runtime_url
+    if not url.startswith(("redis://", "rediss://")):
+        return NoBus()
+    cluster = settings.cluster
+    return RedisBus(
+        url, namespace=cluster.namespace, replica=replica, clock=clock, timeout=cluster.redis_timeout
+    )
 
 
 def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:

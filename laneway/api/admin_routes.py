@@ -133,11 +133,8 @@ class AdminRoutes:
     async def lift_cooldown(self, request: Request) -> Response:
         reconciler = self._admin(request)
         name = self._backend(reconciler, request.path_params["backend"])
-        refresher = reconciler.refreshers[name]
-        lifted = await reconciler.ctx.cooldowns.lift(refresher.credential)
-        if lifted:
-            await reconciler.cycle([name])
-        return self._json({"lifted": lifted, "backend": refresher.status.as_dict()})
+        lifted = await self.gateway.lift_cooldown(name)  # here, in the store, and on every replica
+        return self._json({"lifted": lifted, "backend": reconciler.refreshers[name].status.as_dict()})
 
     async def signals(self, request: Request) -> Response:
         self._admin(request)

@@ -1,0 +1,73 @@
+"""What one replica does, the others learn at once: an auth cooldown lifted on one replica (the
+backend's key was fixed) makes every replica refresh that backend now, so its lanes are back in
+rotation everywhere — here the replicas would otherwise refresh it once an hour, and keep the
+cooldown for an hour."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.cluster.test_replicas_processes import start_replicas
+from tests.conftest import fresh_pg_database
+from tests.e2e.test_publish import ADMIN, Processes, get, wait_for
+
+
+def routable(url: str) -> list[bool]:
+    status, body = get(url + "/admin/lanes", ADMIN)
+    assert status == 200, body
+    return [lane["routable"] for lane in body["lanes"] if lane["backend"] == "cloud"]
+
+
+def lift(url: str) -> Any:
+    request = urllib.request.Request(
+        url + "/admin/cooldowns/cloud", method="DELETE", headers={"authorization": f"Bearer {ADMIN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return orjson.loads(resp.read())
+
+
+def test_a_cooldown_lifted_on_one_replica_is_lifted_on_all(sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(family="openai", api_key="the-right-key")
+    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
+    procs = Processes(tmp_path)
+    urls: dict[str, str] = {}
+    with fresh_pg_database() as database_url:
+        try:
+            _, found = start_replicas(
+                procs,
+                tmp_path,
+                database_url,
+                namespace,
+                "r1",
+                "r2",
+                backends={
+                    "cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": "a-fixed-key"}
+                },
+                inventory={"intervals": {"openai": 3600}, "auth_cooldown": 3600},
+            )
+            urls.update(found)
+            for name, url in urls.items():  # each refused at its start: a cooldown, in the shared store
+                status, body = get(url + "/admin/backends", ADMIN)
+                assert status == 200, body
+                cloud = next(b for b in body["backends"] if b["name"] == "cloud")
+                assert cloud["cooldown_until"] is not None, (name, cloud)
+            for name in urls:
+                wait_for(
+                    lambda name=name: "listening for the other replicas' events" in procs.log(name), name
+                )  # type: ignore[misc]
+
+            sim.options.api_key = "a-fixed-key"  # the operator fixed the key upstream
+            answer = lift(urls["r1"])
+            assert answer["lifted"] is True
+            assert routable(urls["r1"])
+            assert all(routable(urls["r1"]))
+            wait_for(lambda: bool(routable(urls["r2"])) and all(routable(urls["r2"])), "r2's lanes are back")
+        finally:
+            procs.stop_all()
+    for name in urls:
+        assert "Traceback" not in procs.log(name), procs.log(name)
