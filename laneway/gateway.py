@@ -258,7 +258,9 @@ class Gateway:
         await self.reload_keys()
         await reconciler.cycle()
         await self.replicas.renew()
-        self.bus.on(COOLDOWN_LIFTED, self._cooldown_lifted)
+        self.bus.on(COOLDOWN_LIFTED, self._refresh_told)
+        self.bus.on(COOLDOWN_BEGAN, self._refresh_told)
+        reconciler.on_refused = self._cooldown_began
         self._tasks = [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
@@ -310,8 +312,14 @@ class Gateway:
             await self.bus.publish(COOLDOWN_LIFTED, {"backend": backend})
         return lifted
 
-    async def _cooldown_lifted(self, payload: dict[str, object]) -> None:
-        """Another replica lifted a backend's cooldown: refresh it now, not at its next interval."""
+    async def _cooldown_began(self, backend: str) -> None:
+        """A call here was refused for its credentials, and the cooldown is in the shared store:
+        the other replicas take it up now, without a refused call of their own."""
+        await self.bus.publish(COOLDOWN_BEGAN, {"backend": backend})
+
+    async def _refresh_told(self, payload: dict[str, object]) -> None:
+        """Another replica began or lifted a backend's cooldown (it is in the shared store): a
+        refresh of the backend now takes it up (lanes denied, or back), not at its next interval."""
         backend = payload.get("backend")
         if isinstance(backend, str) and backend in self.reconciler.refreshers:
             await self.reconciler.cycle([backend])
@@ -343,6 +351,7 @@ class Gateway:
 
 
 COOLDOWN_LIFTED = "cooldown.lifted"  # payload: {"backend": name}
+COOLDOWN_BEGAN = "cooldown.began"  # payload: {"backend": name}
 
 
 def open_bus(settings: Settings, replica: str, clock: Clock) -> Bus:

@@ -23,6 +23,7 @@ from typing import Any
 
 from laneway.config.schema import BackendConfig
 from laneway.errors import LanewayError, NoLaneAvailable, UpstreamError
+from laneway.inventory.cooldown import Cooldown
 from laneway.inventory.discovery import model_allowed
 from laneway.inventory.lanes import Health
 from laneway.inventory.refresher import BackendStatus, RefreshContext, Refresher
@@ -52,6 +53,9 @@ class Reconciler:
         self.declared = declared
         self.build_provider = build_provider
         self.on_change = on_change
+        # Told, after the store has it, of a cooldown a call began (the gateway tells the other
+        # replicas: they need not each make a refused call of their own to learn it).
+        self.on_refused: Callable[[str], Awaitable[None]] | None = None
         self.refreshers: dict[str, Refresher] = {}
         # Shared with the router, which reads it on every request: mutated in place, never replaced.
         self.providers: dict[str, Provider] = {}
@@ -191,7 +195,12 @@ class Reconciler:
         that hangs must not hold the request), by a task ``aclose`` ends."""
         refresher = self.refreshers.get(backend)
         if refresher is not None:
-            self._spawn(refresher.persist(refresher.refused(exc)), f"cooldown-{backend}")
+            self._spawn(self._refused(refresher, refresher.refused(exc)), f"cooldown-{backend}")
+
+    async def _refused(self, refresher: Refresher, cooldown: Cooldown) -> None:
+        await refresher.persist(cooldown)
+        if self.on_refused is not None:
+            await self.on_refused(refresher.name)
 
     def lane_stale(self, lane_id: str) -> None:
         """The backend said 404 for a lane's model: out of rotation until a refresh (started now)

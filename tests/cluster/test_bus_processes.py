@@ -5,6 +5,7 @@ cooldown for an hour."""
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -67,6 +68,61 @@ def test_a_cooldown_lifted_on_one_replica_is_lifted_on_all(sim_factory: Any, tmp
             assert routable(urls["r1"])
             assert all(routable(urls["r1"]))
             wait_for(lambda: bool(routable(urls["r2"])) and all(routable(urls["r2"])), "r2's lanes are back")
+        finally:
+            procs.stop_all()
+    for name in urls:
+        assert "Traceback" not in procs.log(name), procs.log(name)
+
+
+def chat(url: str) -> int:
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    request = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=body,
+        method="POST",
+        headers={"authorization": f"Bearer {ADMIN}", "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_key_refused_on_one_replica_takes_its_lanes_out_on_all(sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(family="openai", api_key="the-key")
+    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
+    procs = Processes(tmp_path)
+    urls: dict[str, str] = {}
+    with fresh_pg_database() as database_url:
+        try:
+            _, found = start_replicas(
+                procs,
+                tmp_path,
+                database_url,
+                namespace,
+                "r1",
+                "r2",
+                backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": "the-key"}},
+                inventory={"intervals": {"openai": 3600}, "auth_cooldown": 3600},
+            )
+            urls.update(found)
+            for name in urls:
+                wait_for(
+                    lambda name=name: "listening for the other replicas' events" in procs.log(name), name
+                )  # type: ignore[misc]
+            assert chat(urls["r1"]) == 200
+            assert all(routable(urls["r2"]))
+            calls_before = sim.stats.total_requests
+
+            sim.options.api_key = "a-rotated-key"  # the key was rotated upstream, not yet here
+            assert chat(urls["r1"]) != 200  # r1's call is refused: its cooldown begins
+            wait_for(lambda: not any(routable(urls["r2"])), "r2's lanes are out of rotation too")
+            status, body = get(urls["r2"] + "/admin/backends", ADMIN)
+            assert status == 200, body
+            cloud = next(b for b in body["backends"] if b["name"] == "cloud")
+            assert cloud["cooldown_until"] is not None
+            assert sim.stats.total_requests == calls_before + 1  # r1's refused call: r2 called nothing
         finally:
             procs.stop_all()
     for name in urls:
