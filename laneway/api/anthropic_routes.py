@@ -105,22 +105,16 @@ class AnthropicRoutes:
 
     # -- messages ------------------------------------------------------------------------------
 
-    def admit(self, request: Request) -> Admitted:
-        admitted = self.inbound.admit(request)
-        if (record := request_record(request)) is not None:
-            record.dialect = DIALECT
-        return admitted
-
     async def messages(self, request: Request) -> Response:
         inbound = self.inbound
-        admitted = self.admit(request)
+        admitted = self.inbound.admit(request)
         _, body = await inbound.read_json(request)
         validate(MessagesRequest, body)
         chat = to_openai(body)
         native = Native(DIALECT, body, forwarded(request.headers))
         stream = body.get("stream") is True
         served = await inbound.serve(
-            request, admitted, Operation.CHAT, chat, orjson.dumps(chat), stream=stream, native=native
+            request, admitted, Operation.CHAT, chat, b"", stream=stream, native=native
         )
         if served is None:
             return CLIENT_GONE
@@ -144,7 +138,7 @@ class AnthropicRoutes:
 
     async def count_tokens(self, request: Request) -> Response:
         inbound = self.inbound
-        admitted = self.admit(request)
+        admitted = self.inbound.admit(request)
         _, body = await inbound.read_json(request)
         validate(CountTokensRequest, body)
         exact = await self._exact_count(body, request.headers, admitted)

@@ -122,18 +122,24 @@ class Admitted:
 
 class Inbound:
     """Admission and serving for the routes of one dialect (``dialect``: how its errors look;
-    None for OpenAI's, the default shape)."""
+    None for OpenAI's, the default shape). ``name``: the dialect the access log says (default
+    the Dialect's name, else "openai")."""
 
-    def __init__(self, gateway: Gateway, dialect: Dialect | None = None) -> None:
+    def __init__(self, gateway: Gateway, dialect: Dialect | None = None, *, name: str | None = None) -> None:
         self.gateway = gateway
         self.dialect = dialect
+        self.name = name or (dialect.name if dialect is not None else "openai")
         self.limit = gateway.settings.server.max_body_bytes
         self.show_lane = gateway.settings.server.show_lane_in_errors
 
     def speak(self, request: Request) -> None:
-        """From here on, this request's errors are in this dialect's shape."""
+        """From here on, this request's errors are in this dialect's shape, and its access line
+        names the dialect."""
         if self.dialect is not None:
             request.scope[DIALECT] = self.dialect
+        record = request_record(request)
+        if record is not None:
+            record.dialect = self.name
 
     def admit(self, request: Request) -> Admitted:
         """The request's key checked (Bearer or ``x-api-key``), and who it is for."""
@@ -181,7 +187,8 @@ class Inbound:
         stream: bool,
         native: Native | None = None,
     ) -> Served[Reply] | Served[ReplyStream] | None:
-        """Serve ``body`` (OpenAI's format; ``raw`` its bytes, or b"" when it was translated) by the
+        """Serve ``body`` (OpenAI's format; ``raw`` its bytes as the client sent them, or b"" when
+        it was translated: a lane then serialises the body itself, only if it sends it) by the
         router, whole or streamed; None when the client left first. ``native``: the request in the
         client's own dialect, for lanes that speak it."""
         info = admitted.info if native is None else replace(admitted.info, native=native)

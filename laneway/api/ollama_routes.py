@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from laneway.api.access import request_record
 from laneway.api.inbound import CLIENT_GONE, Inbound, served_headers
 from laneway.api.streaming import ReplyStreamResponse
 from laneway.api.wire import SHAPES, validate
@@ -91,9 +90,6 @@ class OllamaRoutes:
 
     def caller(self, request: Request) -> str:
         """The key checked, errors in Ollama's shape, and the access log told the dialect."""
-        record = request_record(request)
-        if record is not None:
-            record.dialect = OLLAMA.name
         return self.inbound.caller(request)
 
     def _endpoint(self, path: str) -> Callable[[Request], Awaitable[Response]]:
@@ -136,8 +132,6 @@ class OllamaRoutes:
     async def _serve(self, request: Request, path: str) -> Response:
         inbound, clock = self.inbound, self.gateway.clock
         admitted = inbound.admit(request)
-        if admitted.info.record is not None:
-            admitted.info.record.dialect = OLLAMA.name
         timing = Timing(clock.monotonic())
         _, body = await inbound.read_json(request)
         asked = model_of(body)

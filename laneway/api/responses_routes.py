@@ -35,7 +35,7 @@ from laneway.routing.dispatch import Served
 class ResponsesRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.inbound = Inbound(gateway)
+        self.inbound = Inbound(gateway, name="responses")
         self.store = gateway.responses
 
     def routes(self) -> list[Route]:
@@ -54,10 +54,7 @@ class ResponsesRoutes:
         translated = translate(body, history)
         turn = Turn(body, translated.tools, created_at=int(self.gateway.clock.now()))
         stream = bool(body.get("stream"))
-        # The translated body's bytes as ``raw``: the router hands a lane of the same model name
-        # ``raw`` as is (b"" would reach an OpenAI-family lane as an empty body).
-        raw = orjson.dumps(translated.body)
-        served = await inbound.serve(request, admitted, Operation.CHAT, translated.body, raw, stream=stream)
+        served = await inbound.serve(request, admitted, Operation.CHAT, translated.body, b"", stream=stream)
         if served is None:
             return CLIENT_GONE
         headers = served_headers(served, admitted.request_id)
