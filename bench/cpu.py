@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.loadgen import run
-from bench.overhead import KEY, body, start
+from bench.loadgen import Result, run
+from bench.overhead import KEY, Procs, body, start
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -25,28 +25,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+async def cpu_per_request(
+    procs: Procs, path: str, payload: bytes, headers: dict[str, str], *, concurrency: int, duration: float
+) -> tuple[float, Result]:
+    """After a 1 s warm-up, the gateway's CPU time (µs) per request it served in a run of
+    ``duration`` seconds at ``concurrency``, and that run's result."""
+    port = procs.gw_port
+    await run("127.0.0.1", port, path, payload, headers=headers, concurrency=4, duration=1)
+    before = cpu_seconds(procs.gateway.pid)
+    result = await run(
+        "127.0.0.1", port, path, payload, headers=headers, concurrency=concurrency, duration=duration
+    )
+    used = cpu_seconds(procs.gateway.pid) - before
+    return used / max(1, result.requests) * 1e6, result
+
+
 async def measure(concurrency: int, duration: float) -> list[str]:
     procs = start(0, Path(tempfile.mkdtemp(prefix="laneway-cpu-")))
     out = []
     try:
         for stream in (False, True):
-            payload, headers = body(stream), {"authorization": f"Bearer {KEY}"}
-            path = "/v1/chat/completions"
-            await run("127.0.0.1", procs.gw_port, path, payload, headers=headers, concurrency=4, duration=1)
-            before = cpu_seconds(procs.gateway.pid)
-            result = await run(
-                "127.0.0.1",
-                procs.gw_port,
-                path,
-                payload,
-                headers=headers,
+            headers = {"authorization": f"Bearer {KEY}"}
+            per, result = await cpu_per_request(
+                procs,
+                "/v1/chat/completions",
+                body(stream),
+                headers,
                 concurrency=concurrency,
                 duration=duration,
             )
-            used = cpu_seconds(procs.gateway.pid) - before
-            served = result.rps * duration
             kind = "streamed" if stream else "non-streamed"
-            out.append(f"{kind}: {used / served * 1e6:.0f} µs CPU per request ({result.rps:,.0f} requests/s)")
+            out.append(f"{kind}: {per:.0f} µs CPU per request ({result.rps:,.0f} requests/s)")
     finally:
         procs.stop()
     return out

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.cpu import cpu_seconds
-from bench.loadgen import run
+from bench.cpu import cpu_per_request
 from bench.overhead import KEY, MODEL, start
 
 TEXT = "Hello there, benchmark."
@@ -56,21 +55,9 @@ async def measure(concurrency: int, duration: float) -> list[str]:
         for stream in (False, True):
             base: float | None = None
             for name, path, payload in doors(stream):
-                gw = procs.gw_port
-                await run("127.0.0.1", gw, path, payload, headers=headers, concurrency=4, duration=1)
-                before = cpu_seconds(procs.gateway.pid)
-                result = await run(
-                    "127.0.0.1",
-                    gw,
-                    path,
-                    payload,
-                    headers=headers,
-                    concurrency=concurrency,
-                    duration=duration,
+                per, result = await cpu_per_request(
+                    procs, path, payload, headers, concurrency=concurrency, duration=duration
                 )
-                used = cpu_seconds(procs.gateway.pid) - before
-                served = max(1, result.requests)
-                per = used / served * 1e6
                 base = base or per
                 kind = "streamed" if stream else "whole"
                 lines.append(
