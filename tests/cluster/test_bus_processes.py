@@ -5,16 +5,18 @@ cooldown for an hour."""
 
 from __future__ import annotations
 
+import contextlib
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from tests.cluster.test_replicas_processes import start_replicas
-from tests.conftest import fresh_pg_database
+from tests.conftest import Sim, fresh_pg_database
 from tests.e2e.test_publish import ADMIN, Processes, get, wait_for
 
 
@@ -32,8 +34,12 @@ def lift(url: str) -> Any:
         return orjson.loads(resp.read())
 
 
-def test_a_cooldown_lifted_on_one_replica_is_lifted_on_all(sim_factory: Any, tmp_path: Path) -> None:
-    sim = sim_factory(family="openai", api_key="the-right-key")
+@contextlib.contextmanager
+def two_replicas(sim: Sim, tmp_path: Path, key: str) -> Iterator[tuple[Processes, dict[str, str]]]:
+    """Replicas r1 and r2 on a fresh database and a Redis prefix of their own, in front of one
+    OpenAI-family ``sim`` declared with ``key``, refreshing it only once an hour (so what they
+    learn sooner, an event told them), each listening for the other's events. Stopped at the end,
+    their logs free of tracebacks."""
     namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
     procs = Processes(tmp_path)
     urls: dict[str, str] = {}
@@ -46,32 +52,38 @@ def test_a_cooldown_lifted_on_one_replica_is_lifted_on_all(sim_factory: Any, tmp
                 namespace,
                 "r1",
                 "r2",
-                backends={
-                    "cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": "a-fixed-key"}
-                },
+                backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": key}},
                 inventory={"intervals": {"openai": 3600}, "auth_cooldown": 3600},
             )
             urls.update(found)
-            for name, url in urls.items():  # each refused at its start: a cooldown, in the shared store
-                status, body = get(url + "/admin/backends", ADMIN)
-                assert status == 200, body
-                cloud = next(b for b in body["backends"] if b["name"] == "cloud")
-                assert cloud["cooldown_until"] is not None, (name, cloud)
             for name in urls:
                 wait_for(
                     lambda name=name: "listening for the other replicas' events" in procs.log(name), name
                 )  # type: ignore[misc]
-
-            sim.options.api_key = "a-fixed-key"  # the operator fixed the key upstream
-            answer = lift(urls["r1"])
-            assert answer["lifted"] is True
-            assert routable(urls["r1"])
-            assert all(routable(urls["r1"]))
-            wait_for(lambda: bool(routable(urls["r2"])) and all(routable(urls["r2"])), "r2's lanes are back")
+            yield procs, urls
         finally:
             procs.stop_all()
     for name in urls:
         assert "Traceback" not in procs.log(name), procs.log(name)
+
+
+def cooldown_until(url: str) -> Any:
+    status, body = get(url + "/admin/backends", ADMIN)
+    assert status == 200, body
+    return next(b for b in body["backends"] if b["name"] == "cloud")["cooldown_until"]
+
+
+def test_a_cooldown_lifted_on_one_replica_is_lifted_on_all(sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(family="openai", api_key="the-right-key")
+    with two_replicas(sim, tmp_path, "a-fixed-key") as (_, urls):
+        for name, url in urls.items():  # each refused at its start: a cooldown, in the shared store
+            assert cooldown_until(url) is not None, name
+        sim.options.api_key = "a-fixed-key"  # the operator fixed the key upstream
+        assert lift(urls["r1"])["lifted"] is True
+        assert routable(urls["r1"])
+        assert all(routable(urls["r1"]))
+        wait_for(lambda: bool(routable(urls["r2"])) and all(routable(urls["r2"])), "r2's lanes are back")
+        assert cooldown_until(urls["r2"]) is None
 
 
 def chat(url: str) -> int:
@@ -91,39 +103,12 @@ def chat(url: str) -> int:
 
 def test_a_key_refused_on_one_replica_takes_its_lanes_out_on_all(sim_factory: Any, tmp_path: Path) -> None:
     sim = sim_factory(family="openai", api_key="the-key")
-    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
-    procs = Processes(tmp_path)
-    urls: dict[str, str] = {}
-    with fresh_pg_database() as database_url:
-        try:
-            _, found = start_replicas(
-                procs,
-                tmp_path,
-                database_url,
-                namespace,
-                "r1",
-                "r2",
-                backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": "the-key"}},
-                inventory={"intervals": {"openai": 3600}, "auth_cooldown": 3600},
-            )
-            urls.update(found)
-            for name in urls:
-                wait_for(
-                    lambda name=name: "listening for the other replicas' events" in procs.log(name), name
-                )  # type: ignore[misc]
-            assert chat(urls["r1"]) == 200
-            assert all(routable(urls["r2"]))
-            calls_before = sim.stats.total_requests
-
-            sim.options.api_key = "a-rotated-key"  # the key was rotated upstream, not yet here
-            assert chat(urls["r1"]) != 200  # r1's call is refused: its cooldown begins
-            wait_for(lambda: not any(routable(urls["r2"])), "r2's lanes are out of rotation too")
-            status, body = get(urls["r2"] + "/admin/backends", ADMIN)
-            assert status == 200, body
-            cloud = next(b for b in body["backends"] if b["name"] == "cloud")
-            assert cloud["cooldown_until"] is not None
-            assert sim.stats.total_requests == calls_before + 1  # r1's refused call: r2 called nothing
-        finally:
-            procs.stop_all()
-    for name in urls:
-        assert "Traceback" not in procs.log(name), procs.log(name)
+    with two_replicas(sim, tmp_path, "the-key") as (_, urls):
+        assert chat(urls["r1"]) == 200
+        assert all(routable(urls["r2"]))
+        calls_before = sim.stats.total_requests
+        sim.options.api_key = "a-rotated-key"  # the key was rotated upstream, not yet here
+        assert chat(urls["r1"]) != 200  # r1's call is refused: its cooldown begins
+        wait_for(lambda: not any(routable(urls["r2"])), "r2's lanes are out of rotation too")
+        assert cooldown_until(urls["r2"]) is not None
+        assert sim.stats.total_requests == calls_before + 1  # r1's refused call: r2 called nothing
