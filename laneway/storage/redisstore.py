@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -75,6 +76,23 @@ class RedisStore:
         self._namespace = namespace
         self._client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         self.breaker = breaker or RedisBreaker(SystemClock())
+        self._scripts: dict[str, Any] = {}  # Lua source -> redis-py's script (EVALSHA, then EVAL)
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    async def evaluate(
+        self, script: str, keys: Sequence[str], args: Sequence[str | int | float | bytes]
+    ) -> Any:
+        """Run the Lua ``script`` on the server, atomically (nothing else runs meanwhile), with
+        ``keys`` under the namespace as ``KEYS``. Sent once, then called by its digest. Failures
+        are translated like every call's (``StoreUnavailable`` when Redis cannot be reached)."""
+        runner = self._scripts.get(script)
+        if runner is None:
+            runner = self._scripts[script] = self._client.register_script(script)
+        async with self._translated():
+            return await runner(keys=[self._namespace + key for key in keys], args=list(args))
 
     async def get(self, key: str) -> bytes | None:
         async with self._translated():

@@ -72,3 +72,51 @@ async def test_alone_there_is_no_one_to_tell() -> None:
     loop.cancel()
     await asyncio.gather(loop, return_exceptions=True)
     await bus.aclose()
+
+
+async def test_a_message_for_one_replica_reaches_it_alone_in_order() -> None:
+    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
+    names = ("a", "b", "c")
+    buses = {n: RedisBus(REDIS_URL, namespace=namespace, replica=n, clock=SystemClock()) for n in names}
+    heard: dict[str, list[int]] = {n: [] for n in names}
+    listening: dict[str, int] = {n: 0 for n in names}
+
+    def handler(name: str) -> Any:
+        async def handle(payload: dict[str, Any]) -> None:
+            heard[name].append(payload["n"])
+
+        return handle
+
+    def caught_up(name: str) -> Any:
+        async def callback() -> None:
+            listening[name] += 1
+
+        return callback
+
+    for name, bus in buses.items():
+        bus.on("slot.granted", handler(name))
+        bus.on_listening(caught_up(name))
+    loops = [asyncio.create_task(bus.run()) for bus in buses.values()]
+    raw = Redis.from_url(REDIS_URL)
+    try:
+        for _ in range(100):
+            if all(listening.values()):
+                break
+            await asyncio.sleep(0.02)
+        assert listening == {"a": 1, "b": 1, "c": 1}  # each told once that it listens now
+        for n in range(20):
+            assert await buses["a"].send("b", "slot.granted", {"n": n}) is True
+        assert await buses["a"].send("a", "slot.granted", {"n": 99}) is True  # itself: no Redis
+        assert await buses["a"].send("gone", "slot.granted", {"n": -1}) is False  # nobody listens
+        for _ in range(100):
+            if len(heard["b"]) == 20:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == {"a": [99], "b": list(range(20)), "c": []}
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for bus in buses.values():
+            await bus.aclose()
+        await raw.aclose()
