@@ -143,7 +143,7 @@ class RedisBus:
             except (RedisError, OSError) as exc:
                 log.warning("lost the events channel on %s: %s; reconnecting", self._where, exc)
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             await self._clock.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
