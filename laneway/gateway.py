@@ -21,6 +21,7 @@ from laneway.clock import Clock, SystemClock
 from laneway.cluster.bus import Bus, NoBus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
 from laneway.cluster.replicas import Holding, Replicas
+from laneway.cluster.slots import RedisSlots
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
 from laneway.inventory.cooldown import AuthCooldowns
@@ -29,6 +30,8 @@ from laneway.inventory.reconcile import Declared, Reconciler
 from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
+from laneway.pools.base import Bounded
+from laneway.pools.shared import SharedPool, SlotKeeper
 from laneway.providers.registry import build_provider
 from laneway.routing.backends import AllBackends
 from laneway.routing.breaker import Breakers
@@ -37,6 +40,7 @@ from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage.redisstore import RedisStore
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
@@ -124,6 +128,7 @@ class Gateway:
     responses: ResponseStore  # the Responses API's stored responses, on the gateway's clock
     replicas: Replicas  # this replica's record in the runtime store, and the live ones
     bus: Bus  # what this replica tells the others at once (cluster.bus); NoBus when alone
+    slots: SlotKeeper | None  # cluster mode: renews the leases of the pools' slots held here
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -172,7 +177,15 @@ class Gateway:
         """Build the components on the opened stores (no I/O)."""
         inventory = Inventory()
         keys = KeyRing(open_access=settings.auth.open)
-        pools = PoolRegistry(clock)
+        replicas = Replicas(
+            runtime,
+            clock,
+            settings.cluster,
+            address=f"http://{settings.server.host}:{settings.server.port}",
+            holding=lambda: holding(pools, fleet),
+        )
+        bus = open_bus(settings, replicas.id, clock)
+        pools, keeper = build_pools(settings, clock, runtime, bus, replicas.id)
         signals = Signals(cache, clock, settings.signals)
         usage = UsageRecorder(db.usage.add_many, clock)
         reconciler = build_reconciler(
@@ -216,13 +229,6 @@ class Gateway:
             interval=options.key_reload_interval or settings.auth.reload_interval,
             on_reload=fleet.cut_off,
         )
-        replicas = Replicas(
-            runtime,
-            clock,
-            settings.cluster,
-            address=f"http://{settings.server.host}:{settings.server.port}",
-            holding=lambda: holding(pools, fleet),
-        )
         return cls(
             settings=settings,
             clock=clock,
@@ -242,7 +248,8 @@ class Gateway:
             key_reloader=key_reloader,
             responses=ResponseStore(db.responses, clock, retention=settings.responses.retention),
             replicas=replicas,
-            bus=open_bus(settings, replicas.id, clock),
+            bus=bus,
+            slots=keeper,
         )
 
     async def _start(self) -> None:
@@ -258,19 +265,23 @@ class Gateway:
         await self.reload_keys()
         await reconciler.cycle()
         await self.replicas.renew()
+        if self.slots is not None:
+            self.bus.on(SLOT_GRANTED, self._slot_granted)
+            self.bus.on_listening(self.slots.sync_all)  # grants told while it did not listen
+            self._tasks.append(asyncio.create_task(self.slots.run(), name="slots"))
         self.bus.on(COOLDOWN_LIFTED, self._refresh_told)
         self.bus.on(COOLDOWN_BEGAN, self._refresh_told)
         reconciler.on_refused = self._cooldown_began
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
+            asyncio.create_task(self.bus.run(), name="bus"),
         ]
         if self.options.schedule:
             self._tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
             self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
             self._tasks.append(asyncio.create_task(self.replicas.run(), name="replica"))
-            self._tasks.append(asyncio.create_task(self.bus.run(), name="bus"))
             database_url = self.settings.storage.resolved_database_url()
             if not is_sqlite(database_url):
                 watch = CredentialWatch(database_url, self.reload_keys, self.clock)
@@ -312,6 +323,12 @@ class Gateway:
             await self.bus.publish(COOLDOWN_LIFTED, {"backend": backend})
         return lifted
 
+    async def _slot_granted(self, payload: dict[str, object]) -> None:
+        """The cluster's count handed a slot to a request queued here (``pools.shared``)."""
+        pool = self.pools.named(str(payload.get("pool")))
+        if isinstance(pool, SharedPool):
+            pool.granted(str(payload.get("ticket")))
+
     async def _cooldown_began(self, backend: str) -> None:
         """A call here was refused for its credentials, and the cooldown is in the shared store:
         the other replicas take it up now, without a refused call of their own."""
@@ -341,6 +358,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.fleet.aclose()  # ends the publishers' control streams
+        await self.pools.aclose()  # slots given back now, rather than lapse with their leases
         await self.usage.aclose()  # the last batch, before the database goes
         await self.signals.aclose()  # persists what the last requests taught
         await self.reconciler.aclose()
@@ -351,6 +369,7 @@ class Gateway:
 
 
 COOLDOWN_LIFTED = "cooldown.lifted"  # payload: {"backend": name}
+SLOT_GRANTED = "slot.granted"  # payload: {"pool": name, "ticket": id}; sent by cluster.slots' scripts
 COOLDOWN_BEGAN = "cooldown.began"  # payload: {"backend": name}
 
 
@@ -365,10 +384,34 @@ def open_bus(settings: Settings, replica: str, clock: Clock) -> Bus:
     )
 
 
+def build_pools(
+    settings: Settings, clock: Clock, runtime: KeyValueStore, bus: Bus, replica: str
+) -> tuple[PoolRegistry, SlotKeeper | None]:
+    """The pools: this process's own in the embedded default; in cluster mode (the runtime store
+    is Redis) pools whose slots and queue are the cluster's (``pools.shared``), and the keeper
+    that renews their leases."""
+    if not isinstance(runtime, RedisStore) or not isinstance(bus, RedisBus):
+        return PoolRegistry(clock), None
+    cluster = settings.cluster
+    ledger = RedisSlots(runtime, replica, cluster.lease_ttl, bus.direct_channel(""))
+
+    def shared(name: str, *, slots: int, queue_size: int, queue_timeout: float) -> Bounded:
+        return SharedPool(
+            name, slots=slots, queue_size=queue_size, queue_timeout=queue_timeout, clock=clock, ledger=ledger
+        )
+
+    pools = PoolRegistry(clock, make=shared)
+    keeper = SlotKeeper(
+        lambda: [p for p in pools.pools() if isinstance(p, SharedPool)], clock, cluster.heartbeat
+    )
+    return pools, keeper
+
+
 def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:
     """What this replica holds, for its record: open control streams, slots in use."""
     streams = sum(1 for session in fleet.registry.sessions.values() if session.bound)
-    return Holding(streams, sum(stats.active for stats in pools.statistics()))
+    here = sum(s.active if s.active_here is None else s.active_here for s in pools.statistics())
+    return Holding(streams, here)
 
 
 def log_storage(settings: Settings) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from laneway.clock import Clock, within
 from laneway.errors import QueueFull, QueueTimeout
@@ -50,6 +50,12 @@ class PoolStatistics:
     rejected: int  # QueueFull
     timed_out: int  # QueueTimeout
     cancelled: int  # caller gave up while queued
+    # "replica": this process's own pool; "cluster": slots and queue counted across the cluster
+    # (``pools.shared``); "local share": the cluster's count cannot be reached, this replica serves
+    # from its share. Then ``active_here``/``queued_here`` are this replica's part.
+    scope: str = "replica"
+    active_here: int | None = None
+    queued_here: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,18 +70,26 @@ class _Request(Waiter):
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _Releases(Protocol):
+    name: str
+
+    def _release(self, lease: str | None = None) -> None: ...
+
+
 class Slot:
     """Held while the call runs; ``release()`` (idempotent) frees it for the next waiter. Also an
     async context manager (``async with await pool.acquire(...)``), which releases it at the end
-    of the block unless it was handed on (``hand_on``) to whoever keeps using it after the block."""
+    of the block unless it was handed on (``hand_on``) to whoever keeps using it after the block.
+    ``lease``: the slot's id in the cluster's count (``pools.shared``); None in a local pool."""
 
-    __slots__ = ("_pool", "_released", "caller", "waited")
+    __slots__ = ("_pool", "_released", "caller", "lease", "waited")
 
-    def __init__(self, pool: Pool, caller: str, waited: float) -> None:
+    def __init__(self, pool: _Releases, caller: str, waited: float, lease: str | None = None) -> None:
         self._pool = pool
         self._released = False
         self.caller = caller
         self.waited = waited  # seconds spent queued for this slot
+        self.lease = lease
 
     @property
     def released(self) -> bool:
@@ -85,7 +99,7 @@ class Slot:
         if self._released:
             return  # a second release must not free somebody else's slot
         self._released = True
-        self._pool._release()
+        self._pool._release(self.lease)
 
     def hand_on(self) -> Slot:
         """Give the slot to a new owner: the returned handle holds it (its release frees it), this
@@ -95,7 +109,7 @@ class Slot:
         if self._released:
             raise RuntimeError(f"{self!r} cannot be handed on: it was released")
         self._released = True
-        return Slot(self._pool, self.caller, self.waited)
+        return Slot(self._pool, self.caller, self.waited, self.lease)
 
     async def __aenter__(self) -> Slot:
         return self
@@ -237,6 +251,9 @@ class Pool:
             cancelled=self._cancelled,
         )
 
+    async def aclose(self) -> None:
+        """Nothing to finish: this process alone counts its slots."""
+
     def __repr__(self) -> str:
         return f"<Pool {self.name}: {self._active} active, {len(self._queue)} queued>"
 
@@ -248,7 +265,7 @@ class Pool:
         self._waits.record(waited)
         return Slot(self, caller, waited)
 
-    def _release(self) -> None:
+    def _release(self, lease: str | None = None) -> None:
         self._active -= 1
         self._assign()
 

@@ -59,16 +59,19 @@ class SimStats:
     streams_dropped: int = 0  # drop_after_chunks cut them on purpose
     active_streams: int = 0
     active_hangs: int = 0  # discovery requests hang_discovery holds right now
+    active_calls: int = 0  # inference requests being answered right now (streams to their end)
+    most_active_calls: int = 0  # the most at once since start (or the last reset)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def reset(self) -> None:
         """Zero the counters; ``active_*`` are live state, not counters, and stay."""
-        streams, hangs = self.active_streams, self.active_hangs
+        streams, hangs, calls = self.active_streams, self.active_hangs, self.active_calls
         for name, value in asdict(SimStats()).items():
             setattr(self, name, value)
-        self.active_streams, self.active_hangs = streams, hangs
+        self.active_streams, self.active_hangs, self.active_calls = streams, hangs, calls
+        self.most_active_calls = calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,25 @@ class SimApp:
     # -- inference -----------------------------------------------------------------------------
 
     async def _infer(
+        self,
+        endpoint: Generate | Embed,
+        family: str,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        credential: str,
+    ) -> None:
+        """One inference request, counted while it is answered: how many calls a gateway has in
+        flight at once is what its pools promise to bound."""
+        stats = self.stats
+        stats.active_calls += 1
+        stats.most_active_calls = max(stats.most_active_calls, stats.active_calls)
+        try:
+            await self._answer(endpoint, family, body, receive, send, credential)
+        finally:
+            stats.active_calls -= 1
+
+    async def _answer(
         self,
         endpoint: Generate | Embed,
         family: str,

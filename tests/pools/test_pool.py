@@ -468,6 +468,9 @@ async def test_statistics_count_and_measure_waits(clock: ManualClock) -> None:
         "rejected": 1,
         "timed_out": 1,
         "cancelled": 1,
+        "scope": "replica",  # this process's pool: active and queued are all here
+        "active_here": None,
+        "queued_here": None,
     }
 
 

@@ -1,0 +1,266 @@
+"""Pool slots shared by every replica: leases and one fair-share queue per pool, in Redis.
+
+Each pool (a backend's, or a lane's) has, under ``<namespace>slots:<pool>``:
+
+- ``:held``, the leases: a sorted set of lease ids scored by their expiry (milliseconds on Redis's
+  own clock). A slot is held while its lease is there and not expired; the replica holding it
+  renews it every heartbeat (``sync``), so a replica killed with ``kill -9`` gives its slots back
+  when their leases lapse, within ``cluster.lease_ttl``, without anyone noticing its death.
+- the queue, the same discipline as ``laneway.pools.queue.FairQueue`` but cluster-wide: priority
+  classes (``:prio``, a sorted set), in each a rotation of callers (``:rot:<priority>``, a list),
+  each caller's tickets first in, first out (``:w:<priority>:<caller>``, a list), and every queued
+  ticket's owner (``:t``, a hash: ticket -> {replica, priority, caller}).
+
+Every change is one Lua script, so it is atomic: nothing can interleave a check and its write. A
+script that frees a slot (a lease given back, or one that lapsed) hands it to the next ticket at once —
+the lease id is the ticket — and tells the ticket's replica on its own bus channel
+(``slot.granted``), so a request queued on one replica is served when a request on another ends.
+A ticket whose replica is no longer alive (``slots:replicas``, renewed by every call) is dropped
+when its turn comes, so a dead replica's queue does not hold anyone up.
+
+What is lost in transit is found again: ``sync`` renews what a replica holds (re-taking a lease
+that Redis lost, as after a restart), re-queues its tickets that Redis lost, and reports which of
+its tickets were granted meanwhile (a grant message missed while its subscription was down).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from laneway.pools.shared import Answer, Synced
+from laneway.storage.redisstore import RedisStore
+
+# Functions every script shares. KEYS[1]: the pool's base key; KEYS[2]: the live replicas (a
+# sorted set: replica -> lease expiry, ms). Times are Redis's own (TIME), in milliseconds.
+_PRELUDE = """
+local base, live = KEYS[1], KEYS[2]
+local held, tickets, prios = base .. ':held', base .. ':t', base .. ':prio'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function waiting(p, caller) return base .. ':w:' .. p .. ':' .. caller end
+
+local function push(ticket, replica, p, caller)
+  redis.call('HSET', tickets, ticket, cjson.encode({r = replica, p = p, c = caller}))
+  if redis.call('RPUSH', waiting(p, caller), ticket) == 1 then
+    redis.call('RPUSH', base .. ':rot:' .. p, caller)
+  end
+  redis.call('ZADD', prios, tonumber(p), p)
+end
+
+-- Take a queued ticket out wherever it is; false if it was not queued.
+local function unqueue(ticket)
+  local raw = redis.call('HGET', tickets, ticket)
+  if not raw then return false end
+  local t = cjson.decode(raw)
+  redis.call('HDEL', tickets, ticket)
+  local w = waiting(t.p, t.c)
+  redis.call('LREM', w, 1, ticket)
+  if redis.call('LLEN', w) == 0 then
+    local rot = base .. ':rot:' .. t.p
+    redis.call('LREM', rot, 1, t.c)
+    if redis.call('LLEN', rot) == 0 then redis.call('ZREM', prios, t.p) end
+  end
+  return true
+end
+
+-- The next ticket to serve, out of the queue: the highest priority, the caller at the head of
+-- its rotation (then moved to the tail if it still waits), that caller's oldest ticket.
+local function pop()
+  local top = redis.call('ZREVRANGE', prios, 0, 0)
+  if #top == 0 then return nil, nil end
+  local p = top[1]
+  local rot = base .. ':rot:' .. p
+  local caller = redis.call('LINDEX', rot, 0)
+  local w = waiting(p, caller)
+  local ticket = redis.call('LPOP', w)
+  local raw = redis.call('HGET', tickets, ticket)
+  redis.call('HDEL', tickets, ticket)
+  if redis.call('LLEN', w) == 0 then
+    redis.call('LPOP', rot)
+    if redis.call('LLEN', rot) == 0 then redis.call('ZREM', prios, p) end
+  else
+    redis.call('LMOVE', rot, rot, 'LEFT', 'RIGHT')
+  end
+  return ticket, cjson.decode(raw).r
+end
+
+local function alive(replica, now)
+  local expiry = redis.call('ZSCORE', live, replica)
+  return expiry and tonumber(expiry) >= now
+end
+
+-- Lapsed leases go; free slots go to the next tickets, whose replicas are told.
+local function assign(pool, slots, now, ttl, channels)
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+  while redis.call('ZCARD', held) < slots do
+    local ticket, replica = pop()
+    if not ticket then break end
+    if alive(replica, now) then
+      redis.call('ZADD', held, now + ttl, ticket)
+      redis.call('PUBLISH', channels .. replica, cjson.encode(
+        {topic = 'slot.granted', from = '', payload = {pool = pool, ticket = ticket}}))
+    end
+  end
+end
+
+local function counts()
+  return redis.call('ZCARD', held), redis.call('HLEN', tickets)
+end
+"""
+
+# ARGV: pool, replica, slots, ttl, channels, ticket, priority, caller, queue_size
+# -> {1 granted | 0 queued | 2 queue full, held, queued}
+_ACQUIRE = (
+    _PRELUDE
+    + """
+local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local ticket, p, caller, queue_size = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local now = now_ms()
+redis.call('ZADD', live, now + ttl, replica)
+assign(pool, slots, now, ttl, channels)
+local n, q = counts()
+if n < slots then  -- after assign, a free slot means nobody waits
+  redis.call('ZADD', held, now + ttl, ticket)
+  return {1, n + 1, q}
+end
+if q >= queue_size then return {2, n, q} end
+push(ticket, replica, p, caller)
+return {0, n, q + 1}
+"""
+)
+
+# A queued request leaves. ARGV: pool, replica, slots, ttl, channels, ticket, give_back
+# -> {0 left the queue | 1 it holds a lease (granted meanwhile) | 2 its lease was given back |
+#     -1 unknown, held, queued}
+_LEAVE = (
+    _PRELUDE
+    + """
+local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local ticket, give_back = ARGV[6], ARGV[7] == '1'
+local now = now_ms()
+local outcome = -1
+if unqueue(ticket) then
+  outcome = 0
+elseif redis.call('ZSCORE', held, ticket) then
+  outcome = 1
+  if give_back then
+    redis.call('ZREM', held, ticket)
+    assign(pool, slots, now, ttl, channels)
+    outcome = 2
+  end
+end
+local n, q = counts()
+return {outcome, n, q}
+"""
+)
+
+# A replica's heartbeat for one pool. ARGV: pool, replica, slots, ttl, channels, #held, #gone,
+# then the held leases, the leases to give back, and (ticket, priority, caller) per queued ticket.
+# -> {granted tickets, held, queued, ms until the next lease lapses (-1: none), live replicas}
+_SYNC = (
+    _PRELUDE
+    + """
+local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local n_held, n_gone = tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = now_ms()
+redis.call('ZADD', live, now + ttl, replica)
+redis.call('ZREMRANGEBYSCORE', live, '-inf', now - 60000)
+local i = 8
+for _ = 1, n_held do  -- renewed, or re-taken (Redis lost it); never also queued
+  redis.call('ZADD', held, now + ttl, ARGV[i]); unqueue(ARGV[i]); i = i + 1
+end
+for _ = 1, n_gone do redis.call('ZREM', held, ARGV[i]); i = i + 1 end
+local mine = {}
+while i + 2 <= #ARGV do
+  local ticket, p, caller = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if not redis.call('ZSCORE', held, ticket) and not redis.call('HEXISTS', tickets, ticket) then
+    push(ticket, replica, p, caller)  -- Redis lost it (a restart): in the queue again
+  end
+  table.insert(mine, ticket)
+  i = i + 3
+end
+assign(pool, slots, now, ttl, channels)
+local granted = {}
+for _, ticket in ipairs(mine) do
+  if redis.call('ZSCORE', held, ticket) then
+    redis.call('ZADD', held, now + ttl, ticket)
+    table.insert(granted, ticket)
+  end
+end
+local n, q = counts()
+local first = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
+local next_lapse = -1
+if #first == 2 then next_lapse = math.max(0, tonumber(first[2]) - now) end
+return {granted, n, q, next_lapse, redis.call('ZCOUNT', live, now, '+inf')}
+"""
+)
+
+
+@dataclass(eq=False)
+class RedisSlots:
+    """The ``laneway.pools.shared.Ledger`` on Redis: what every ``SharedPool`` of this replica
+    asks. ``channels`` is the prefix of the replicas' own bus channels (``RedisBus``), where a
+    grant is told to the replica whose ticket it is."""
+
+    store: RedisStore
+    replica: str
+    lease_ttl: float
+    channels: str
+
+    def ticket(self) -> str:
+        """A new ticket (and lease) id, unique across the cluster: this replica's id and 12
+        random hex digits."""
+        return f"{self.replica}#{secrets.token_hex(6)}"
+
+    def _keys(self, pool: str) -> list[str]:
+        return [f"slots:{pool}", "slots:replicas"]
+
+    def _common(self, pool: str, slots: int) -> list[str | int | float | bytes]:
+        return [pool, self.replica, slots, round(self.lease_ttl * 1000), self.channels]
+
+    async def acquire(
+        self, pool: str, slots: int, ticket: str, caller: str, priority: int, queue_size: int
+    ) -> Answer:
+        raw = await self.store.evaluate(
+            _ACQUIRE,
+            self._keys(pool),
+            [*self._common(pool, slots), ticket, str(priority), caller, queue_size],
+        )
+        return Answer(*map(int, raw))
+
+    async def leave(self, pool: str, slots: int, ticket: str, *, give_back: bool) -> Answer:
+        args = [*self._common(pool, slots), ticket, "1" if give_back else "0"]
+        raw = await self.store.evaluate(_LEAVE, self._keys(pool), args)
+        return Answer(*map(int, raw))
+
+    async def sync(
+        self,
+        pool: str,
+        slots: int,
+        held: Sequence[str],
+        gone: Sequence[str],
+        queued: Sequence[tuple[str, int, str]],
+    ) -> Synced:
+        args: list[str | int | float | bytes] = [
+            *self._common(pool, slots),
+            len(held),
+            len(gone),
+            *held,
+            *gone,
+        ]
+        for ticket, priority, caller in queued:
+            args += [ticket, str(priority), caller]
+        granted, n, q, next_lapse, replicas = await self.store.evaluate(_SYNC, self._keys(pool), args)
+        return Synced(
+            granted=[t.decode() if isinstance(t, bytes) else str(t) for t in granted],
+            held=int(n),
+            queued=int(q),
+            next_lapse=None if int(next_lapse) < 0 else int(next_lapse) / 1000,
+            replicas=max(1, int(replicas)),
+        )

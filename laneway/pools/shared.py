@@ -1,0 +1,426 @@
+"""A pool whose slots are counted across the cluster: ``SharedPool``, the cluster mode's ``Pool``.
+
+A backend with ``slots: N`` never has more than N calls in flight across all replicas. The count
+and the queue live in a ``Ledger`` every replica asks (``laneway.cluster.slots.RedisSlots``):
+
+- ``acquire`` asks the ledger for a slot: granted at once (a lease, whose id is the request's
+  ticket), refused (the cluster's queue is full: ``QueueFull``), or queued in the cluster's fair
+  queue. A queued request waits here, on an event, until the ledger grants its ticket (the bus
+  brings ``slot.granted``: ``granted``) or its queue deadline passes. Priority and the turns
+  between callers are the cluster's, not this replica's.
+- a slot's release tells the ledger off the request path (the answer is already on its way); the
+  ledger hands the slot to the next ticket, on whichever replica it waits.
+- ``sync`` (every heartbeat, ``SlotKeeper``) renews the leases held here, so they lapse only when
+  this replica stops renewing them (killed: they come back to the others within the lease TTL),
+  and catches up on what a lost message did not say.
+
+Redis away: a pool that cannot reach its ledger serves from **a local share** of its slots
+(``slots // live replicas``, at least 1), with a local fair queue, and says so once in the log.
+When the ledger answers again (the next ``sync``), the leases held here are re-taken, the slots
+released meanwhile given back, the requests still waiting queued in the cluster again, and the pool
+counts cluster-wide again: nothing to restart.
+
+Invariants between two awaits: every waiting request is in ``_waiting`` (by ticket) and in the
+local queue ``_queue`` (whose order only matters while alone); a lease in ``_held`` is this
+replica's (held by a request, or granted to one that has not woken yet); a request that leaves
+takes its ticket out of the ledger (or gives its lease back, if it was granted meanwhile) before
+its exception goes on, so a slot is never leaked for longer than a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from laneway.clock import Clock, within
+from laneway.errors import QueueFull, QueueTimeout
+from laneway.latency import DEFAULT_SIZE, LatencyWindow
+from laneway.pools.pool import PoolStatistics, Slot, _check
+from laneway.pools.queue import FairQueue, Waiter, assign
+from laneway.storage.errors import StoreUnavailable
+
+log = logging.getLogger("laneway.pools")
+
+GRANTED, QUEUED, FULL = 1, 0, 2  # acquire's outcomes
+LEFT, HOLDS, GAVE_BACK = 0, 1, 2  # leave's outcomes (-1: unknown ticket)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A ledger's answer: the outcome, and the pool's cluster-wide count as of that moment."""
+
+    outcome: int
+    held: int  # slots held across the cluster
+    queued: int  # requests waiting across the cluster
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    granted: list[str]  # tickets of this replica that hold a lease now
+    held: int
+    queued: int
+    next_lapse: float | None  # seconds until the pool's first lease lapses (None: it has none)
+    replicas: int  # replicas alive (for the local share while the ledger is away)
+
+
+class Ledger(Protocol):
+    """The cluster's count of every pool's slots and its fair queue. Each call is atomic; each
+    raises ``StoreUnavailable`` when the ledger cannot be reached."""
+
+    replica: str
+
+    def ticket(self) -> str: ...
+
+    async def acquire(
+        self, pool: str, slots: int, ticket: str, caller: str, priority: int, queue_size: int
+    ) -> Answer: ...
+
+    async def leave(self, pool: str, slots: int, ticket: str, *, give_back: bool) -> Answer:
+        """Take ``ticket`` out of the queue; if it holds a lease (granted meanwhile), say so, and
+        with ``give_back`` release it (a slot given back is how every slot comes back)."""
+
+    async def sync(
+        self,
+        pool: str,
+        slots: int,
+        held: Sequence[str],
+        gone: Sequence[str],
+        queued: Sequence[tuple[str, int, str]],
+    ) -> Synced: ...
+
+
+@dataclass(eq=False)
+class _Request(Waiter):
+    ticket: str = ""
+    granted: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class SharedPool:
+    """The same face as ``Pool`` (``acquire``, ``configure``, ``statistics``, ``queued``,
+    ``active``), over the cluster's ``ledger``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        slots: int,
+        queue_size: int,
+        queue_timeout: float,
+        clock: Clock,
+        ledger: Ledger,
+        window: int = DEFAULT_SIZE,
+    ) -> None:
+        _check(slots, queue_size, queue_timeout)
+        self.name = name
+        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
+        self._clock = clock
+        self._ledger = ledger
+        self._held: set[str] = set()  # leases of this replica's requests
+        self._waiting: dict[str, _Request] = {}  # ticket -> request queued here
+        self._queue: FairQueue[_Request] = FairQueue()  # the same requests, in local order
+        self._gone: set[str] = set()  # released while the ledger was away: to give back
+        # Tickets whose requests are leaving at their deadline: the ledger's answer to the leave
+        # says whether the slot is theirs, not a grant message that crosses it.
+        self._leaving: set[str] = set()
+        self._alone: str | None = None  # why the ledger cannot be reached (None: it can)
+        self._replicas = 1  # live replicas, as of the last sync
+        self._cluster_held = 0  # as of the ledger's last answer
+        self._cluster_queued = 0
+        self.next_lapse: float | None = None  # as of the last sync
+        self._background: set[asyncio.Task[None]] = set()
+        self._waits = LatencyWindow(window)
+        self._served = self._rejected = self._timed_out = self._cancelled = 0
+
+    # -- what ranking reads on every request (no I/O) ------------------------------------------
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue_size
+
+    @property
+    def queue_timeout(self) -> float:
+        return self._queue_timeout
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) if self._alone else max(self._cluster_queued, len(self._queue))
+
+    @property
+    def active(self) -> int:
+        return len(self._held) if self._alone else max(self._cluster_held, len(self._held))
+
+    @property
+    def alone(self) -> bool:
+        """The ledger cannot be reached: serving from the local share."""
+        return self._alone is not None
+
+    def share(self) -> int:
+        """The slots this replica may use alone: its share of the pool's, at least one."""
+        return max(1, self._slots // self._replicas)
+
+    # -- acquiring -----------------------------------------------------------------------------
+
+    def configure(self, *, slots: int, queue_size: int, queue_timeout: float) -> None:
+        _check(slots, queue_size, queue_timeout)
+        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
+        if self._alone:
+            self._assign_alone()
+
+    async def acquire(self, caller: str, priority: int = 0) -> Slot:
+        ticket = self._ledger.ticket()
+        if not self._alone:
+            try:
+                answer = await self._ledger.acquire(
+                    self.name, self._slots, ticket, caller, priority, self._queue_size
+                )
+            except StoreUnavailable as exc:
+                self._go_alone(exc.message)
+            else:
+                self._seen(answer)
+                if answer.outcome == GRANTED:
+                    self._held.add(ticket)
+                    return self._serve(ticket, caller, 0.0)
+                if answer.outcome == FULL:
+                    raise self._full(answer.queued)
+                return await self._wait(self._enqueue(ticket, caller, priority))
+        if len(self._held) < self.share() and not self._queue:
+            self._held.add(ticket)
+            return self._serve(ticket, caller, 0.0)
+        if len(self._queue) >= self._queue_size:
+            raise self._full(len(self._queue))
+        return await self._wait(self._enqueue(ticket, caller, priority))
+
+    def _enqueue(self, ticket: str, caller: str, priority: int) -> _Request:
+        request = _Request(caller, priority, self._clock.monotonic(), ticket)
+        self._waiting[ticket] = request
+        self._queue.push(request)
+        return request
+
+    async def _wait(self, request: _Request) -> Slot:
+        timeout = self._queue_timeout
+        try:
+            await within(self._clock, timeout, request.ready.wait())
+        except TimeoutError:
+            if not request.granted and not await self._leave_at_deadline(request):
+                self._timed_out += 1
+                raise QueueTimeout(
+                    f"Waited {timeout:g}s for a slot of pool '{self.name}' "
+                    f"({self._slots} slots, {self.queued} queued); try again shortly",
+                    retry_after=self._retry_after(),
+                ) from None
+        except BaseException as exc:
+            if request.granted:
+                self._release(request.ticket)  # handed a slot as we left: hand it on
+            else:
+                self._forget(request)
+                if not self._alone:  # its ticket out of the cluster's queue (its lease, if granted)
+                    self._spawn(self._give_back(request.ticket))
+            if isinstance(exc, asyncio.CancelledError):
+                self._cancelled += 1
+            raise
+        return self._serve(request.ticket, request.caller, self._clock.monotonic() - request.queued_at)
+
+    async def _leave_at_deadline(self, request: _Request) -> bool:
+        """The queue deadline passed: out of the queue. True if the slot arrived meanwhile (the
+        ledger granted it, the message is on its way): then it is used rather than refused."""
+        self._forget(request)
+        if self._alone:
+            return False
+        self._leaving.add(request.ticket)
+        try:
+            answer = await self._ledger.leave(self.name, self._slots, request.ticket, give_back=False)
+        except StoreUnavailable as exc:
+            self._gone.add(request.ticket)  # granted or not: nothing of it may stay in the ledger
+            self._go_alone(exc.message)
+            return False
+        finally:
+            self._leaving.discard(request.ticket)
+        self._seen(answer)
+        if answer.outcome == HOLDS:
+            self._held.add(request.ticket)
+            request.granted = True
+        return request.granted
+
+    def _forget(self, request: _Request) -> None:
+        self._waiting.pop(request.ticket, None)
+        self._queue.remove(request)
+
+    def _serve(self, lease: str, caller: str, waited: float) -> Slot:
+        self._served += 1
+        self._waits.record(waited)
+        return Slot(self, caller, waited, lease)
+
+    def _full(self, queued: int) -> QueueFull:
+        self._rejected += 1
+        return QueueFull(
+            f"Pool '{self.name}' is busy: {queued} requests already wait for its {self._slots} "
+            "slots; try again shortly",
+            retry_after=self._retry_after(),
+        )
+
+    # -- what the ledger says ------------------------------------------------------------------
+
+    def granted(self, ticket: str) -> None:
+        """The ledger granted ``ticket`` (the bus's ``slot.granted``, or ``sync``): its request
+        holds the slot from now on. A ticket nobody waits for any more gives its slot back."""
+        request = self._waiting.pop(ticket, None)
+        if request is None:
+            if ticket not in self._held and ticket not in self._leaving:
+                self._spawn(self._give_back(ticket))
+            return
+        self._queue.remove(request)
+        self._held.add(ticket)
+        request.granted = True
+        request.ready.set()
+
+    def _seen(self, answer: Answer) -> None:
+        self._cluster_held, self._cluster_queued = answer.held, answer.queued
+
+    # -- releasing -----------------------------------------------------------------------------
+
+    def _release(self, lease: str | None = None) -> None:
+        """A slot came back (``Slot.release``). The ledger is told off the request path."""
+        if lease is None or lease not in self._held:
+            return
+        self._held.discard(lease)
+        if self._alone:
+            self._gone.add(lease)  # its lease may still be in the ledger: given back on return
+            self._assign_alone()
+        else:
+            self._spawn(self._give_back(lease))
+
+    async def _give_back(self, ticket: str) -> None:
+        """Release the lease ``ticket`` holds, or take the ticket out of the queue."""
+        try:
+            self._seen(await self._ledger.leave(self.name, self._slots, ticket, give_back=True))
+        except StoreUnavailable as exc:
+            self._gone.add(ticket)
+            self._go_alone(exc.message)
+
+    # -- the ledger away, and back ---------------------------------------------------------------
+
+    def _go_alone(self, why: str) -> None:
+        if self._alone is None:
+            log.warning(
+                "pool '%s' serves from its local share of %d of its %d slots while the cluster's "
+                "count cannot be reached: %s",
+                self.name,
+                self.share(),
+                self._slots,
+                why,
+            )
+        self._alone = why
+        self._assign_alone()
+
+    def _assign_alone(self) -> None:
+        for request in assign(self._queue, self.share() - len(self._held)):
+            self._waiting.pop(request.ticket, None)
+            self._held.add(request.ticket)
+            request.granted = True
+            request.ready.set()
+
+    async def sync(self) -> None:
+        """Renew this replica's leases, give back what was released while the ledger was away,
+        (re-)queue the tickets waiting here, and take the grants a lost message did not bring.
+        After an outage this is the way back to counting cluster-wide."""
+        queued = [(r.ticket, r.priority, r.caller) for r in self._queue]
+        gone = sorted(self._gone)
+        try:
+            synced = await self._ledger.sync(self.name, self._slots, sorted(self._held), gone, queued)
+        except StoreUnavailable as exc:
+            self._go_alone(exc.message)
+            return
+        self._gone.difference_update(gone)
+        self._replicas = synced.replicas
+        self._cluster_held, self._cluster_queued = synced.held, synced.queued
+        self.next_lapse = synced.next_lapse
+        if self._alone is not None:
+            self._alone = None
+            log.info("pool '%s' counts its %d slots across the cluster again", self.name, self._slots)
+        for ticket in synced.granted:
+            self.granted(ticket)
+
+    @property
+    def busy(self) -> bool:
+        """Has this replica anything in the ledger to keep up (leases, tickets, debts)?"""
+        return bool(self._held or self._waiting or self._gone or self._alone)
+
+    # -- background work -------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Wait for the ledger calls under way (releases): a replica that stops gives its slots
+        back rather than let them lapse."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        waits = self._waits.summary()
+        return PoolStatistics(
+            name=self.name,
+            slots=self._slots,
+            active=self.active,
+            queued=self.queued,
+            queued_by_caller=self._queue.by_caller(),
+            wait_p50=waits.p50,
+            wait_p95=waits.p95,
+            served=self._served,
+            rejected=self._rejected,
+            timed_out=self._timed_out,
+            cancelled=self._cancelled,
+            scope="local share" if self._alone else "cluster",
+            active_here=len(self._held),
+            queued_here=len(self._queue),
+        )
+
+    def _retry_after(self) -> float:
+        p50 = self._waits.summary().p50
+        return max(1.0, min(p50 if p50 is not None else 1.0, self._queue_timeout))
+
+    def __repr__(self) -> str:
+        where = "alone" if self._alone else "cluster"
+        return (
+            f"<SharedPool {self.name} ({where}): {self.active} active, {self.queued} queued; "
+            f"here {len(self._held)} active, {len(self._queue)} queued>"
+        )
+
+
+class SlotKeeper:
+    """Every ``heartbeat``, ``sync`` the shared pools that have something in the ledger; sooner
+    when a pool with requests waiting here has a lease about to lapse (a dead replica's slot is
+    handed on when its lease lapses, not a heartbeat later)."""
+
+    def __init__(self, pools: Callable[[], Iterable[SharedPool]], clock: Clock, heartbeat: float) -> None:
+        self._pools = pools
+        self._clock = clock
+        self._heartbeat = heartbeat
+
+    async def sync_all(self) -> None:
+        pools = [pool for pool in self._pools() if pool.busy]
+        await asyncio.gather(*(pool.sync() for pool in pools))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sync_all()
+            except Exception:  # one bad pass must not stop the leases from being renewed
+                log.exception("renewing the pools' leases failed")
+            wait = self._heartbeat
+            for pool in self._pools():
+                if pool.queued and pool.next_lapse is not None:
+                    wait = min(wait, pool.next_lapse + 0.01)
+            await self._clock.sleep(max(wait, 0.01))
