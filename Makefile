@@ -34,8 +34,11 @@ check: lint typecheck test
 agents: $(STAMP)
 	$(BIN)/python -m tests.agents.install
 
+# The gateway's overhead against a direct call, then what cluster mode costs against the embedded
+# default (bench.cluster: needs this machine's PostgreSQL and Redis, as the tests do).
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead $(ARGS)
+	$(BIN)/python -m bench.cluster $(ARGS)
 
 bench-publish: $(STAMP)
 	$(BIN)/python -m bench.publish $(ARGS)

@@ -74,7 +74,9 @@ class Procs:
                 p.kill()
 
 
-def start(latency: float, workdir: Path) -> Procs:
+def start(latency: float, workdir: Path, **extra: object) -> Procs:
+    """The simulated upstream (core 1) and a gateway in front of it (core 0); ``extra``: config
+    sections laid over the gateway's (``bench.cluster`` gives it PostgreSQL and Redis)."""
     laneway = [sys.executable, "-m", "laneway"]
     sim_port, gw_port = free_port(), free_port()
     sim = subprocess.Popen(
@@ -101,6 +103,8 @@ def start(latency: float, workdir: Path) -> Procs:
         "auth": {"keys": [{"name": "bench", "key": KEY}]},
         "backends": {"sim": {"provider": "openai", "base_url": f"http://127.0.0.1:{sim_port}/v1"}},
     }
+    for section, value in extra.items():
+        config[section] = {**config.get(section, {}), **value} if isinstance(value, dict) else value
     cfg = workdir / f"bench-{gw_port}.yaml"
     cfg.write_text(yaml.safe_dump(config))
     wait_http(f"http://127.0.0.1:{sim_port}/v1/models")

@@ -267,6 +267,7 @@ class Gateway:
         await self.replicas.renew()
         if self.slots is not None:
             self.bus.on(SLOT_GRANTED, self._slot_granted)
+            self.bus.on(SLOT_WANTED, self._slot_wanted)
             self.bus.on_listening(self.slots.sync_all)  # grants told while it did not listen
             self._tasks.append(asyncio.create_task(self.slots.run(), name="slots"))
         self.bus.on(COOLDOWN_LIFTED, self._refresh_told)
@@ -329,6 +330,12 @@ class Gateway:
         if isinstance(pool, SharedPool):
             pool.granted(str(payload.get("ticket")))
 
+    async def _slot_wanted(self, payload: dict[str, object]) -> None:
+        """Someone queued for a pool: the spare leases kept here go back to the queue."""
+        pool = self.pools.named(str(payload.get("pool")))
+        if isinstance(pool, SharedPool):
+            pool.wanted()
+
     async def _cooldown_began(self, backend: str) -> None:
         """A call here was refused for its credentials, and the cooldown is in the shared store:
         the other replicas take it up now, without a refused call of their own."""
@@ -370,6 +377,7 @@ class Gateway:
 
 COOLDOWN_LIFTED = "cooldown.lifted"  # payload: {"backend": name}
 SLOT_GRANTED = "slot.granted"  # payload: {"pool": name, "ticket": id}; sent by cluster.slots' scripts
+SLOT_WANTED = "slot.wanted"  # payload: {"pool": name}; the same, to all: a pool's queue began
 COOLDOWN_BEGAN = "cooldown.began"  # payload: {"backend": name}
 
 
@@ -393,7 +401,7 @@ def build_pools(
     if not isinstance(runtime, RedisStore) or not isinstance(bus, RedisBus):
         return PoolRegistry(clock), None
     cluster = settings.cluster
-    ledger = RedisSlots(runtime, replica, cluster.lease_ttl, bus.direct_channel(""))
+    ledger = RedisSlots(runtime, replica, cluster.lease_ttl, bus.direct_channel(""), bus.channel)
 
     def shared(name: str, *, slots: int, queue_size: int, queue_timeout: float) -> Bounded:
         return SharedPool(

@@ -97,6 +97,11 @@ class RedisBus:
         self._handlers: dict[str, list[Handler]] = {}
         self._listening: list[Callable[[], Awaitable[None]]] = []
 
+    @property
+    def channel(self) -> str:
+        """The channel every replica hears (``publish``)."""
+        return self._channel
+
     def direct_channel(self, replica: str) -> str:
         """The channel of one replica's own messages (``send``)."""
         return f"{self._namespace}events:{replica}"

@@ -114,13 +114,14 @@ local function counts()
 end
 """
 
-# ARGV: pool, replica, slots, ttl, channels, ticket, priority, caller, queue_size
-# -> {1 granted | 0 queued | 2 queue full, held, queued}
+# ARGV: pool, replica, slots, ttl, channels, ticket, priority, caller, queue_size, broadcast
+# -> {1 granted | 0 queued | 2 queue full, held, queued}. The first ticket to queue tells every
+# replica (``slot.wanted`` on the broadcast channel): their spare leases are wanted.
 _ACQUIRE = (
     _PRELUDE
     + """
 local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local ticket, p, caller, queue_size = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local ticket, p, caller, queue_size, broadcast = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local now = now_ms()
 redis.call('ZADD', live, now + ttl, replica)
 assign(pool, slots, now, ttl, channels)
@@ -131,6 +132,9 @@ if n < slots then  -- after assign, a free slot means nobody waits
 end
 if q >= queue_size then return {2, n, q} end
 push(ticket, replica, p, caller)
+if q == 0 then
+  redis.call('PUBLISH', broadcast, cjson.encode({topic = 'slot.wanted', from = '', payload = {pool = pool}}))
+end
 return {0, n, q + 1}
 """
 )
@@ -211,7 +215,8 @@ class RedisSlots:
     store: RedisStore
     replica: str
     lease_ttl: float
-    channels: str
+    channels: str  # the prefix of each replica's own channel
+    broadcast: str  # the channel every replica hears
 
     def ticket(self) -> str:
         """A new ticket (and lease) id, unique across the cluster: this replica's id and 12
@@ -230,7 +235,7 @@ class RedisSlots:
         raw = await self.store.evaluate(
             _ACQUIRE,
             self._keys(pool),
-            [*self._common(pool, slots), ticket, str(priority), caller, queue_size],
+            [*self._common(pool, slots), ticket, str(priority), caller, queue_size, self.broadcast],
         )
         return Answer(*map(int, raw))
 

@@ -10,6 +10,13 @@ and the queue live in a ``Ledger`` every replica asks (``laneway.cluster.slots.R
   between callers are the cluster's, not this replica's.
 - a slot's release tells the ledger off the request path (the answer is already on its way); the
   ledger hands the slot to the next ticket, on whichever replica it waits.
+- **spare leases**: while nobody in the cluster waits for the pool, a released slot's lease is kept
+  here as a spare and the next acquire takes it without asking the ledger, so an uncontended pool
+  costs no Redis round trip per request. Spares still count in the cluster's total (they are
+  leases), so the bound always holds. The moment anyone queues for the pool, every replica is told
+  (``slot.wanted``) and gives its spares back; while requests wait, every release goes to the
+  ledger, which serves the cluster's queue in its order. Each heartbeat a replica keeps only as
+  many spares as its recent peak of calls needs, so an idle replica holds none.
 - ``sync`` (every heartbeat, ``SlotKeeper``) renews the leases held here, so they lapse only when
   this replica stops renewing them (killed: they come back to the others within the lease TTL),
   and catches up on what a lost message did not say.
@@ -22,9 +29,10 @@ counts cluster-wide again: nothing to restart.
 
 Invariants between two awaits: every waiting request is in ``_waiting`` (by ticket) and in the
 local queue ``_queue`` (whose order only matters while alone); a lease in ``_held`` is this
-replica's (held by a request, or granted to one that has not woken yet); a request that leaves
-takes its ticket out of the ledger (or gives its lease back, if it was granted meanwhile) before
-its exception goes on, so a slot is never leaked for longer than a lease.
+replica's (held by a request, granted to one that has not woken yet, or spare: then it is in
+``_spare`` too); no spare is kept while the pool is contended; a request that leaves takes its
+ticket out of the ledger (or gives its lease back, if it was granted meanwhile) before its
+exception goes on, so a slot is never leaked for longer than a lease.
 """
 
 from __future__ import annotations
@@ -119,7 +127,10 @@ class SharedPool:
         self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
         self._clock = clock
         self._ledger = ledger
-        self._held: set[str] = set()  # leases of this replica's requests
+        self._held: set[str] = set()  # leases of this replica: its requests' and its spares
+        self._spare: list[str] = []  # held leases no request uses now (a subset of _held)
+        self._contended = False  # someone in the cluster waits for this pool (as last heard)
+        self._peak = 0  # the most leases in use here since the last sync (spares kept for it)
         self._waiting: dict[str, _Request] = {}  # ticket -> request queued here
         self._queue: FairQueue[_Request] = FairQueue()  # the same requests, in local order
         self._gone: set[str] = set()  # released while the ledger was away: to give back
@@ -155,7 +166,14 @@ class SharedPool:
 
     @property
     def active(self) -> int:
-        return len(self._held) if self._alone else max(self._cluster_held, len(self._held))
+        if self._alone:
+            return self.in_use
+        return max(self._cluster_held - len(self._spare), self.in_use)
+
+    @property
+    def in_use(self) -> int:
+        """Leases this replica's requests hold (not its spares)."""
+        return len(self._held) - len(self._spare)
 
     @property
     def alone(self) -> bool:
@@ -175,6 +193,8 @@ class SharedPool:
             self._assign_alone()
 
     async def acquire(self, caller: str, priority: int = 0) -> Slot:
+        if self._spare and not self._contended and not self._alone:
+            return self._serve(self._spare.pop(), caller, 0.0)  # no round trip: nobody waits
         ticket = self._ledger.ticket()
         if not self._alone:
             try:
@@ -191,7 +211,7 @@ class SharedPool:
                 if answer.outcome == FULL:
                     raise self._full(answer.queued)
                 return await self._wait(self._enqueue(ticket, caller, priority))
-        if len(self._held) < self.share() and not self._queue:
+        if self.in_use < self.share() and not self._queue:
             self._held.add(ticket)
             return self._serve(ticket, caller, 0.0)
         if len(self._queue) >= self._queue_size:
@@ -254,6 +274,7 @@ class SharedPool:
         self._queue.remove(request)
 
     def _serve(self, lease: str, caller: str, waited: float) -> Slot:
+        self._peak = max(self._peak, self.in_use)
         self._served += 1
         self._waits.record(waited)
         return Slot(self, caller, waited, lease)
@@ -283,12 +304,30 @@ class SharedPool:
 
     def _seen(self, answer: Answer) -> None:
         self._cluster_held, self._cluster_queued = answer.held, answer.queued
+        self._contended = answer.queued > 0
+        if self._contended:
+            self._give_back_spares()
+
+    def wanted(self) -> None:
+        """Someone in the cluster queued for this pool (the bus's ``slot.wanted``): the spares
+        kept here go back to the ledger, which hands them to the queue."""
+        self._contended = True
+        self._give_back_spares()
+
+    def _give_back_spares(self) -> None:
+        spares, self._spare = self._spare, []
+        for lease in spares:
+            self._held.discard(lease)
+            self._spawn(self._give_back(lease))
 
     # -- releasing -----------------------------------------------------------------------------
 
     def _release(self, lease: str | None = None) -> None:
         """A slot came back (``Slot.release``). The ledger is told off the request path."""
         if lease is None or lease not in self._held:
+            return
+        if not (self._alone or self._contended or self._queue):
+            self._spare.append(lease)  # kept for the next call here: nobody else waits for it
             return
         self._held.discard(lease)
         if self._alone:
@@ -318,10 +357,14 @@ class SharedPool:
                 why,
             )
         self._alone = why
+        for lease in self._spare:  # not used while alone; given back when the ledger answers again
+            self._held.discard(lease)
+            self._gone.add(lease)
+        self._spare = []
         self._assign_alone()
 
     def _assign_alone(self) -> None:
-        for request in assign(self._queue, self.share() - len(self._held)):
+        for request in assign(self._queue, self.share() - self.in_use):
             self._waiting.pop(request.ticket, None)
             self._held.add(request.ticket)
             request.granted = True
@@ -331,6 +374,13 @@ class SharedPool:
         """Renew this replica's leases, give back what was released while the ledger was away,
         (re-)queue the tickets waiting here, and take the grants a lost message did not bring.
         After an outage this is the way back to counting cluster-wide."""
+        # Spares beyond the recent peak of calls go back: an idle replica keeps none.
+        keep = 0 if self._contended else max(0, self._peak - self.in_use)
+        while len(self._spare) > keep:
+            lease = self._spare.pop(0)
+            self._held.discard(lease)
+            self._gone.add(lease)
+        self._peak = self.in_use
         queued = [(r.ticket, r.priority, r.caller) for r in self._queue]
         gone = sorted(self._gone)
         try:
@@ -341,6 +391,9 @@ class SharedPool:
         self._gone.difference_update(gone)
         self._replicas = synced.replicas
         self._cluster_held, self._cluster_queued = synced.held, synced.queued
+        self._contended = synced.queued > 0
+        if self._contended:
+            self._give_back_spares()  # a slot.wanted this replica did not hear
         self.next_lapse = synced.next_lapse
         if self._alone is not None:
             self._alone = None
@@ -383,7 +436,7 @@ class SharedPool:
             timed_out=self._timed_out,
             cancelled=self._cancelled,
             scope="local share" if self._alone else "cluster",
-            active_here=len(self._held),
+            active_here=self.in_use,
             queued_here=len(self._queue),
         )
 
@@ -395,7 +448,7 @@ class SharedPool:
         where = "alone" if self._alone else "cluster"
         return (
             f"<SharedPool {self.name} ({where}): {self.active} active, {self.queued} queued; "
-            f"here {len(self._held)} active, {len(self._queue)} queued>"
+            f"here {self.in_use} active, {len(self._spare)} spare, {len(self._queue)} queued>"
         )
 
 

@@ -68,6 +68,11 @@ class Replica:
         if pool is not None:
             pool.granted(payload["ticket"])
 
+    async def wanted(self, payload: dict[str, Any]) -> None:
+        pool = self.pools.get(payload["pool"])
+        if pool is not None:
+            pool.wanted()
+
 
 @asynccontextmanager
 async def cluster(
@@ -78,9 +83,10 @@ async def cluster(
     for name in names:
         store = RedisStore(url, namespace=namespace, timeout=0.5, breaker=RedisBreaker(SystemClock()))
         bus = RedisBus(url, namespace=namespace, replica=name, clock=SystemClock(), timeout=0.5)
-        ledger = RedisSlots(store, name, lease_ttl, bus.direct_channel(""))
+        ledger = RedisSlots(store, name, lease_ttl, bus.direct_channel(""), bus.channel)
         replica = Replica(name, store, bus, ledger, clock or SystemClock())
         bus.on("slot.granted", replica.granted)
+        bus.on("slot.wanted", replica.wanted)
         replicas[name] = replica
     listening = asyncio.Event()
     heard: set[str] = set()
@@ -169,6 +175,9 @@ async def test_never_more_calls_than_slots_across_replicas() -> None:
         await asyncio.gather(*tasks)
         assert calls.most == 2
         assert sorted(calls.order) == sorted(f"{n}{i}" for i in range(3) for n in "abc")
+        for _ in range(2):  # the first heartbeat keeps spares for the recent peak, the next none
+            for replica in rs.values():
+                await replica.pool().sync()
         for replica in rs.values():
             await replica.pool().aclose()
         await rs["a"].pool().sync()
@@ -241,6 +250,7 @@ async def test_a_queue_deadline_is_the_replicas_own() -> None:
         held = await rs["a"].pool(slots=1, timeout=5).acquire("x")
         waiter = asyncio.create_task(rs["b"].pool(slots=1, timeout=5).acquire("y"))
         await until(lambda: rs["b"].pool().statistics().queued_here == 1, "queued")
+        await asyncio.sleep(0.05)  # its deadline's timer is set on the manual clock
         clock.advance(5)
         with pytest.raises(QueueTimeout):
             await waiter
@@ -295,8 +305,9 @@ async def test_a_grant_whose_message_was_missed_is_found_by_the_next_sync() -> N
         held = await rs["a"].pool(slots=1).acquire("x")
         waiter = asyncio.create_task(rs["b"].pool(slots=1).acquire("y"))
         await until(lambda: rs["b"].pool().statistics().queued_here == 1, "queued")
-        held.release()
-        await rs["a"].pool().aclose()  # the release reached Redis: b's ticket holds the slot now
+        held.release()  # a did not hear that b waits: it keeps the lease as a spare
+        await rs["a"].pool().sync()  # its heartbeat learns the cluster's queue: the spare goes back
+        await rs["a"].pool().aclose()  # that release reached Redis: b's ticket holds the slot now
         await asyncio.sleep(0.05)
         assert not waiter.done()  # the grant message went to nobody
         await rs["b"].pool().sync()
@@ -332,14 +343,15 @@ async def test_redis_away_means_a_local_share_and_its_return_counting_together_a
             fifth = asyncio.create_task(rs["b"].pool().acquire("y"))
             await until(lambda: rs["b"].pool().statistics().queued_here == 1, "the fifth waits for a slot")
             before.release()
-            # b's bus may not listen again yet (it reconnects with backoff): its keeper's next sync
-            # finds the grant the message did not bring
-            keeper = asyncio.create_task(rs["b"].keeper(heartbeat=0.1).run())
+            # the buses may not listen again yet (they reconnect with backoff): the keepers' next
+            # syncs find what the messages did not bring (a's spare wanted, b's grant)
+            keepers = [asyncio.create_task(r.keeper(heartbeat=0.1).run()) for r in rs.values()]
             try:
                 await asyncio.wait_for(fifth, 5)
             finally:
-                keeper.cancel()
-                await asyncio.gather(keeper, return_exceptions=True)
+                for keeper in keepers:
+                    keeper.cancel()
+                await asyncio.gather(*keepers, return_exceptions=True)
             extra.release()
             for slot in more:
                 slot.release()
@@ -358,3 +370,47 @@ async def test_a_slot_handed_on_keeps_its_lease() -> None:
 
 
 __all__ = ["own_redis"]  # the fixture, imported for this module's tests
+
+
+async def test_an_uncontended_pool_keeps_spare_leases_and_gives_them_up_when_wanted() -> None:
+    async with cluster("a", "b") as rs:
+        pool = rs["a"].pool(slots=2)
+        calls = {"n": 0}
+        acquire = rs["a"].ledger.acquire
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            return await acquire(*args, **kwargs)
+
+        rs["a"].ledger.acquire = counted  # type: ignore[method-assign]
+        for _ in range(20):  # one call after the other: one lease, asked for once, then kept
+            (await pool.acquire("x")).release()
+        assert calls["n"] == 1
+        assert (pool.in_use, pool.statistics().active_here) == (0, 0)
+        two = [await pool.acquire("x"), await pool.acquire("x")]  # the spare, and one more lease
+        assert calls["n"] == 2
+        for slot in two:
+            slot.release()  # both kept as spares: a holds the pool's two slots, using none
+        waiter = asyncio.create_task(rs["b"].pool(slots=2).acquire("y"))
+        slot = await asyncio.wait_for(waiter, 5)  # b queued; a heard slot.wanted and gave them back
+        assert slot.lease is not None
+        assert slot.lease.startswith("b#")
+        slot.release()
+        await pool.sync()
+        await rs["b"].pool().sync()
+        assert pool.statistics().active_here == 0
+
+
+async def test_an_idle_replica_keeps_no_spares_past_its_heartbeat() -> None:
+    async with cluster("a") as rs:
+        pool = rs["a"].pool(slots=4)
+        slots = [await pool.acquire("x") for _ in range(3)]
+        for slot in slots:
+            slot.release()
+        await pool.sync()  # the peak since the last sync was 3: three spares kept for it
+        assert pool.active == 0
+        await pool.sync()  # no call since: the spares go back
+        await pool.aclose()
+        await pool.sync()
+        assert pool.statistics().as_dict()["active"] == 0
+        assert not pool.busy

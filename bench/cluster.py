@@ -1,0 +1,173 @@
+"""What cluster mode costs: one replica in cluster mode (PostgreSQL and Redis) against the same
+replica embedded (SQLite, in-process state), side by side in one run, in front of the same kind of
+simulated upstream, measured in alternating rounds so that the machine's drift hits both alike.
+
+    make bench                              # runs this after bench.overhead
+    python -m bench.cluster --rounds 3      # more rounds, 3 s cells
+
+Cluster mode adds a Redis round trip where sharing needs one: a pool slot is leased from the
+cluster's count when a call starts (its release goes off the request path). The targets (issue 14):
+at concurrency 1 at most 0.3 ms more p50 than embedded; at concurrency 64 at least 80% of its
+throughput. Both gateways run pinned to core 0, one measured at a time; the upstream and the load
+generator share core 1; Redis and PostgreSQL are this machine's (a fresh database and key prefix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.loadgen import Result, run
+from bench.overhead import KEY, Procs, body, markdown_table, start
+
+REDIS_URL = os.environ.get("LANEWAY_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+PG_ADMIN = os.environ.get("LANEWAY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def admin_sql(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_ADMIN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Cell:
+    latency_ms: int
+    stream: bool
+    concurrency: int
+    embedded: list[Result] = field(default_factory=list)
+    cluster: list[Result] = field(default_factory=list)
+
+    @staticmethod
+    def mean(results: list[Result], attr: str) -> float:
+        return sum(getattr(r, attr) for r in results) / len(results)
+
+    def cells(self) -> list[str]:
+        e_rps, c_rps = self.mean(self.embedded, "rps"), self.mean(self.cluster, "rps")
+        e_p50, c_p50 = self.mean(self.embedded, "p50_ms"), self.mean(self.cluster, "p50_ms")
+        errors = sum(r.errors for r in self.embedded), sum(r.errors for r in self.cluster)
+        return [
+            f"{self.latency_ms}",
+            "yes" if self.stream else "no",
+            f"{self.concurrency}",
+            f"{e_rps:,.0f}",
+            f"{c_rps:,.0f}",
+            f"{c_rps / e_rps:.2f}" if e_rps else "nan",
+            f"{e_p50:.2f}",
+            f"{c_p50:.2f}",
+            f"{c_p50 - e_p50:+.2f}",
+            f"{len(self.embedded)}",
+            f"{errors[0]}/{errors[1]}",
+        ]
+
+
+HEADER = [
+    "upstream ms",
+    "stream",
+    "conc",
+    "embedded rps",
+    "cluster rps",
+    "ratio",
+    "embedded p50",
+    "cluster p50",
+    "added p50",
+    "rounds",
+    "errors e/c",
+]
+
+
+async def measure(args: argparse.Namespace) -> list[Cell]:
+    workdir = Path(tempfile.mkdtemp(prefix="laneway-bench-cluster-"))
+    database = f"laneway_bench_{uuid.uuid4().hex[:10]}"
+    await admin_sql(f'CREATE DATABASE "{database}"')
+    cells: list[Cell] = []
+    try:
+        for latency in args.latencies:
+            embedded = start(latency / 1000, workdir)
+            cluster: Procs | None = None
+            try:
+                cluster = start(
+                    latency / 1000,
+                    workdir,
+                    storage={
+                        "database_url": f"{PG_ADMIN.rsplit('/', 1)[0]}/{database}",
+                        "runtime_url": REDIS_URL,
+                    },
+                    cluster={"namespace": f"laneway-bench-{uuid.uuid4().hex[:8]}:"},
+                )
+                for stream in (False, True):
+                    for conc in args.concurrency:
+                        cell = Cell(latency, stream, conc)
+                        for _ in range(args.rounds):
+                            for procs, results in ((embedded, cell.embedded), (cluster, cell.cluster)):
+                                results.append(
+                                    await run(
+                                        "127.0.0.1",
+                                        procs.gw_port,
+                                        "/v1/chat/completions",
+                                        body(stream),
+                                        headers={"authorization": f"Bearer {KEY}"},
+                                        concurrency=conc,
+                                        duration=args.duration,
+                                    )
+                                )
+                        cells.append(cell)
+                        print("  ".join(cell.cells()), flush=True)
+            finally:
+                embedded.stop()
+                if cluster is not None:
+                    cluster.stop()
+    finally:
+        await admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell and round")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--latencies", type=int, nargs="+", default=[0], help="upstream latency, ms")
+    parser.add_argument("--quick", action="store_true", help="1 s cells, one round")
+    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds = 1.0, 1
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    print("  ".join(HEADER), flush=True)
+    try:
+        cells = runner(measure(args))
+    except OSError as exc:
+        sys.exit(
+            f"bench.cluster needs PostgreSQL ({PG_ADMIN}) and Redis ({REDIS_URL}); "
+            f"set LANEWAY_BENCH_PG / LANEWAY_BENCH_REDIS to reach them: {exc}"
+        )
+    text = markdown_table(HEADER, [c.cells() for c in cells])
+    print("\n" + text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
