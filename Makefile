@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo serve test lint typecheck check bench bench-publish agents clean
+.PHONY: demo serve test system-deps lint typecheck check bench bench-publish agents clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/laneway demo$(if $(PORT), --port $(PORT))
 
-test: $(STAMP)
+# Debian packages the suite runs as real programs (haproxy), installed when missing.
+system-deps:
+	./scripts/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)

@@ -324,6 +324,16 @@ class Gateway:
             await self.bus.publish(COOLDOWN_LIFTED, {"backend": backend})
         return lifted
 
+    def pool_every_lane(self) -> None:
+        """Make the pool of every lane's backend (or lane) now, not at its first request: in
+        cluster mode a pool's count is the cluster's, and an operator asking one replica sees it
+        whether or not that replica sent a request through it yet. No I/O."""
+        backends = self.router.backends
+        for lane in self.inventory.lanes():
+            config = backends.config(lane.backend)
+            if config is not None:
+                self.pools.pool_for(lane.backend, lane.id, config)
+
     async def _slot_granted(self, payload: dict[str, object]) -> None:
         """The cluster's count handed a slot to a request queued here (``pools.shared``)."""
         pool = self.pools.named(str(payload.get("pool")))

@@ -28,6 +28,7 @@ from laneway.errors import InvalidRequest, ModelNotFound
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Lane
 from laneway.inventory.reconcile import Reconciler
+from laneway.pools.shared import SharedPool
 
 LANE_FIELDS = frozenset(Lane("local", "f", "b", "chat", "m").as_dict())
 
@@ -144,8 +145,19 @@ class AdminRoutes:
         return self._json({"ttl": signals.settings.ttl, "signals": shown})
 
     async def pools(self, request: Request) -> Response:
+        """Every pool's statistics; a pool counted across the cluster also says which replica
+        holds and queues what (``replicas``), read now. ``served``, ``rejected`` and the waits are
+        this replica's."""
         self._admin(request)
-        return self._json({"pools": [p.as_dict() for p in self.gateway.pools.statistics()]})
+        if self.gateway.slots is not None:
+            self.gateway.pool_every_lane()  # the cluster's pools, whether this replica used them yet
+        shown = []
+        for pool in sorted(self.gateway.pools.pools(), key=lambda p: p.name):
+            entry = pool.statistics().as_dict()
+            if isinstance(pool, SharedPool):
+                entry["replicas"] = await pool.holders()
+            shown.append(entry)
+        return self._json({"replica": self.gateway.replicas.id, "pools": shown})
 
     async def replicas(self, request: Request) -> Response:
         """The live replicas (their records in the runtime store: every replica sharing this one's

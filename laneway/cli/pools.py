@@ -27,6 +27,7 @@ HEADERS = [
     "TIMED OUT",
     "CANCELLED",
     "TOP QUEUED",
+    "REPLICAS",
 ]
 TOP_CALLERS = 3  # callers named in TOP QUEUED; the rest are counted; --json has them all
 
@@ -68,9 +69,21 @@ def pool_rows(pools: list[dict[str, Any]]) -> list[list[str]]:
             str(p["timed_out"]),
             str(p["cancelled"]),
             top_callers(p["queued_by_caller"]),
+            replica_shares(p.get("replicas")),
         ]
         for p in pools
     ]
+
+
+def replica_shares(replicas: Mapping[str, Mapping[str, int]] | None) -> str:
+    """``r1=2,r2=1+3q``: the slots each replica holds and (``+Nq``) the requests it has queued,
+    for a pool counted across the cluster; ``-`` for a pool of this replica alone."""
+    if not replicas:
+        return "-"
+    return ",".join(
+        f"{name}={share.get('held', 0)}" + (f"+{share['queued']}q" if share.get("queued") else "")
+        for name, share in replicas.items()
+    )
 
 
 def print_pools(pools: list[dict[str, Any]]) -> None:

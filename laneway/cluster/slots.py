@@ -206,6 +206,32 @@ return {granted, n, q, next_lapse, redis.call('ZCOUNT', live, now, '+inf')}
 )
 
 
+# Who holds and who waits, by replica (a lease's and a ticket's id start with their replica's).
+# -> {replica, held, queued, replica, held, queued, ...}
+_CENSUS = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local by = {}
+local order = {}
+local function count(replica, i)
+  if not by[replica] then by[replica] = {0, 0}; table.insert(order, replica) end
+  by[replica][i] = by[replica][i] + 1
+end
+for _, lease in ipairs(redis.call('ZRANGEBYSCORE', held, now, '+inf')) do
+  count(string.match(lease, '^(.*)#[^#]*$') or lease, 1)
+end
+local all = redis.call('HGETALL', tickets)
+for i = 2, #all, 2 do count(cjson.decode(all[i]).r, 2) end
+local out = {}
+for _, replica in ipairs(order) do
+  table.insert(out, replica); table.insert(out, by[replica][1]); table.insert(out, by[replica][2])
+end
+return out
+"""
+)
+
+
 @dataclass(eq=False)
 class RedisSlots:
     """The ``laneway.pools.shared.Ledger`` on Redis: what every ``SharedPool`` of this replica
@@ -243,6 +269,16 @@ class RedisSlots:
         args = [*self._common(pool, slots), ticket, "1" if give_back else "0"]
         raw = await self.store.evaluate(_LEAVE, self._keys(pool), args)
         return Answer(*map(int, raw))
+
+    async def census(self, pool: str) -> dict[str, tuple[int, int]]:
+        raw = await self.store.evaluate(_CENSUS, self._keys(pool), [])
+        return {
+            (raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])): (
+                int(raw[i + 1]),
+                int(raw[i + 2]),
+            )
+            for i in range(0, len(raw), 3)
+        }
 
     async def sync(
         self,

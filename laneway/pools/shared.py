@@ -99,6 +99,9 @@ class Ledger(Protocol):
         queued: Sequence[tuple[str, int, str]],
     ) -> Synced: ...
 
+    async def census(self, pool: str) -> dict[str, tuple[int, int]]:
+        """Replica -> (leases it holds, tickets it has queued), read now."""
+
 
 @dataclass(eq=False)
 class _Request(Waiter):
@@ -420,6 +423,16 @@ class SharedPool:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- reading -------------------------------------------------------------------------------
+
+    async def holders(self) -> dict[str, dict[str, int]]:
+        """Which replica holds and queues what, read from the cluster's count now (an operator's
+        view: ``/admin/pools``). Spare leases count as held: they are. Empty when it cannot be
+        read."""
+        try:
+            census = await self._ledger.census(self.name)
+        except StoreUnavailable:
+            return {}
+        return {replica: {"held": h, "queued": q} for replica, (h, q) in sorted(census.items())}
 
     def statistics(self) -> PoolStatistics:
         waits = self._waits.summary()

@@ -37,6 +37,7 @@ POOL_HEADERS = [
     "TIMED OUT",
     "CANCELLED",
     "TOP QUEUED",
+    "REPLICAS",
 ]
 
 
@@ -152,6 +153,7 @@ def test_pools_table_shows_the_slot_holder_and_who_waits(gw: RunningGateway) -> 
         "TIMED OUT": "0",
         "CANCELLED": "0",
         "TOP QUEUED": "app=1",
+        "REPLICAS": "-",  # this replica's own pool (cluster mode: who holds and queues what)
     }
     for name in ("bad", "good"):  # the request to r went through both, one attempt each
         assert (rows[name]["SLOTS"], rows[name]["ACTIVE"], rows[name]["SERVED"]) == ("64", "0", "1")
@@ -176,7 +178,11 @@ def test_pools_json_is_the_gateways_answer(gw: RunningGateway) -> None:
         "rejected",
         "timed_out",
         "cancelled",
+        "scope",
+        "active_here",
+        "queued_here",
     }
+    assert pools["good"]["scope"] == "replica"
 
 
 def test_pools_watch_draws_until_its_count(gw: RunningGateway) -> None:

@@ -112,6 +112,11 @@ def test_the_slots_of_a_killed_replica_come_back_when_their_leases_lapse(
             waiting = threads.submit(chat, urls["r2"], 60)  # r2's call waits for a slot
             wait_for(lambda: pool(urls["r2"])["queued"] == 1, "r2's call is queued in the cluster")
             assert sim.stats.active_calls == 2
+            for url in (urls["r2"], urls["r3"]):  # who holds and who waits, seen from any replica
+                assert pool(url)["replicas"] == {
+                    "r1": {"held": 2, "queued": 0},
+                    "r2": {"held": 0, "queued": 1},
+                }
             sim.options.latency = 0.0  # from now on the upstream answers at once
             started["r1"].kill()  # kill -9: it gives nothing back; its leases lapse (lease_ttl 2 s)
             started["r1"].wait(timeout=10)
