@@ -40,6 +40,7 @@ from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage.errors import StorageError
 from laneway.storage.redisstore import RedisStore
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
@@ -129,6 +130,7 @@ class Gateway:
     replicas: Replicas  # this replica's record in the runtime store, and the live ones
     bus: Bus  # what this replica tells the others at once (cluster.bus); NoBus when alone
     slots: SlotKeeper | None  # cluster mode: renews the leases of the pools' slots held here
+    hot: RedisStore | None  # cluster mode: Redis for the request path (cluster.redis_request_timeout)
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -185,7 +187,12 @@ class Gateway:
             holding=lambda: holding(pools, fleet),
         )
         bus = open_bus(settings, replicas.id, clock)
-        pools, keeper = build_pools(settings, clock, runtime, bus, replicas.id)
+        hot = (
+            runtime.sibling(timeout=settings.cluster.redis_request_timeout)
+            if isinstance(runtime, RedisStore)
+            else None
+        )
+        pools, keeper = build_pools(settings, clock, hot, bus, replicas.id)
         signals = Signals(cache, clock, settings.signals)
         usage = UsageRecorder(db.usage.add_many, clock)
         reconciler = build_reconciler(
@@ -250,6 +257,7 @@ class Gateway:
             replicas=replicas,
             bus=bus,
             slots=keeper,
+            hot=hot,
         )
 
     async def _start(self) -> None:
@@ -381,6 +389,9 @@ class Gateway:
         await self.reconciler.aclose()
         await self.replicas.aclose()  # out of the cluster's list at once
         await self.bus.aclose()
+        if self.hot is not None:
+            with contextlib.suppress(StorageError):
+                await self.hot.aclose()
         await self.runtime.aclose()
         await self.db.aclose()
 
@@ -403,15 +414,15 @@ def open_bus(settings: Settings, replica: str, clock: Clock) -> Bus:
 
 
 def build_pools(
-    settings: Settings, clock: Clock, runtime: KeyValueStore, bus: Bus, replica: str
+    settings: Settings, clock: Clock, hot: RedisStore | None, bus: Bus, replica: str
 ) -> tuple[PoolRegistry, SlotKeeper | None]:
-    """The pools: this process's own in the embedded default; in cluster mode (the runtime store
-    is Redis) pools whose slots and queue are the cluster's (``pools.shared``), and the keeper
-    that renews their leases."""
-    if not isinstance(runtime, RedisStore) or not isinstance(bus, RedisBus):
+    """The pools: this process's own in the embedded default; in cluster mode (``hot``: the
+    request path's Redis) pools whose slots and queue are the cluster's (``pools.shared``), and
+    the keeper that renews their leases."""
+    if hot is None or not isinstance(bus, RedisBus):
         return PoolRegistry(clock), None
     cluster = settings.cluster
-    ledger = RedisSlots(runtime, replica, cluster.lease_ttl, bus.direct_channel(""), bus.channel)
+    ledger = RedisSlots(hot, replica, cluster.lease_ttl, bus.direct_channel(""), bus.channel)
 
     def shared(name: str, *, slots: int, queue_size: int, queue_timeout: float) -> Bounded:
         return SharedPool(

@@ -29,6 +29,10 @@ class ClusterConfig(Strict):
     # A Redis call (connecting, or one reply) that takes longer has failed; after a few such in a
     # row the store stops trying for a moment (storage.redisstore.RedisBreaker).
     redis_timeout: Seconds = 1.0
+    # The same, for the calls a client request waits on (a pool slot leased from the cluster's
+    # count): shorter, so a Redis that hangs costs a request at most this much once, then the
+    # breaker answers at once and the replica serves from what it knows.
+    redis_request_timeout: Seconds = 0.25
 
     @model_validator(mode="after")
     def _renewed_in_time(self) -> ClusterConfig:

@@ -72,8 +72,10 @@ class RedisStore:
         timeout: float = 5.0,
         breaker: RedisBreaker | None = None,
     ) -> None:
+        self._url = url
         self._where = redact_redis_url(url)
         self._namespace = namespace
+        self.timeout = timeout
         self._client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         self.breaker = breaker or RedisBreaker(SystemClock())
         self._scripts: dict[str, Any] = {}  # Lua source -> redis-py's script (EVALSHA, then EVAL)
@@ -81,6 +83,12 @@ class RedisStore:
     @property
     def namespace(self) -> str:
         return self._namespace
+
+    def sibling(self, *, timeout: float) -> RedisStore:
+        """The same Redis and namespace, on connections of its own with another ``timeout``, and
+        the same breaker (Redis is reachable or not for both). The request path's calls use a
+        sibling with a short timeout; closing it is its owner's business."""
+        return RedisStore(self._url, namespace=self._namespace, timeout=timeout, breaker=self.breaker)
 
     async def evaluate(
         self, script: str, keys: Sequence[str], args: Sequence[str | int | float | bytes]
