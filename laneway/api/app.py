@@ -30,6 +30,7 @@ from laneway.dialects.ollama.errors import OLLAMA
 from laneway.errors import LanewayError
 from laneway.gateway import Gateway
 from laneway.inventory.refresher import BackendStatus
+from laneway.pools.shared import SharedPool
 
 
 def backend_state(st: BackendStatus) -> str:
@@ -66,7 +67,10 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
     # Serving, but not as one with the cluster: the runtime store (Redis) could not be reached at
     # the last renewal. Still ready (a load balancer keeps sending: this replica serves from what
     # it knows), and said so in laneway's words (/readyz is unauthenticated; the log has the rest).
-    degraded = "runtime store unreachable" if gateway.replicas.unreachable else None
+    why = ["runtime store unreachable"] if gateway.replicas.unreachable else []
+    if any(isinstance(pool, SharedPool) and pool.alone for pool in gateway.pools.pools()):
+        why.append("pools serve from this replica's share of their slots")
+    degraded = "; ".join(why) or None
     return {
         "ready": reason is None,
         "reason": reason,

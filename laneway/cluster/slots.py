@@ -109,13 +109,14 @@ local function assign(pool, slots, now, ttl, channels)
   end
 end
 
-local function counts()
-  return redis.call('ZCARD', held), redis.call('HLEN', tickets)
+-- The pool's count, and how many replicas are alive (for their local shares, should Redis go).
+local function counts(now)
+  return redis.call('ZCARD', held), redis.call('HLEN', tickets), redis.call('ZCOUNT', live, now, '+inf')
 end
 """
 
 # ARGV: pool, replica, slots, ttl, channels, ticket, priority, caller, queue_size, broadcast
-# -> {1 granted | 0 queued | 2 queue full, held, queued}. The first ticket to queue tells every
+# -> {1 granted | 0 queued | 2 queue full, held, queued, replicas}. The first ticket to queue tells every
 # replica (``slot.wanted`` on the broadcast channel): their spare leases are wanted.
 _ACQUIRE = (
     _PRELUDE
@@ -125,23 +126,23 @@ local ticket, p, caller, queue_size, broadcast = ARGV[6], ARGV[7], ARGV[8], tonu
 local now = now_ms()
 redis.call('ZADD', live, now + ttl, replica)
 assign(pool, slots, now, ttl, channels)
-local n, q = counts()
+local n, q, r = counts(now)
 if n < slots then  -- after assign, a free slot means nobody waits
   redis.call('ZADD', held, now + ttl, ticket)
-  return {1, n + 1, q}
+  return {1, n + 1, q, r}
 end
-if q >= queue_size then return {2, n, q} end
+if q >= queue_size then return {2, n, q, r} end
 push(ticket, replica, p, caller)
 if q == 0 then
   redis.call('PUBLISH', broadcast, cjson.encode({topic = 'slot.wanted', from = '', payload = {pool = pool}}))
 end
-return {0, n, q + 1}
+return {0, n, q + 1, r}
 """
 )
 
 # A queued request leaves. ARGV: pool, replica, slots, ttl, channels, ticket, give_back
 # -> {0 left the queue | 1 it holds a lease (granted meanwhile) | 2 its lease was given back |
-#     -1 unknown, held, queued}
+#     -1 unknown, held, queued, replicas}
 _LEAVE = (
     _PRELUDE
     + """
@@ -159,8 +160,8 @@ elseif redis.call('ZSCORE', held, ticket) then
     outcome = 2
   end
 end
-local n, q = counts()
-return {outcome, n, q}
+local n, q, r = counts(now)
+return {outcome, n, q, r}
 """
 )
 
@@ -197,11 +198,11 @@ for _, ticket in ipairs(mine) do
     table.insert(granted, ticket)
   end
 end
-local n, q = counts()
+local n, q, r = counts(now)
 local first = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
 local next_lapse = -1
 if #first == 2 then next_lapse = math.max(0, tonumber(first[2]) - now) end
-return {granted, n, q, next_lapse, redis.call('ZCOUNT', live, now, '+inf')}
+return {granted, n, q, next_lapse, r}
 """
 )
 

@@ -16,7 +16,8 @@ and the queue live in a ``Ledger`` every replica asks (``laneway.cluster.slots.R
   leases), so the bound always holds. The moment anyone queues for the pool, every replica is told
   (``slot.wanted``) and gives its spares back; while requests wait, every release goes to the
   ledger, which serves the cluster's queue in its order. Each heartbeat a replica keeps only as
-  many spares as its recent peak of calls needs, so an idle replica holds none.
+  many spares as its recent peak of calls needs, so an idle replica holds none; and never more
+  than its local share (below), so that what it runs from spares when Redis goes stays within it.
 - ``sync`` (every heartbeat, ``SlotKeeper``) renews the leases held here, so they lapse only when
   this replica stops renewing them (killed: they come back to the others within the lease TTL),
   and catches up on what a lost message did not say.
@@ -63,6 +64,7 @@ class Answer:
     outcome: int
     held: int  # slots held across the cluster
     queued: int  # requests waiting across the cluster
+    replicas: int = 1  # replicas alive (for the local share, should the ledger go away)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +309,7 @@ class SharedPool:
 
     def _seen(self, answer: Answer) -> None:
         self._cluster_held, self._cluster_queued = answer.held, answer.queued
+        self._replicas = max(1, answer.replicas)
         self._contended = answer.queued > 0
         if self._contended:
             self._give_back_spares()
@@ -329,8 +332,11 @@ class SharedPool:
         """A slot came back (``Slot.release``). The ledger is told off the request path."""
         if lease is None or lease not in self._held:
             return
-        if not (self._alone or self._contended or self._queue):
-            self._spare.append(lease)  # kept for the next call here: nobody else waits for it
+        if not (self._alone or self._contended or self._queue) and len(self._held) <= self.share():
+            # Kept for the next call here: nobody else waits for it. Never more than this
+            # replica's share, so that should Redis go, what it then runs from its spares stays
+            # within the share it would run alone.
+            self._spare.append(lease)
             return
         self._held.discard(lease)
         if self._alone:
@@ -378,7 +384,7 @@ class SharedPool:
         (re-)queue the tickets waiting here, and take the grants a lost message did not bring.
         After an outage this is the way back to counting cluster-wide."""
         # Spares beyond the recent peak of calls go back: an idle replica keeps none.
-        keep = 0 if self._contended else max(0, self._peak - self.in_use)
+        keep = 0 if self._contended else max(0, min(self._peak, self.share()) - self.in_use)
         while len(self._spare) > keep:
             lease = self._spare.pop(0)
             self._held.discard(lease)

@@ -27,7 +27,13 @@ def ids(url: str) -> list[str]:
 
 
 def start_replicas(
-    procs: Processes, tmp_path: Path, database_url: str, namespace: str, *names: str, **extra: Any
+    procs: Processes,
+    tmp_path: Path,
+    database_url: str,
+    namespace: str,
+    *names: str,
+    redis_url: str = REDIS_URL,
+    **extra: Any,
 ) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, str]]:
     """Real ``laneway serve`` replicas on one database and one Redis prefix: (process, url) by name.
     ``extra``: more config sections (``auth`` is merged over the admin key)."""
@@ -39,7 +45,7 @@ def start_replicas(
             "server": {"port": port, "drain_timeout": 1},
             "storage": {
                 "database_url": database_url,
-                "runtime_url": REDIS_URL,
+                "runtime_url": redis_url,
                 "data_dir": str(tmp_path / name),
             },
             "auth": {"keys": [{"name": "ops", "key": ADMIN, "admin": True}], **extra.pop("auth", {})},
