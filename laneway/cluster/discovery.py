@@ -13,6 +13,9 @@ and takes free leases only up to its share, the backends divided by the live can
 up); one above its share (a replica joined) gives the excess back for another to take. Leases
 are otherwise sticky: a lease changes hands only when its holder dies, leaves or gives it back.
 
+Leases and snapshots are per backend as declared (``sharing_scope``: its name and a fingerprint
+of its declaration and credential), so replicas that declare a name differently never share it.
+
 Snapshots (``laneway.inventory.sharing``) are kept one per backend, as a hash of the refresh's
 start (``at``) and the snapshot, for as long as its lanes live; a script stores one only if it
 is newer than what is there, so the stored snapshot never goes back in time whoever writes last.
@@ -146,12 +149,13 @@ class ClusterDiscovery:
         discoverer = self._discoverer
         if discoverer is None:
             return
-        names = discoverer.names()
+        scopes = discoverer.scopes()
+        names = sorted(scopes)
         before, held_before = self._led(names), self._held
         try:
             holders = await self._store.evaluate(
                 CLAIM,
-                [CANDIDATES, *(LEASE + name for name in names)],
+                [CANDIDATES, *(LEASE + scopes[name] for name in names)],
                 [self.replica, _ms(self._config.lease_ttl)],
             )
         except StorageError as exc:
@@ -196,10 +200,10 @@ class ClusterDiscovery:
         next heartbeat instead of after ``lease_ttl``."""
         if self._discoverer is None or self._alone:
             return
-        names = self._discoverer.names()
+        leases = [LEASE + scope for scope in self._discoverer.scopes().values()]
         try:
             async with asyncio.timeout(2):
-                await self._store.evaluate(LEAVE, [CANDIDATES, *(LEASE + n for n in names)], [self.replica])
+                await self._store.evaluate(LEAVE, [CANDIDATES, *leases], [self.replica])
         except (StorageError, TimeoutError):
             pass  # they lapse on their own
         self._held = frozenset()
@@ -211,7 +215,7 @@ class ClusterDiscovery:
         try:
             stored = await self._store.evaluate(
                 SHARE,
-                [SNAPSHOTS + snapshot.backend],
+                [SNAPSHOTS + snapshot.scope],
                 [orjson.dumps(payload), repr(snapshot.refreshed_at), _ms(ttl)],
             )
         except StorageError as exc:
@@ -229,17 +233,19 @@ class ClusterDiscovery:
             await self._bus.publish(SNAPSHOT, payload)
 
     async def read(self, backends: Sequence[str]) -> dict[str, BackendSnapshot] | None:
+        scopes = self._discoverer.scopes() if self._discoverer is not None else {}
+        backends = [name for name in backends if name in scopes]
         if not backends:
             return {}
         try:
-            found = await self._store.evaluate(READ, [SNAPSHOTS + name for name in backends], [])
+            found = await self._store.evaluate(READ, [SNAPSHOTS + scopes[name] for name in backends], [])
         except StorageError as exc:
             log.warning("could not read the shared discovery snapshots: %s", exc.message)
             return None
         snapshots: dict[str, BackendSnapshot] = {}
         for name, raw in zip(backends, found, strict=False):
             snapshot = _decoded(raw) if raw else None
-            if snapshot is not None and snapshot.backend == name:
+            if snapshot is not None and (snapshot.backend, snapshot.scope) == (name, scopes[name]):
                 snapshots[name] = snapshot
         return snapshots
 
@@ -252,7 +258,7 @@ class ClusterDiscovery:
         """Listening again after a cut: the events missed meanwhile are in the stored snapshots."""
         if self._discoverer is None:
             return
-        for snapshot in ((await self.read(self._discoverer.names())) or {}).values():
+        for snapshot in ((await self.read(list(self._discoverer.scopes()))) or {}).values():
             self._discoverer.adopt(snapshot)
 
 

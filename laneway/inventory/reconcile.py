@@ -238,8 +238,8 @@ class Reconciler:
 
     # -- sharing (cluster mode) --------------------------------------------------------------
 
-    def names(self) -> list[str]:
-        return sorted(self.refreshers)
+    def scopes(self) -> dict[str, str]:
+        return {name: self.refreshers[name].sharing_scope for name in sorted(self.refreshers)}
 
     async def warm_up(self) -> None:
         """The refresh at start. Alone: of every backend. In a cluster the snapshots the others
@@ -248,7 +248,7 @@ class Reconciler:
         if self.sharing is None:
             await self.cycle()
             return
-        names = self.names()
+        names = sorted(self.refreshers)
         found = await self.sharing.read(names)
         for snapshot in (found or {}).values():
             self.adopt(snapshot)
@@ -270,10 +270,15 @@ class Reconciler:
 
     def adopt(self, snapshot: BackendSnapshot) -> bool:
         """Take up another replica's refresh of a backend (``Refresher.adopt``); False (and
-        nothing done) unless it is newer than the last this replica made or adopted."""
+        nothing done) unless it is of the backend as declared here, and newer than the last this
+        replica made or adopted."""
         name = snapshot.backend
         refresher = self.refreshers.get(name)
-        if refresher is None or snapshot.refreshed_at <= self._shared_at.get(name, -math.inf):
+        if (
+            refresher is None
+            or snapshot.scope != refresher.sharing_scope
+            or snapshot.refreshed_at <= self._shared_at.get(name, -math.inf)
+        ):
             return False
         self._shared_at[name] = snapshot.refreshed_at
         refresher.adopt(snapshot)

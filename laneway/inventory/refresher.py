@@ -32,7 +32,7 @@ from laneway.inventory.cooldown import AuthCooldowns, Cooldown, credential_finge
 from laneway.inventory.discovery import lanes_for
 from laneway.inventory.lanes import Health
 from laneway.inventory.modelcache import ListScope, ModelListCache
-from laneway.inventory.sharing import DISCOVERY_HEALTH, BackendSnapshot, status_fields
+from laneway.inventory.sharing import DISCOVERY_HEALTH, BackendSnapshot, sharing_scope, status_fields
 from laneway.inventory.store import Inventory
 from laneway.providers.base import DiscoveryNotes, ModelInfo, Provider
 
@@ -92,6 +92,7 @@ class Refresher:
         self.ctx = ctx
         self.credential = credential_fingerprint(config)
         self.cache_scope = ListScope.of(name, config)
+        self.sharing_scope = sharing_scope(name, config)  # cluster mode: what its discovery is shared under
         self.interval = ctx.settings.interval(config)
         self.cloud = config.effective_tier in CLOUD_TIERS
         self.status = BackendStatus(
@@ -313,6 +314,7 @@ class Refresher:
         status = {k: v for k, v in st.as_dict().items() if k not in ("lanes", "leader", "refreshed_by")}
         return BackendSnapshot(
             backend=self.name,
+            scope=self.sharing_scope,
             replica=st.refreshed_by or replica,
             refreshed_at=st.last_attempt,
             lanes=self.ctx.inventory.by_backend(self.name),

@@ -20,15 +20,28 @@ embedded default has no ``Sharing`` at all: one replica leads everything and sha
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from laneway.config.schema import BackendConfig
 from laneway.errors import LanewayError
+from laneway.inventory.cooldown import credential_fingerprint
 from laneway.inventory.lanes import Health, Lane
 
 # The healths a refresh decides; any other is this replica's own (its breakers').
 DISCOVERY_HEALTH = frozenset({Health.DENIED, Health.STALE})
+
+
+def sharing_scope(backend: str, config: BackendConfig) -> str:
+    """What a backend's discovery is led and shared under: its name and a fingerprint of its
+    declaration and credential (a hash; never the secret). Replicas that declare the name alike
+    share one leader and one snapshot; any that declare it otherwise (another base URL or key, a
+    config being rolled out, another deployment on the same namespace) lead and share their own,
+    so a replica never adopts lanes its own declaration would not find."""
+    material = f"{config.model_dump_json()}\n{credential_fingerprint(config)}"
+    return f"{backend}:{hashlib.sha256(material.encode()).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +51,7 @@ class BackendSnapshot:
     has. ``status`` holds ``BackendStatus`` fields by name."""
 
     backend: str
+    scope: str  # ``sharing_scope``: a replica adopts only a snapshot of the backend as it declares it
     replica: str  # the replica that made the refresh
     refreshed_at: float
     lanes: tuple[Lane, ...]
@@ -48,6 +62,7 @@ class BackendSnapshot:
     def to_payload(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
+            "scope": self.scope,
             "replica": self.replica,
             "refreshed_at": self.refreshed_at,
             "lanes": [_lane_payload(lane) for lane in self.lanes],
@@ -67,6 +82,7 @@ class BackendSnapshot:
                 return None
             return cls(
                 backend=backend,
+                scope=str(data["scope"]),
                 replica=str(data["replica"]),
                 refreshed_at=float(data["refreshed_at"]),
                 lanes=lanes,
@@ -127,8 +143,8 @@ def status_fields(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
 class Discoverer(Protocol):
     """What ``Sharing`` drives: the reconciler (``laneway.inventory.reconcile``)."""
 
-    def names(self) -> list[str]:
-        """The declared backends."""
+    def scopes(self) -> dict[str, str]:
+        """The declared backends, each with the ``sharing_scope`` it is led and shared under."""
 
     def adopt(self, snapshot: BackendSnapshot) -> bool:
         """Take up another replica's refresh; False if it was not newer than what this one has."""
