@@ -313,3 +313,11 @@ async def test_without_redis_each_refreshes_alone_then_one_leads_again(
     finally:
         if own.proc is not None:
             own.kill()
+
+
+async def test_alone_a_replica_leads_everything_without_the_store(gw: Any) -> None:
+    """The embedded default (memory://): no leases, no snapshots; every local backend probed here."""
+    gateway = gw.gateway
+    assert gateway.reconciler.sharing is None
+    assert "gpu-1" in gateway._probe_targets()
+    assert {st.leader for st in gateway.reconciler.statuses()} == {None}
