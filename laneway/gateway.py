@@ -20,6 +20,7 @@ from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
 from laneway.cluster.bus import Bus, NoBus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
+from laneway.cluster.discovery import ClusterDiscovery
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.cluster.slots import RedisSlots
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
@@ -28,6 +29,7 @@ from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Declared, Reconciler
 from laneway.inventory.refresher import RefreshContext
+from laneway.inventory.sharing import Sharing
 from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
 from laneway.pools.base import Bounded
@@ -90,6 +92,7 @@ def build_reconciler(
     cache: KeyValueStore,
     clock: Clock,
     declared: Declared,
+    sharing: Sharing | None = None,
 ) -> Reconciler:
     """The inventory's side of the wiring: refreshers of the ``declared`` backends writing to
     ``inventory``, cooldowns in ``runtime``, model lists cached in ``cache``. The gateway's, and
@@ -102,7 +105,7 @@ def build_reconciler(
         clock=clock,
         settings=inv,
     )
-    return Reconciler(ctx, declared=declared, build_provider=build_provider)
+    return Reconciler(ctx, declared=declared, build_provider=build_provider, sharing=sharing)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -184,7 +187,7 @@ class Gateway:
             clock,
             settings.cluster,
             address=f"http://{settings.server.host}:{settings.server.port}",
-            holding=lambda: holding(pools, fleet),
+            holding=lambda: holding(pools, fleet),  # read at each renewal, once all is built
         )
         bus = open_bus(settings, replicas.id, clock)
         hot = (
@@ -202,6 +205,7 @@ class Gateway:
             cache=cache,
             clock=clock,
             declared=DeclaredBackends(settings, db),
+            sharing=open_discovery(settings, runtime, bus, replicas.id, clock),
         )
         fleet = Fleet(
             inventory,
@@ -271,7 +275,9 @@ class Gateway:
             log.warning(warning)
         self._rebuild_routes(names)
         await self.reload_keys()
-        await reconciler.cycle()
+        if reconciler.sharing is not None:  # the leases first: a backend led here is due as led
+            await reconciler.sharing.claim()
+        await reconciler.warm_up()  # alone: a refresh of every backend; joining: the others' snapshots
         await self.replicas.renew()
         if self.slots is not None:
             self.bus.on(SLOT_GRANTED, self._slot_granted)
@@ -291,6 +297,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self.signals.run(self._probe_targets), name="signals"))
             self._tasks.append(asyncio.create_task(self.fleet.run(), name="fleet"))
             self._tasks.append(asyncio.create_task(self.replicas.run(), name="replica"))
+            if reconciler.sharing is not None:
+                self._tasks.append(asyncio.create_task(reconciler.sharing.run(), name="discovery-leases"))
             database_url = self.settings.storage.resolved_database_url()
             if not is_sqlite(database_url):
                 watch = CredentialWatch(database_url, self.reload_keys, self.clock)
@@ -305,12 +313,16 @@ class Gateway:
         await self.aclose()
 
     def _probe_targets(self) -> dict[str, tuple[str, Probe]]:
-        """The backends whose signals come from probing: local ones (cloud ones: from traffic)."""
+        """The backends whose signals come from probing: local ones (cloud ones: from traffic),
+        and in a cluster only those whose discovery this replica leads (one prober per backend)."""
+        sharing = self.reconciler.sharing
         return {
             name: (refresher.provider.family, refresher.provider.probe)
             for name, refresher in self.reconciler.refreshers.items()
             # A backend without its key is never called, by probes neither (see Refresher).
-            if refresher.config.effective_tier == "local" and not refresher.status.unset_key_env
+            if refresher.config.effective_tier == "local"
+            and not refresher.status.unset_key_env
+            and (sharing is None or sharing.leads(name))
         }
 
     def _rebuild_routes(self, names: frozenset[str]) -> None:
@@ -386,6 +398,8 @@ class Gateway:
         await self.pools.aclose()  # slots given back now, rather than lapse with their leases
         await self.usage.aclose()  # the last batch, before the database goes
         await self.signals.aclose()  # persists what the last requests taught
+        if self.reconciler.sharing is not None:  # the others take over its backends at once
+            await self.reconciler.sharing.aclose()
         await self.reconciler.aclose()
         await self.replicas.aclose()  # out of the cluster's list at once
         await self.bus.aclose()
@@ -434,6 +448,16 @@ def build_pools(
         lambda: [p for p in pools.pools() if isinstance(p, SharedPool)], clock, cluster.heartbeat
     )
     return pools, keeper
+
+
+def open_discovery(
+    settings: Settings, runtime: KeyValueStore, bus: Bus, replica: str, clock: Clock
+) -> Sharing | None:
+    """One leader per backend's discovery when the runtime store is Redis (a cluster); else this
+    replica leads everything and shares nothing (None: no store calls for it)."""
+    if not isinstance(runtime, RedisStore):
+        return None
+    return ClusterDiscovery(runtime, bus, replica=replica, clock=clock, config=settings.cluster)
 
 
 def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:

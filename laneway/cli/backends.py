@@ -51,7 +51,8 @@ def backend_status(as_json: bool, client: AdminClient) -> None:
     """What a running gateway's last refresh of each backend found (also: `laneway backends`).
 
     LAST REFRESH is the last successful one; SOURCE is where its model list came from (upstream
-    or cache); COOLDOWN is how long refreshes stay paused after the credentials were refused."""
+    or cache); COOLDOWN is how long refreshes stay paused after the credentials were refused. In
+    a cluster, LEADER is the replica that refreshes and probes it for all of them."""
     body = client.get("/admin/backends")
     if as_json:
         print_json(body)
@@ -59,10 +60,13 @@ def backend_status(as_json: bool, client: AdminClient) -> None:
     if not body["backends"]:
         click.echo("the gateway has no backends (declare some in the config or with `laneway backends add`)")
         return
-    print_table(
-        ["NAME", "PROVIDER", "TIER", "LANES", "LAST REFRESH", "SOURCE", "COOLDOWN", "ERROR"],
-        status_rows(body["backends"], body.get("now", time.time())),
-    )
+    headers = ["NAME", "PROVIDER", "TIER", "LANES", "LAST REFRESH", "SOURCE", "COOLDOWN", "ERROR"]
+    rows = status_rows(body["backends"], body.get("now", time.time()))
+    if any(st.get("leader") for st in body["backends"]):  # cluster mode: who leads each one's discovery
+        headers.insert(-1, "LEADER")
+        for row, st in zip(rows, body["backends"], strict=True):
+            row.insert(-1, st["leader"] or "-")
+    print_table(headers, rows)
 
 
 def status_rows(statuses: list[dict[str, Any]], now: float) -> list[list[str]]:

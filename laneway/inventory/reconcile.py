@@ -10,6 +10,14 @@ interval of its family (or its own ``refresh_interval``), a failed refresh soone
 A request for a model that no lane serves may ask for one extra refresh of the local backends
 (``refresh_local``): debounced, and shared by every request that asks meanwhile, so a backend
 started after laneway becomes routable on the first request for its model.
+
+In cluster mode (a ``Sharing``; ``laneway.inventory.sharing``) the schedule refreshes only the
+backends this replica leads, an interval (or a failure's backoff) after the last refresh anyone
+shared, so a backend is refreshed once per interval across the cluster and a new leader does
+not refresh again what its predecessor just did. Every refresh made here, for whatever reason,
+is shared; the others' are adopted as they are told of them (``adopt``), and a followed backend's
+snapshot is read once per interval as the backstop for a missed event (one that has none is
+refreshed here). Without a ``Sharing`` (the embedded default) this replica leads everything.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from laneway.inventory.cooldown import Cooldown
 from laneway.inventory.discovery import model_allowed
 from laneway.inventory.lanes import Health
 from laneway.inventory.refresher import BackendStatus, RefreshContext, Refresher
+from laneway.inventory.sharing import BackendSnapshot, Sharing
 from laneway.providers.base import Provider
 
 log = logging.getLogger("laneway.inventory")
@@ -48,6 +57,7 @@ class Reconciler:
         declared: Declared,
         build_provider: BuildProvider,
         on_change: Callable[[frozenset[str]], None] | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.ctx = ctx
         self.declared = declared
@@ -69,6 +79,13 @@ class Reconciler:
         # Work nobody awaits: refreshes of stale lanes, cooldown writes. Ended by aclose: a cooldown
         # not written by then is started again by the next refused call or refresh.
         self._background: set[asyncio.Task[object]] = set()
+        # Cluster mode: who leads what, and the snapshots replicas share; None: this one alone.
+        self.sharing = sharing
+        # backend -> the start (wall clock) of the newest refresh of it shared or adopted here
+        self._shared_at: dict[str, float] = {}
+        self._wake = asyncio.Event()  # the schedule changed under the sleeping ``run``: look again
+        if sharing is not None:
+            sharing.attach(self)
 
     # -- declared state --------------------------------------------------------------------
 
@@ -122,6 +139,7 @@ class Reconciler:
         refresher = self.refreshers.pop(name)
         self.providers.pop(name, None)
         self._due.pop(name, None)
+        self._shared_at.pop(name, None)
         # Requests still running on it see a closed client and fail over like on any transport error.
         await refresher.aclose()
 
@@ -146,6 +164,8 @@ class Reconciler:
             await refresher.tick(use_cache=use_cache)
         finally:
             self._due[refresher.name] = self.ctx.clock.monotonic() + refresher.next_in()
+        if self.sharing is not None:
+            await self._share(refresher)
 
     def sweep(self) -> int:
         return self.ctx.inventory.sweep(self.ctx.clock.now())
@@ -167,21 +187,150 @@ class Reconciler:
     async def run(self) -> None:
         """The schedule: forever, refresh what is due, re-read the declared state when due,
         sweep, and sleep until the next thing is due."""
-        clock, settings = self.ctx.clock, self.ctx.settings
         while True:
+            self._wake.clear()  # a change of leadership from now on cuts the coming sleep short
             try:
-                if clock.monotonic() - self._declared_at >= settings.declared_reload:
-                    await self.sync_declared()
-                now = clock.monotonic()
-                due = [name for name, at in self._due.items() if at <= now]
-                if due:
-                    await self.cycle(due)
-                else:
-                    self.sweep()
+                await self.run_once()
             except Exception:  # a bug in one pass must not stop discovery for good
                 log.exception("reconciliation pass failed")
-            wake = min([*self._due.values(), self._declared_at + settings.declared_reload])
-            await clock.sleep(max(wake - clock.monotonic(), 0.01))
+            wake = min([*self._due.values(), self._declared_at + self.ctx.settings.declared_reload])
+            pause = max(wake - self.ctx.clock.monotonic(), 0.01)
+            if self.sharing is None:
+                await self.ctx.clock.sleep(pause)
+            else:
+                await self._nap(pause)
+
+    async def run_once(self) -> None:
+        """One pass of the schedule: what is due now, and a sweep."""
+        clock, settings = self.ctx.clock, self.ctx.settings
+        if clock.monotonic() - self._declared_at >= settings.declared_reload:
+            await self.sync_declared()
+        now = clock.monotonic()
+        due = [name for name, at in self._due.items() if at <= now]
+        if due:
+            await self._run_due(due)
+        else:
+            self.sweep()
+
+    async def _run_due(self, due: list[str]) -> None:
+        """Refresh the due backends this replica leads (alone: all); read the snapshots of the
+        others, refreshing here only those nobody shared."""
+        sharing = self.sharing
+        if sharing is None:
+            await self.cycle(due)
+            return
+        refresh = [name for name in due if sharing.leads(name)]
+        followed = [name for name in due if not sharing.leads(name)]
+        if followed:
+            refresh += await self._follow(followed)
+        await self.cycle(refresh)
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the clock, or less if ``leadership_changed`` wakes the schedule."""
+        sleeping = asyncio.ensure_future(self.ctx.clock.sleep(seconds))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeping, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            woken.cancel()
+            await asyncio.gather(sleeping, woken, return_exceptions=True)
+
+    # -- sharing (cluster mode) --------------------------------------------------------------
+
+    def scopes(self) -> dict[str, str]:
+        return {name: self.refreshers[name].sharing_scope for name in sorted(self.refreshers)}
+
+    async def warm_up(self) -> None:
+        """The refresh at start. Alone: of every backend. In a cluster the snapshots the others
+        shared are adopted (a replica that joins serves the current inventory at once, without
+        calling the upstreams) and only the backends nobody shared are refreshed here."""
+        if self.sharing is None:
+            await self.cycle()
+            return
+        names = sorted(self.refreshers)
+        found = await self.sharing.read(names)
+        for snapshot in (found or {}).values():
+            self.adopt(snapshot)
+        await self.cycle(names if found is None else [name for name in names if name not in found])
+
+    async def _follow(self, names: list[str]) -> list[str]:
+        """The backstop of backends led elsewhere (each read once per interval): adopt their
+        snapshots if newer than what this replica has. Returns the backends to refresh here:
+        those with no snapshot (new, or the store lost it), or all if the store is unreadable."""
+        found = await self.sharing.read(names) if self.sharing is not None else None
+        if found is None:
+            return names
+        now = self.ctx.clock.monotonic()
+        for name in names:
+            snapshot = found.get(name)
+            if snapshot is not None and not self.adopt(snapshot) and name in self.refreshers:
+                self._due[name] = now + self.refreshers[name].interval  # nothing new: next backstop
+        return [name for name in names if name not in found]
+
+    def adopt(self, snapshot: BackendSnapshot) -> bool:
+        """Take up another replica's refresh of a backend (``Refresher.adopt``); False (and
+        nothing done) unless it is of the backend as declared here, and newer than the last this
+        replica made or adopted."""
+        name = snapshot.backend
+        refresher = self.refreshers.get(name)
+        if (
+            refresher is None
+            or snapshot.scope != refresher.sharing_scope
+            or snapshot.refreshed_at <= self._shared_at.get(name, -math.inf)
+        ):
+            return False
+        self._shared_at[name] = snapshot.refreshed_at
+        refresher.adopt(snapshot)
+        self._due[name] = self._next_due(refresher)
+        return True
+
+    def leadership_changed(self, gained: frozenset[str], lost: frozenset[str]) -> None:
+        """Reschedule what this replica now leads or follows, and wake the schedule. A backend
+        gained has its snapshot stored again (if the store lost it: Redis restarted), so the
+        others need not refresh it themselves."""
+        for name in sorted(gained | lost):
+            refresher = self.refreshers.get(name)
+            if refresher is None:
+                continue
+            self._due[name] = self._next_due(refresher)
+            if name in gained:
+                self._spawn(self._republish(refresher), f"republish-{name}")
+        self._wake.set()
+
+    def _next_due(self, refresher: Refresher) -> float:
+        """When (monotonic) a backend is next due here. Its leader refreshes it an interval (or a
+        failure's backoff) after the newest refresh anyone shared, so leadership that passes on
+        costs no extra refresh, and one long overdue (the leader died) is refreshed at once. A
+        follower reads its snapshot an interval from now: the backstop for a missed event."""
+        clock, sharing = self.ctx.clock, self.sharing
+        if sharing is not None and not sharing.leads(refresher.name):
+            return clock.monotonic() + refresher.interval
+        shared = self._shared_at.get(refresher.name)
+        if shared is None:
+            return -math.inf
+        return clock.monotonic() + (shared - clock.now()) + refresher.next_in()
+
+    async def _share(self, refresher: Refresher) -> None:
+        """Tell the others what a refresh here found: once per refresh (callers that joined it
+        share nothing more), and only if no newer one was adopted meanwhile."""
+        sharing, st = self.sharing, refresher.status
+        at = st.last_attempt
+        if sharing is None or at is None or at <= self._shared_at.get(refresher.name, -math.inf):
+            return
+        self._shared_at[refresher.name] = at
+        st.refreshed_by = sharing.replica
+        await self._republish(refresher)
+
+    async def _republish(self, refresher: Refresher) -> None:
+        """Store the backend's snapshot as this replica has it (the store keeps the newest), kept
+        as long as its lanes live: a lane lifetime, or longer for lanes held denied."""
+        if self.sharing is None or (snapshot := refresher.snapshot(self.sharing.replica)) is None:
+            return
+        now = self.ctx.clock.now()
+        lifetime = self.ctx.settings.lane_ttl_intervals * refresher.interval
+        held = max((lane.expires_at or now for lane in snapshot.lanes), default=now) - now
+        await self.sharing.share(snapshot, ttl=max(lifetime, held))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -265,7 +414,11 @@ class Reconciler:
         )
 
     def statuses(self) -> list[BackendStatus]:
-        return [self.refreshers[n].status for n in sorted(self.refreshers)]
+        statuses = [self.refreshers[n].status for n in sorted(self.refreshers)]
+        if self.sharing is not None:  # who leads each one now, as of the last renewal
+            for st in statuses:
+                st.leader = self.sharing.leader(st.name)
+        return statuses
 
     async def aclose(self) -> None:
         for task in list(self._background):

@@ -32,8 +32,9 @@ from laneway.inventory.cooldown import AuthCooldowns, Cooldown, credential_finge
 from laneway.inventory.discovery import lanes_for
 from laneway.inventory.lanes import Health
 from laneway.inventory.modelcache import ListScope, ModelListCache
+from laneway.inventory.sharing import DISCOVERY_HEALTH, BackendSnapshot, sharing_scope, status_fields
 from laneway.inventory.store import Inventory
-from laneway.providers.base import ModelInfo, Provider
+from laneway.providers.base import DiscoveryNotes, ModelInfo, Provider
 
 log = logging.getLogger("laneway.inventory")
 
@@ -63,6 +64,10 @@ class BackendStatus:
     failing_since: float | None = None  # the first of the refreshes failing since the last success
     failures: int = 0  # refreshes failed in a row (0: the last one worked)
     unset_key_env: str | None = None  # the api_key_env variable that is not set: never called
+    # Cluster mode (None in the embedded default): the replica that made the refresh shown here
+    # (this one, or the one whose snapshot it adopted), and the one leading its discovery now.
+    refreshed_by: str | None = None
+    leader: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +92,7 @@ class Refresher:
         self.ctx = ctx
         self.credential = credential_fingerprint(config)
         self.cache_scope = ListScope.of(name, config)
+        self.sharing_scope = sharing_scope(name, config)  # cluster mode: what its discovery is shared under
         self.interval = ctx.settings.interval(config)
         self.cloud = config.effective_tier in CLOUD_TIERS
         self.status = BackendStatus(
@@ -119,7 +125,7 @@ class Refresher:
 
     async def _tick(self, use_cache: bool) -> None:
         ctx, st = self.ctx, self.status
-        st.last_attempt = ctx.clock.now()
+        st.last_attempt, st.refreshed_by = ctx.clock.now(), None  # made here (the reconciler names it)
         if await self._refresh(use_cache):
             if st.failing_since is not None:
                 log.info("refresh recovered", extra={"backend": self.name, "failing_since": st.failing_since})
@@ -295,6 +301,55 @@ class Refresher:
             ]
             inv.replace_backend(self.name, lanes)
         st.lanes = len(ctx.inventory.by_backend(self.name))
+
+    # -- sharing (cluster mode) --------------------------------------------------------------
+
+    def snapshot(self, replica: str) -> BackendSnapshot | None:
+        """The backend as the last refresh here left it, made by ``replica`` unless adopted from
+        another's; None before any refresh."""
+        st = self.status
+        if st.last_attempt is None:
+            return None
+        notes = self.provider.discovery_notes() if isinstance(self.provider, DiscoveryNotes) else {}
+        status = {k: v for k, v in st.as_dict().items() if k not in ("lanes", "leader", "refreshed_by")}
+        return BackendSnapshot(
+            backend=self.name,
+            scope=self.sharing_scope,
+            replica=st.refreshed_by or replica,
+            refreshed_at=st.last_attempt,
+            lanes=self.ctx.inventory.by_backend(self.name),
+            status=status,
+            known=self.known,
+            notes=notes,
+        )
+
+    def adopt(self, snapshot: BackendSnapshot) -> None:
+        """Take up another replica's refresh of this backend as if it had been made here: its
+        lanes (written first, then the orphans deleted; an empty list deletes nothing, as an
+        empty answer does), its status, the models it knows and what its provider learnt.
+        ``denied`` and ``stale`` come from the snapshot; a lane the snapshot does not hold so has
+        them lifted here; any other health (a breaker's) is kept as this replica has it."""
+        inv = self.ctx.inventory
+        lanes = [
+            lane.replace(health=Health.HEALTHY)
+            if lane.health is None
+            and (old := inv.get(lane.id)) is not None
+            and old.health in DISCOVERY_HEALTH
+            else lane
+            for lane in snapshot.lanes
+        ]
+        if lanes:
+            inv.replace_backend(self.name, lanes)
+        fields = status_fields(BackendStatus, snapshot.status)
+        for name in ("name", "family", "tier", "base_url", "interval", "lanes", "leader", "refreshed_by"):
+            fields.pop(name, None)  # this replica's own: its declaration, its inventory, its view
+        for name, value in fields.items():
+            setattr(self.status, name, value)
+        self.status.refreshed_by = snapshot.replica
+        self.status.lanes = len(inv.by_backend(self.name))
+        self.known = snapshot.known | frozenset(self.config.declared)
+        if isinstance(self.provider, DiscoveryNotes):
+            self.provider.take_notes(snapshot.notes)
 
     async def aclose(self) -> None:
         if self._running is not None and not self._running.done():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from laneway.operations import OPERATIONS, Operation
 
@@ -103,6 +103,21 @@ class ReplyStream(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class DiscoveryNotes(Protocol):
+    """A provider that keeps what its discovery learnt beyond the model list (Ollama: which models
+    think, which capabilities ``/api/show`` listed), and uses it when it serves. In a cluster a
+    replica that adopts another's refresh of the backend instead of making its own takes these
+    up too (``laneway.inventory.sharing``), so it serves as the refreshing replica would."""
+
+    def discovery_notes(self) -> dict[str, Any]:
+        """What the last discovery learnt, JSON-ready."""
+
+    def take_notes(self, notes: Mapping[str, Any]) -> None:
+        """Adopt another replica's ``discovery_notes`` of this backend (unreadable parts are
+        ignored: the next refresh learns them again)."""
 
 
 class Provider(Protocol):

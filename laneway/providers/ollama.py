@@ -103,6 +103,24 @@ class OllamaProvider:
             return infos
         return [replace(info, loaded=info.id in loaded) for info in infos]
 
+    def discovery_notes(self) -> dict[str, Any]:
+        """``thinks`` and ``reported`` as JSON (``providers.base.DiscoveryNotes``)."""
+        return {
+            "thinks": dict(self.thinks),
+            "reported": {model: sorted(caps) for model, caps in self.reported.items()},
+        }
+
+    def take_notes(self, notes: Mapping[str, Any]) -> None:
+        thinks, reported = notes.get("thinks"), notes.get("reported")
+        if isinstance(thinks, Mapping):
+            self.thinks = {str(m): bool(v) for m, v in thinks.items()}
+        if isinstance(reported, Mapping):
+            self.reported = {
+                str(m): frozenset(str(c) for c in caps)
+                for m, caps in reported.items()
+                if isinstance(caps, list)
+            }
+
     async def probe(self) -> Mapping[str, str]:
         _, headers, _ = await self.upstream.request("GET", "/api/tags")
         return headers

@@ -33,9 +33,11 @@ def start_replicas(
     namespace: str,
     *names: str,
     redis_url: str = REDIS_URL,
+    running: tuple[str, ...] = (),
     **extra: Any,
 ) -> tuple[dict[str, subprocess.Popen[bytes]], dict[str, str]]:
     """Real ``laneway serve`` replicas on one database and one Redis prefix: (process, url) by name.
+    ``running``: replicas already started on them (each new one waits to list them too).
     ``extra``: more config sections (``auth`` is merged over the admin key)."""
     started: dict[str, subprocess.Popen[bytes]] = {}
     urls: dict[str, str] = {}
@@ -56,7 +58,7 @@ def start_replicas(
         path.write_text(yaml.safe_dump(config))
         started[name] = procs.start(name, "serve", "-c", str(path))
         urls[name] = f"http://127.0.0.1:{port}"
-    every = list(names)
+    every = sorted([*running, *names])
     for name, url in urls.items():
         wait_for(lambda url=url: ids(url) == every, f"{name} lists every replica")  # type: ignore[misc]
     return started, urls

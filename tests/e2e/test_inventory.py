@@ -286,8 +286,11 @@ async def test_replicas_share_model_lists_and_cooldowns_through_redis(
     a = replica(0)
     b = replica(1)
     try:
-        assert sim.stats.requests_by_path["/v1/models"] == 1  # b read a's list from Redis
+        assert sim.stats.requests_by_path["/v1/models"] == 1  # b took up a's refresh from Redis
         _, body = await admin(b, "GET", "/admin/backends")
+        assert body["backends"][0]["refreshed_by"] == a.gateway.replicas.id
+        _, body = await admin(b, "POST", f"/admin/refresh?backend={name}")  # b's own refresh
+        assert sim.stats.requests_by_path["/v1/models"] == 1  # b read a's list from Redis
         assert body["backends"][0]["source"] == "cache"
 
         sim.options.api_key = "rotated-upstream"
