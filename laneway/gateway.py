@@ -21,6 +21,7 @@ from laneway.clock import Clock, SystemClock
 from laneway.cluster.bus import Bus, NoBus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
 from laneway.cluster.replicas import Holding, Replicas
+from laneway.cluster.sharing import Sharing
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
 from laneway.inventory.cooldown import AuthCooldowns
@@ -36,7 +37,7 @@ from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
-from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage import Database, KeyValueStore, RedisStore, open_stores
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
@@ -124,6 +125,8 @@ class Gateway:
     responses: ResponseStore  # the Responses API's stored responses, on the gateway's clock
     replicas: Replicas  # this replica's record in the runtime store, and the live ones
     bus: Bus  # what this replica tells the others at once (cluster.bus); NoBus when alone
+    # Signals, breakers and stale lanes told to and taken from the other replicas; None alone.
+    sharing: Sharing | None = None
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -191,8 +194,21 @@ class Gateway:
             serves_declared=reconciler.serves,
             pools=pools,
         )
+        replicas = Replicas(
+            runtime,
+            clock,
+            settings.cluster,
+            address=f"http://{settings.server.host}:{settings.server.port}",
+            holding=lambda: holding(pools, fleet),
+        )
+        bus = open_bus(settings, replicas.id, clock)
+        sharing = None
+        if isinstance(runtime, RedisStore):  # cluster mode
+            sharing = Sharing(
+                runtime, bus, replica=replicas.id, clock=clock, signals=signals, inventory=inventory
+            )
         routing = settings.routing
-        breakers = Breakers(clock, routing.breaker, inventory)
+        breakers = Breakers(clock, routing.breaker, inventory, sharing.breakers if sharing else None)
         failovers = FailoverLog(routing.failover_records)
         router = Router(
             Resolver(inventory, {}, frozenset()),  # the routes are parsed once backends are known
@@ -216,13 +232,6 @@ class Gateway:
             interval=options.key_reload_interval or settings.auth.reload_interval,
             on_reload=fleet.cut_off,
         )
-        replicas = Replicas(
-            runtime,
-            clock,
-            settings.cluster,
-            address=f"http://{settings.server.host}:{settings.server.port}",
-            holding=lambda: holding(pools, fleet),
-        )
         return cls(
             settings=settings,
             clock=clock,
@@ -242,7 +251,8 @@ class Gateway:
             key_reloader=key_reloader,
             responses=ResponseStore(db.responses, clock, retention=settings.responses.retention),
             replicas=replicas,
-            bus=open_bus(settings, replicas.id, clock),
+            bus=bus,
+            sharing=sharing,
         )
 
     async def _start(self) -> None:
@@ -261,6 +271,9 @@ class Gateway:
         self.bus.on(COOLDOWN_LIFTED, self._refresh_told)
         self.bus.on(COOLDOWN_BEGAN, self._refresh_told)
         reconciler.on_refused = self._cooldown_began
+        if self.sharing is not None:
+            self.sharing.start(self.breakers)
+            reconciler.on_stale = self.sharing.lane_stale
         self._tasks = [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
@@ -345,6 +358,8 @@ class Gateway:
         await self.signals.aclose()  # persists what the last requests taught
         await self.reconciler.aclose()
         await self.replicas.aclose()  # out of the cluster's list at once
+        if self.sharing is not None:
+            await self.sharing.aclose()
         await self.bus.aclose()
         await self.runtime.aclose()
         await self.db.aclose()
