@@ -15,7 +15,8 @@ same deadline (the seconds left travel, each replica counts them on its own mono
 closing closes it everywhere, and of all the replicas whose breaker is half-open exactly one gets
 the trial: after ``allow`` grants a trial locally (synchronously, as alone), the attempt claims it
 (``claim_trial``, the only step that awaits the peers, and only for a half-open lane); a replica
-refused the claim passes the lane over until the trial's outcome reaches it, or the claim lapses.
+refused the claim passes the lane over until the trial's outcome reaches it (and asks again every
+``TRIAL_RECHECK`` seconds meanwhile, in case the trial ended without one).
 What the peers tell is applied by ``opened_elsewhere``/``closed_elsewhere``, ordered by the wall
 clock of the change: a late event never undoes a newer one. Alone (the embedded default) there
 are no peers, nothing is claimed, and nothing here awaits.
@@ -40,6 +41,10 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 # replica that died during its trial (or a local box with a 30 min timeout) must not keep the
 # lane out of every replica's rotation for longer.
 TRIAL_TTL_CAP = 60.0
+# A replica refused the trial asks again after this long at the latest (while the lane is still
+# half-open): a trial that ended without a verdict (its caller left) is let go at once, and the
+# lane is tried again soon, at the cost of one Redis call per second per half-open lane.
+TRIAL_RECHECK = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +172,7 @@ class Breakers:
         if claim.granted:
             return True
         breaker.trial = False
-        breaker.elsewhere_until = self.clock.monotonic() + claim.left
+        breaker.elsewhere_until = self.clock.monotonic() + min(claim.left, TRIAL_RECHECK)
         log.info("half-open trial held by another replica", extra={"lane": lane_id, "by": claim.holder})
         return False
 

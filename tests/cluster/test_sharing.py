@@ -171,8 +171,16 @@ async def test_a_429_on_one_replica_holds_the_backend_on_the_others_with_one_eve
             r1.broken()
             r1.signals.success("b", "openai", LANE.id, {"x-ratelimit-remaining-requests": "5"}, 0.2)
             r1.limited()
-        await eventually(lambda: r1.sharing.signals.sent == 3, "r1 sent the burst")
-        await eventually(lambda: len(heard) == 3, "r3 heard three events")
+        await eventually(lambda: r1.sharing.signals.sent >= 3, "r1 sent the burst")
+        ends: list[dict[str, Any]] = []
+
+        async def end(payload: dict[str, Any]) -> None:
+            ends.append(payload)
+
+        r3.bus.on("test.end", end)
+        await r1.bus.publish("test.end", {})  # r1's events arrive in order: this one last
+        await eventually(lambda: bool(ends), "r3 heard all of r1's events")
+        assert (r1.sharing.signals.sent, len(heard)) == (3, 3)
         assert [len(event["signals"]) for event in heard] == [1, 1, 1]
         assert heard[-1]["signals"][0]["last_outcome"] == "success"
         assert r3.signals.status("b") == Status.EXHAUSTED
@@ -221,6 +229,11 @@ async def test_an_opening_reaches_every_replica_and_exactly_one_gets_the_trial()
         for r in others:
             assert not r.breakers.allow(LANE.id)  # passed over, without asking Redis again
             assert r.breakers.snapshot()[LANE.id]["trial"] == holder.name
+        advance_all(rs, 1)  # a second later they ask again: the trial is still the holder's
+        assert not holder.breakers.allow(LANE.id)
+        for r in others:
+            assert r.breakers.allow(LANE.id)
+            assert not await r.breakers.claim_trial(LANE.id, 600)
         assert await holder.store.get(TRIAL_PREFIX + LANE.id) == holder.name.encode()
 
         holder.breakers.success(LANE.id)  # the trial succeeded: closed here ...
@@ -248,6 +261,27 @@ async def test_a_failed_trial_reopens_everywhere_and_the_later_deadline_wins() -
         assert r2.open_for() == 30.0
         await eventually(lambda: r1.breaker() == OPEN and r1.open_for() == 30.0, "r1 re-opens")
         assert r1.breakers.snapshot()[LANE.id]["opened_by"] == "r2"
+
+
+async def test_a_trial_that_ends_without_a_verdict_is_let_go_to_another_replica() -> None:
+    async with cluster("r1", "r2") as rs:
+        r1, r2 = rs["r1"], rs["r2"]
+        r1.breakers.failure(LANE.id)
+        r1.breakers.failure(LANE.id)
+        await eventually(lambda: r2.breaker() == OPEN, "r2's breaker opens")
+        advance_all(rs, 30)
+        for r in (r1, r2):
+            r.breakers.advance()
+        assert r1.breakers.allow(LANE.id)
+        assert await r1.breakers.claim_trial(LANE.id, 600)
+        assert r2.breakers.allow(LANE.id)
+        assert not await r2.breakers.claim_trial(LANE.id, 600)
+        r1.breakers.release_trial(LANE.id)  # its caller left before the call was made
+        await claim_gone(r1)
+        advance_all(rs, 1)
+        assert r2.breakers.allow(LANE.id)
+        assert await r2.breakers.claim_trial(LANE.id, 600)  # r2's turn
+        assert r2.breakers.snapshot()[LANE.id]["trial"] == "r2"
 
 
 async def test_late_and_duplicate_breaker_events_never_undo_newer_ones() -> None:
