@@ -34,6 +34,9 @@ from typing import Any
 from laneway.latency import LatencyWindow
 from laneway.signals.headers import Quota, RateLimits
 
+# What routing does with a backend (``BackendSignal.routing``).
+Routing = tuple[float, float, str | None]
+
 
 class Status(StrEnum):
     AVAILABLE = "available"
@@ -199,7 +202,7 @@ class BackendSignal:
         self.last_error_at = _latest(self.last_error_at, other.last_error_at)
         self.last_rate_limited_at = _latest(self.last_rate_limited_at, other.last_rate_limited_at)
 
-    def routing(self, now: float) -> tuple[float, float, str | None]:
+    def routing(self, now: float) -> Routing:
         """What routing does with the backend, as of ``now``: until when its quota is used up and
         until when it is unavailable (0: it is not), and whether its last call failed. When this
         changes, the other replicas are told (cluster mode); a counter moving is not a change."""

@@ -32,7 +32,7 @@ from laneway.clock import Clock, within
 from laneway.config.schema import SignalsConfig
 from laneway.errors import LanewayError, UpstreamError, UpstreamStatusError, Verdict, classify
 from laneway.signals.headers import parse_rate_limits
-from laneway.signals.state import BackendSignal, Status
+from laneway.signals.state import BackendSignal, Routing, Status
 from laneway.storage.runtime import KeyValueStore
 
 log = logging.getLogger("laneway.signals")
@@ -76,7 +76,7 @@ class Signals:
         For a stream ``elapsed`` is None here: ``first_byte`` and ``stream_ended`` bring its times."""
         now = self.clock.now()
         sig = self.signal(backend, family)
-        before = sig.routing(now)
+        before = self._routing(sig, now)
         sig.apply_limits(parse_rate_limits(family, headers, now), now, self.settings.exhausted_for)
         sig.succeeded(now)
         if elapsed is not None:
@@ -111,7 +111,7 @@ class Signals:
             return  # a busy pool, the request's own fault: nothing about the backend
         now = self.clock.now()
         sig = self.signal(backend, family)
-        before = sig.routing(now)
+        before = self._routing(sig, now)
         if isinstance(exc, UpstreamStatusError):
             limits = parse_rate_limits(family, exc.upstream_headers, now)
             if verdict.unavailable:
@@ -125,11 +125,16 @@ class Signals:
             sig.failed(now, exc.message)
         self._observed(sig, before, now)
 
-    def _observed(self, sig: BackendSignal, before: tuple[float, float, str | None], now: float) -> None:
+    def _routing(self, sig: BackendSignal, now: float) -> Routing | None:
+        """What routing does with the backend before an observation; only worth computing when
+        someone is to be told of a change (cluster mode)."""
+        return sig.routing(now) if self.on_change is not None else None
+
+    def _observed(self, sig: BackendSignal, before: Routing | None, now: float) -> None:
         """To be persisted; and told to the other replicas if routing would now treat the backend
         differently (a call that only moved a counter or a latency window is not worth an event)."""
         self._dirty.add(sig.backend)
-        if self.on_change is not None and sig.routing(now) != before:
+        if self.on_change is not None and before is not None and sig.routing(now) != before:
             self.on_change(sig.backend)
 
     def merge(self, other: BackendSignal) -> None:
@@ -176,7 +181,7 @@ class Signals:
         except TimeoutError:
             now = self.clock.now()
             sig = self.signal(backend, family)
-            before = sig.routing(now)
+            before = self._routing(sig, now)
             sig.failed(now, f"probe timed out after {deadline:g}s")
             self._observed(sig, before, now)
         else:
