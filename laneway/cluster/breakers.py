@@ -9,9 +9,10 @@
 - **A closing** (a call through the lane succeeded) closes it everywhere and removes that record.
 - **The half-open trial** goes to one replica: the one whose claim (``SET NX PX`` of
   ``breakers/trial/<lane>`` to its id, for as long as the trial may take) succeeds. The claim
-  answers who holds it and for how long, and the others pass the lane over until then, or until
-  the trial's outcome (an opening or a closing) reaches them. The holder lets go of the claim
-  (compare-and-delete) as soon as its trial is over.
+  answers who holds it and for how long; the others pass the lane over until the trial's outcome
+  (an opening or a closing) reaches them, asking again at most once a second meanwhile
+  (``routing.breaker.TRIAL_RECHECK``). The holder lets go of the claim (compare-and-delete) as
+  soon as its trial is over, with a verdict or without one.
 
 What this replica tells goes out in the order it happened, from one task, off the request path.
 Redis unreachable: the claim is granted (this replica decides alone, after at most the Redis

@@ -37,7 +37,7 @@ class Sharing:
     ) -> None:
         self.bus = bus
         self.inventory = inventory
-        self.signals = SharedSignals(signals, bus)
+        self.signals = SharedSignals(signals, bus, clock)
         self.breakers = SharedBreakers(store, bus, replica, clock)  # the peers of this replica's Breakers
 
     def start(self, breakers: Breakers) -> None:

@@ -5,9 +5,11 @@ merges it into its own signal, so its router holds the backend (``routing.holdof
 call of its own.
 
 Only such changes are sent (``Signals.on_change``: never one per request), and a burst is
-coalesced: the backends that changed while one event was on its way go out together in the next,
-each with its facts as they are then. Receivers merge by the observations' own times
-(``BackendSignal.merge``), so an event that arrives late or twice undoes nothing newer.
+coalesced: a replica sends at most one event every ``EVENT_GAP`` seconds, and the backends that
+changed meanwhile go out together in the next, each with its facts as they are then (a backend
+whose calls fail every other time costs its replica 20 events a second at most, not one a
+call). Receivers merge by the observations' own times (``BackendSignal.merge``), so an event
+that arrives late or twice undoes nothing newer.
 
 Pub/sub keeps nothing for a replica that was away. The signals are also persisted in Redis
 (``Signals.flush``, merging what is there first) and read at start; each time the bus (re)starts
@@ -22,6 +24,7 @@ import contextlib
 import logging
 from typing import Any
 
+from laneway.clock import Clock
 from laneway.cluster.bus import Bus
 from laneway.signals.state import BackendSignal
 from laneway.signals.store import Signals
@@ -29,12 +32,14 @@ from laneway.signals.store import Signals
 log = logging.getLogger("laneway.cluster")
 
 SIGNALS_CHANGED = "signals.changed"  # payload: {"signals": [BackendSignal.shared_record(), ...]}
+EVENT_GAP = 0.05  # seconds between two events of one replica, at least (well within "1 s")
 
 
 class SharedSignals:
-    def __init__(self, signals: Signals, bus: Bus) -> None:
+    def __init__(self, signals: Signals, bus: Bus, clock: Clock) -> None:
         self.signals = signals
         self.bus = bus
+        self.clock = clock
         self._pending: set[str] = set()  # backends that changed since the last event went out
         self._sending: asyncio.Task[None] | None = None
         self.sent = 0  # events published (each may carry several backends)
@@ -57,6 +62,7 @@ class SharedSignals:
         while self._pending:
             backends, self._pending = sorted(self._pending), set()
             await self._publish(backends)
+            await self.clock.sleep(EVENT_GAP)  # what changes meanwhile waits, and goes out together
 
     async def _publish(self, backends: list[str]) -> None:
         records = [sig.shared_record() for backend in backends if (sig := self.signals.get(backend))]

@@ -19,7 +19,7 @@ from laneway.clock import ManualClock
 from laneway.cluster.breakers import TRIAL_PREFIX
 from laneway.cluster.bus import RedisBus
 from laneway.cluster.sharing import Sharing
-from laneway.cluster.signals import SIGNALS_CHANGED
+from laneway.cluster.signals import EVENT_GAP, SIGNALS_CHANGED
 from laneway.config.schema import BreakerConfig, SignalsConfig
 from laneway.errors import UpstreamStatusError, UpstreamTimeout, classify
 from laneway.inventory.lanes import Health, Lane
@@ -106,11 +106,11 @@ class Replica:
         assert lane is not None
         return lane.health
 
-    def limited(self, retry_after: str = "60") -> None:
+    def limited(self, retry_after: str = "60", backend: str = "b") -> None:
         exc = UpstreamStatusError(
-            "429", backend="b", upstream_status=429, upstream_headers={"retry-after": retry_after}
+            "429", backend=backend, upstream_status=429, upstream_headers={"retry-after": retry_after}
         )
-        self.signals.failure("b", "openai", LANE.id, exc, classify(exc, now=self.clock.now()))
+        self.signals.failure(backend, "openai", LANE.id, exc, classify(exc, now=self.clock.now()))
 
     def broken(self) -> None:
         exc = UpstreamTimeout("timed out", backend="b")
@@ -184,6 +184,17 @@ async def test_a_429_on_one_replica_holds_the_backend_on_the_others_with_one_eve
         assert [len(event["signals"]) for event in heard] == [1, 1, 1]
         assert heard[-1]["signals"][0]["last_outcome"] == "success"
         assert r3.signals.status("b") == Status.EXHAUSTED
+
+        r1.broken()  # within EVENT_GAP of the last event (r1's clock has not moved): it waits ...
+        r1.limited(backend="c")  # ... and so does another backend's change
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert r1.sharing.signals.sent == 3
+        advance_all(rs, EVENT_GAP)  # ... then both go out in one event
+        await eventually(lambda: len(heard) == 4, "r3 heard the next event")
+        assert [record["backend"] for record in heard[-1]["signals"]] == ["b", "c"]
+        assert r2.signals.status("b") == Status.EXHAUSTED
+        assert r2.signals.status("c") == Status.EXHAUSTED
 
 
 async def test_a_replica_that_joins_or_missed_events_gets_the_signals_from_redis() -> None:
