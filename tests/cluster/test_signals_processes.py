@@ -115,7 +115,7 @@ def test_a_breaker_opened_on_one_replica_is_open_on_all_and_one_makes_the_trial(
     sim_factory: Any, tmp_path: Path
 ) -> None:
     sim = sim_factory(family="openai", api_key=KEY)
-    breakers = {"breaker": {"failures": 2, "window": 60, "cooldown": 6}}
+    breakers = {"breaker": {"failures": 2, "window": 60, "cooldown": 8}}
     with three_replicas(sim, tmp_path, routing=breakers) as urls:
         sim.options.fail_status = 500
         assert [chat(urls["r1"])[0] for _ in range(2)] == [502, 502]
@@ -128,7 +128,7 @@ def test_a_breaker_opened_on_one_replica_is_open_on_all_and_one_makes_the_trial(
 
         for name, url in urls.items():  # the cooldown passes (/admin/breakers moves it along)
             wait_for(lambda url=url: breaker(url)["state"] == "half-open", f"{name} half-open", tries=600)  # type: ignore[index,misc]
-        sim.options.fail_status, sim.options.latency = None, 1.0  # the trial stays in flight a while
+        sim.options.fail_status, sim.options.latency = None, 2.0  # the trial stays in flight a while
         with ThreadPoolExecutor(3) as pool:
             statuses = sorted(status for status, _ in pool.map(chat, urls.values()))
         assert statuses == [200, 503, 503]
