@@ -22,6 +22,7 @@ from laneway.cluster.bus import Bus, NoBus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
 from laneway.cluster.discovery import ClusterDiscovery
 from laneway.cluster.replicas import Holding, Replicas
+from laneway.cluster.sharing import ClusterSharing
 from laneway.cluster.slots import RedisSlots
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
@@ -41,9 +42,8 @@ from laneway.routing.dispatch import Router
 from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
-from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage import Database, KeyValueStore, RedisStore, open_stores
 from laneway.storage.errors import StorageError
-from laneway.storage.redisstore import RedisStore
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
@@ -134,6 +134,8 @@ class Gateway:
     bus: Bus  # what this replica tells the others at once (cluster.bus); NoBus when alone
     slots: SlotKeeper | None  # cluster mode: renews the leases of the pools' slots held here
     hot: RedisStore | None  # cluster mode: Redis for the request path (cluster.redis_request_timeout)
+    # Signals, breakers and stale lanes told to and taken from the other replicas; None alone.
+    sharing: ClusterSharing | None = None
     ready: bool = False  # started, and not closing
     draining: bool = False  # stopping: no new client requests, those in flight finish (api.drain)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -215,8 +217,13 @@ class Gateway:
             serves_declared=reconciler.serves,
             pools=pools,
         )
+        sharing = None
+        if hot is not None:  # cluster mode; a half-open trial is claimed on the request path
+            sharing = ClusterSharing(
+                hot, bus, replica=replicas.id, clock=clock, signals=signals, inventory=inventory
+            )
         routing = settings.routing
-        breakers = Breakers(clock, routing.breaker, inventory)
+        breakers = Breakers(clock, routing.breaker, inventory, sharing.breakers if sharing else None)
         failovers = FailoverLog(routing.failover_records)
         router = Router(
             Resolver(inventory, {}, frozenset()),  # the routes are parsed once backends are known
@@ -262,6 +269,7 @@ class Gateway:
             bus=bus,
             slots=keeper,
             hot=hot,
+            sharing=sharing,
         )
 
     async def _start(self) -> None:
@@ -287,6 +295,9 @@ class Gateway:
         self.bus.on(COOLDOWN_LIFTED, self._refresh_told)
         self.bus.on(COOLDOWN_BEGAN, self._refresh_told)
         reconciler.on_refused = self._cooldown_began
+        if self.sharing is not None:
+            self.sharing.start(self.breakers)
+            reconciler.on_stale = self.sharing.lane_stale
         self._tasks += [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
@@ -402,6 +413,8 @@ class Gateway:
             await self.reconciler.sharing.aclose()
         await self.reconciler.aclose()
         await self.replicas.aclose()  # out of the cluster's list at once
+        if self.sharing is not None:
+            await self.sharing.aclose()
         await self.bus.aclose()
         if self.hot is not None:
             with contextlib.suppress(StorageError):

@@ -12,7 +12,8 @@ Every endpoint needs an admin key (``admin: true`` under ``auth.keys``; any key 
     GET    /admin/signals               ?backend=NAME: quota, latency and status per backend
     GET    /admin/pools                 slots, active, queued (per caller), wait p50/p95 per pool
     GET    /admin/failovers             ?limit=N: recent failover records, newest first
-    GET    /admin/breakers              lanes whose breaker is not plainly closed
+    GET    /admin/breakers              lanes whose breaker is not plainly closed (cluster mode:
+                                        which replica opened it, which holds its half-open trial)
 """
 
 from __future__ import annotations

@@ -66,6 +66,9 @@ class Reconciler:
         # Told, after the store has it, of a cooldown a call began (the gateway tells the other
         # replicas: they need not each make a refused call of their own to learn it).
         self.on_refused: Callable[[str], Awaitable[None]] | None = None
+        # Told of a lane a call found stale (the gateway tells the other replicas, which take it
+        # out of rotation too; their own refresh, or the discovery leader's, decides it).
+        self.on_stale: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self.refreshers: dict[str, Refresher] = {}
         # Shared with the router, which reads it on every request: mutated in place, never replaced.
         self.providers: dict[str, Provider] = {}
@@ -359,6 +362,8 @@ class Reconciler:
             return
         self.ctx.inventory.set_health([lane_id], Health.STALE)
         log.warning("lane stale", extra={"lane": lane_id})
+        if self.on_stale is not None:
+            self._spawn(self.on_stale(lane_id), f"stale-{lane_id}")
         if lane.backend in self.refreshers:
             # The backend itself must answer: a cached model list would "confirm" the lane it
             # just disowned and put it back in rotation for up to the cache's TTL.

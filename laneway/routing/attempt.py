@@ -1,8 +1,10 @@
 """One attempt: one try of one lane for one request, in three steps.
 
 1. **acquire**: the lane's circuit breaker lets it through (a half-open lane admits one trial at a
-   time; a lane it refuses is passed over, not tried), then a slot of the backend's (or lane's)
-   pool: a fair-share queue with its own deadline, so queueing does not eat the call's timeout.
+   time, in cluster mode one across the replicas: the only step that may await Redis, and only
+   for a half-open lane; a lane it refuses is passed over, not tried), then a slot of the
+   backend's (or lane's) pool: a fair-share queue with its own deadline, so queueing does not
+   eat the call's timeout.
 2. **call**: the provider, under the slot (``async with``: the block owns the slot and frees it
    at its end, whatever happens, unless the call hands it on: a stream that holds its slot to
    its end takes it over). The call's own timeout is the backend's, never past the deadline.
@@ -89,9 +91,7 @@ class Attempts:
         """Try ``target`` once: its answer, or None if it failed in a way another lane may mend
         (or its breaker passed it over). A failure no other lane can mend is raised."""
         lane = target.lane
-        if not self.breakers.allow(lane.id):
-            # Not an attempt (number 0): the lane was passed over, nothing was sent to it.
-            request.note(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
+        if not await self._passes(request, target):
             return None
         n = request.begin(lane)
         context.note_lane(lane.id)  # every log line of this request from here on names the lane
@@ -113,6 +113,26 @@ class Attempts:
         return result
 
     # -- 1: acquire ----------------------------------------------------------------------------
+
+    async def _passes(self, request: Dispatch, target: Target) -> bool:
+        """Does the lane's breaker let this attempt through? Decided here alone (no I/O) unless it
+        grants a half-open trial in cluster mode: then the trial is claimed among the replicas
+        first, for as long as the call may take, and a lane whose trial another replica holds is
+        passed over. A lane passed over is not an attempt (number 0): nothing was sent to it."""
+        lane = target.lane
+        if not self.breakers.allow(lane.id):
+            request.note(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
+            return False
+        if self.breakers.needs_claim(lane.id):
+            try:
+                claimed = await self.breakers.claim_trial(lane.id, target.config.timeout)
+            except BaseException:  # cancelled while claiming: the trial is nobody's
+                self.breakers.release_trial(lane.id)
+                raise
+            if not claimed:
+                request.note(Attempt(0, lane.id, lane.backend, "skipped", "trial held by another replica"))
+                return False
+        return True
 
     async def _acquire(self, request: Dispatch, target: Target) -> Slot:
         lane, info = target.lane, request.info

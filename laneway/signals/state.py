@@ -15,6 +15,14 @@ up), not degraded (it said what it is doing); a success ends it early. Either wa
 back soon enough. A response without rate-limit headers never
 clears an earlier signal; a response with them replaces what it reports, field by field, and a
 malformed field (parsed as None) keeps the value before it.
+
+Several replicas (cluster mode) each observe the same backend; what one observed is merged into
+the others' signals (``merge``) by the observations' own wall-clock times, kept per group of
+facts: the quota (``quota_at``: its counters, resets and exhaustion), the announced
+unavailability (``unavailable_at``), and the outcomes (the last success's and error's times). A
+group is taken from the other side only when it observed it strictly later, so an event that
+arrives late or twice never undoes a newer observation. Latency windows are never merged: each
+replica measures its own.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from typing import Any
 
 from laneway.latency import LatencyWindow
 from laneway.signals.headers import Quota, RateLimits
+
+# What routing does with a backend (``BackendSignal.routing``).
+Routing = tuple[float, float, str | None]
 
 
 class Status(StrEnum):
@@ -59,6 +70,19 @@ def _quota(data: Any) -> Quota | None:
     return Quota(limit=data.get("limit"), remaining=data.get("remaining"), reset_at=data.get("reset_at"))
 
 
+def _later(theirs: float | None, mine: float | None) -> bool:
+    """Did the other side observe it strictly later (never observed: never later)?"""
+    return theirs is not None and (mine is None or theirs > mine)
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _last_outcome_at(sig: BackendSignal) -> float | None:
+    return _latest(sig.last_success_at, sig.last_error_at)
+
+
 @dataclass
 class LaneLatency:
     latency: LatencyWindow
@@ -81,6 +105,10 @@ class BackendSignal:
     last_error_at: float | None = None
     last_error: str | None = None
     last_rate_limited_at: float | None = None
+    # When the quota facts (counters, resets, retry_at, exhausted_until) and the announced
+    # unavailability were last observed: what ``merge`` decides by.
+    quota_at: float | None = None
+    unavailable_at: float | None = None
     # What happened last, success or error: kept apart from the timestamps, which two events can
     # share (a coarse or injected clock) and a wall-clock step can reorder.
     last_outcome: str | None = None
@@ -105,6 +133,7 @@ class BackendSignal:
         """Take what a response's rate-limit headers said. Nothing reported: nothing changes."""
         if limits.empty:
             return
+        self.quota_at = now
         self.requests = _merge(self.requests, limits.requests)
         self.tokens = _merge(self.tokens, limits.tokens)
         if limits.retry_at is not None:
@@ -132,6 +161,7 @@ class BackendSignal:
         self.last_success_at = self.recorded_at = now
         self.last_outcome = "success"
         self.unavailable_until = None  # it answered: available again, whatever it said before
+        self.unavailable_at = now
 
     def failed(self, now: float, message: str) -> None:
         self.last_error_at = self.recorded_at = now
@@ -140,16 +170,49 @@ class BackendSignal:
 
     def rate_limited(self, now: float, message: str, exhausted_for: float) -> None:
         """A 429: exhausted until the reset its headers gave (applied before this), else for a while."""
-        self.last_rate_limited_at = self.recorded_at = now
+        self.last_rate_limited_at = self.recorded_at = self.quota_at = now
         self.last_error = message
         if self.exhausted_until is None or self.exhausted_until <= now:
             self.exhausted_until = now + exhausted_for
 
     def unavailable(self, now: float, message: str, until: float) -> None:
         """A 503 or 529 that said to come back at ``until``: held till then, not degraded."""
-        self.recorded_at = now
+        self.recorded_at = self.unavailable_at = now
         self.last_error = message
         self.unavailable_until = until
+
+    # -- merging what another replica observed ------------------------------------------------
+
+    def merge(self, other: BackendSignal) -> None:
+        """Take the facts ``other`` (another replica's view of this backend) observed later than
+        this one did, group by group (the module's docstring); equal times keep this side's, so a
+        duplicate changes nothing. The latency windows stay this replica's own."""
+        if _later(other.quota_at, self.quota_at):
+            self.requests, self.tokens, self.retry_at = other.requests, other.tokens, other.retry_at
+            self.unified_status, self.unified_reset_at = other.unified_status, other.unified_reset_at
+            self.exhausted_until, self.quota_at = other.exhausted_until, other.quota_at
+        if _later(other.unavailable_at, self.unavailable_at):
+            self.unavailable_until, self.unavailable_at = other.unavailable_until, other.unavailable_at
+        if other.last_outcome is not None and _later(_last_outcome_at(other), _last_outcome_at(self)):
+            self.last_outcome = other.last_outcome
+        if _later(other.recorded_at, self.recorded_at):
+            self.recorded_at = other.recorded_at
+            self.last_error = other.last_error or self.last_error
+        self.last_success_at = _latest(self.last_success_at, other.last_success_at)
+        self.last_error_at = _latest(self.last_error_at, other.last_error_at)
+        self.last_rate_limited_at = _latest(self.last_rate_limited_at, other.last_rate_limited_at)
+
+    def routing(self, now: float) -> Routing:
+        """What routing does with the backend, as of ``now``: until when its quota is used up and
+        until when it is unavailable (0: it is not), and whether its last call failed. When this
+        changes, the other replicas are told (cluster mode); a counter moving is not a change."""
+        exhausted = self.exhausted_until or 0.0
+        unavailable = self.unavailable_until or 0.0
+        return (
+            exhausted if exhausted > now else 0.0,
+            unavailable if unavailable > now else 0.0,
+            self.last_outcome,
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -180,6 +243,8 @@ class BackendSignal:
             "last_error_at": self.last_error_at,
             "last_error": self.last_error,
             "last_rate_limited_at": self.last_rate_limited_at,
+            "quota_at": self.quota_at,
+            "unavailable_at": self.unavailable_at,
             "last_outcome": self.last_outcome,
             "recorded_at": self.recorded_at,
         }
@@ -214,6 +279,15 @@ class BackendSignal:
             },
         }
 
+    def shared_record(self) -> dict[str, Any]:
+        """What another replica merges (``merge``): the facts, without this one's latency windows.
+        ``from_record`` reads it."""
+        return {
+            **self._facts(),
+            "requests": _quota_dict(self.requests, 0.0),
+            "tokens": _quota_dict(self.tokens, 0.0),
+        }
+
     @classmethod
     def from_record(cls, data: dict[str, Any], window: int) -> BackendSignal:
         """Raises KeyError/TypeError/ValueError on a record it cannot read (the caller skips it)."""
@@ -227,6 +301,8 @@ class BackendSignal:
             "last_success_at",
             "last_error_at",
             "last_rate_limited_at",
+            "quota_at",
+            "unavailable_at",
             "recorded_at",
         ):
             value = data.get(name)

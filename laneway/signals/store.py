@@ -5,6 +5,14 @@ field writes, no I/O. Changed signals are written to the runtime store every ``f
 (the local cache directory in the embedded default, so a restart keeps them and ``laneway
 signals`` can read them from another process; Redis in cluster mode), each with the signal TTL.
 
+In cluster mode the other replicas are told at once when an observation changes what routing
+does with a backend (``BackendSignal.routing``: its quota used up or reset, it announced it is
+unavailable or answered again, its last call failed or succeeded): ``on_change`` is called with
+the backend's name, synchronously and without I/O (the cluster part sends it off the request
+path, coalesced). What they tell back is merged (``merge``); with ``merge_persisted`` a flush
+first merges what the store holds, so replicas writing one key in turn never drop each other's
+newer facts, and ``load`` merges rather than only filling the gaps.
+
 Local backends are also probed (``refresh``): one cheap call (``/v1/models``, ``/api/tags``, never
 a completion) bounded by ``refresh_deadline`` on the injected clock; concurrent refreshes of one
 backend share one probe. Cloud backends are never probed: what their traffic says is enough.
@@ -24,7 +32,7 @@ from laneway.clock import Clock, within
 from laneway.config.schema import SignalsConfig
 from laneway.errors import LanewayError, UpstreamError, UpstreamStatusError, Verdict, classify
 from laneway.signals.headers import parse_rate_limits
-from laneway.signals.state import BackendSignal, Status
+from laneway.signals.state import BackendSignal, Routing, Status
 from laneway.storage.runtime import KeyValueStore
 
 log = logging.getLogger("laneway.signals")
@@ -42,6 +50,9 @@ class Signals:
         self._signals: dict[str, BackendSignal] = {}
         self._dirty: set[str] = set()
         self._probes: dict[str, asyncio.Task[None]] = {}
+        # Cluster mode (laneway.cluster.signals): told of every change that matters for routing.
+        self.on_change: Callable[[str], None] | None = None
+        self.merge_persisted = False
 
     def signal(self, backend: str, family: str) -> BackendSignal:
         sig = self._signals.get(backend)
@@ -52,6 +63,10 @@ class Signals:
     def get(self, backend: str) -> BackendSignal | None:
         return self._signals.get(backend)
 
+    def backends(self) -> list[str]:
+        """The backends this replica has a signal of."""
+        return sorted(self._signals)
+
     # -- observing (the request path: no I/O) ------------------------------------------------
 
     def success(
@@ -61,11 +76,12 @@ class Signals:
         For a stream ``elapsed`` is None here: ``first_byte`` and ``stream_ended`` bring its times."""
         now = self.clock.now()
         sig = self.signal(backend, family)
+        before = self._routing(sig, now)
         sig.apply_limits(parse_rate_limits(family, headers, now), now, self.settings.exhausted_for)
         sig.succeeded(now)
         if elapsed is not None:
             self._record(sig, lane, "latency", elapsed)
-        self._dirty.add(backend)
+        self._observed(sig, before, now)
 
     def first_byte(self, backend: str, lane: str | None, ttft: float) -> None:
         sig = self._signals.get(backend)
@@ -95,6 +111,7 @@ class Signals:
             return  # a busy pool, the request's own fault: nothing about the backend
         now = self.clock.now()
         sig = self.signal(backend, family)
+        before = self._routing(sig, now)
         if isinstance(exc, UpstreamStatusError):
             limits = parse_rate_limits(family, exc.upstream_headers, now)
             if verdict.unavailable:
@@ -106,7 +123,28 @@ class Signals:
             sig.unavailable(now, exc.message, now + verdict.retry_after)
         elif verdict.unhealthy or verdict.auth_failure:
             sig.failed(now, exc.message)
-        self._dirty.add(backend)
+        self._observed(sig, before, now)
+
+    def _routing(self, sig: BackendSignal, now: float) -> Routing | None:
+        """What routing does with the backend before an observation; only worth computing when
+        someone is to be told of a change (cluster mode)."""
+        return sig.routing(now) if self.on_change is not None else None
+
+    def _observed(self, sig: BackendSignal, before: Routing | None, now: float) -> None:
+        """To be persisted; and told to the other replicas if routing would now treat the backend
+        differently (a call that only moved a counter or a latency window is not worth an event)."""
+        self._dirty.add(sig.backend)
+        if self.on_change is not None and before is not None and sig.routing(now) != before:
+            self.on_change(sig.backend)
+
+    def merge(self, other: BackendSignal) -> None:
+        """What another replica observed of a backend (``BackendSignal.merge``): taken where it is
+        newer than what this one knows. Not told on (it was told already), not persisted again."""
+        sig = self._signals.get(other.backend)
+        if sig is None or sig.family != other.family:
+            self._signals[other.backend] = other
+        else:
+            sig.merge(other)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -141,15 +179,20 @@ class Signals:
         except UpstreamError as exc:
             self.failure(backend, family, None, exc, classify(exc, now=self.clock.now()))
         except TimeoutError:
-            self.signal(backend, family).failed(self.clock.now(), f"probe timed out after {deadline:g}s")
-            self._dirty.add(backend)
+            now = self.clock.now()
+            sig = self.signal(backend, family)
+            before = self._routing(sig, now)
+            sig.failed(now, f"probe timed out after {deadline:g}s")
+            self._observed(sig, before, now)
         else:
             self.success(backend, family, None, headers, None)
 
     # -- persistence -------------------------------------------------------------------------
 
     async def load(self) -> int:
-        """Read the persisted signals (a restart keeps what was learnt). Unreadable ones are skipped."""
+        """Read the persisted signals (a restart keeps what was learnt). Unreadable ones are skipped.
+        A signal this replica already has keeps what it knows unless ``merge_persisted`` (cluster
+        mode: the store holds the other replicas' observations too; newer ones are merged in)."""
         try:
             found, unreadable = await read_persisted(self.store, self.settings.window)
         except LanewayError as exc:
@@ -158,7 +201,10 @@ class Signals:
         if unreadable:
             log.warning("skipped %d unreadable persisted signal(s)", unreadable)
         for sig in found:
-            self._signals.setdefault(sig.backend, sig)
+            if self.merge_persisted:
+                self.merge(sig)
+            else:
+                self._signals.setdefault(sig.backend, sig)
         return len(found)
 
     async def flush(self) -> int:
@@ -170,6 +216,8 @@ class Signals:
             if sig is None:
                 continue
             try:
+                if self.merge_persisted:
+                    await self._merge_stored(backend)
                 await self.store.set(PREFIX + backend, orjson.dumps(sig.to_record()), ttl=self.settings.ttl)
             except LanewayError as exc:
                 self._dirty.add(backend)  # try again next time
@@ -177,6 +225,18 @@ class Signals:
             else:
                 written += 1
         return written
+
+    async def _merge_stored(self, backend: str) -> None:
+        """Merge what the store holds of ``backend`` (another replica's newer facts) before writing
+        over it. Not atomic: two replicas flushing at once may each miss the other's latest, which
+        the next flush and the events between them mend."""
+        raw = await self.store.get(PREFIX + backend)
+        if raw is None:
+            return
+        try:
+            self.merge(BackendSignal.from_record(orjson.loads(raw), self.settings.window))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            pass  # torn or another version's: overwritten by ours
 
     async def run(self, local: Callable[[], Mapping[str, tuple[str, Probe]]]) -> None:
         """Forever: persist what changed every ``flush_interval``; probe the local backends
