@@ -23,6 +23,7 @@ from laneway.cluster.credentials import CredentialWatch
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
+from laneway.failovers import FailoverRecord
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Declared, Reconciler
@@ -37,6 +38,8 @@ from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage.batch_writer import BatchWriter
+from laneway.storage.failovers_repo import FailoverStore
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
@@ -116,7 +119,9 @@ class Gateway:
     usage: UsageRecorder
     pools: PoolRegistry
     breakers: Breakers
-    failovers: FailoverLog
+    failovers: FailoverLog  # this replica's newest, in memory: the answer when the database is away
+    failover_store: FailoverStore  # every replica's, in the database (routing.failover_retention)
+    failover_writer: BatchWriter[FailoverRecord]  # this replica's, to the database off the request path
     reconciler: Reconciler
     fleet: Fleet
     router: Router
@@ -191,9 +196,18 @@ class Gateway:
             serves_declared=reconciler.serves,
             pools=pools,
         )
+        replicas = Replicas(
+            runtime,
+            clock,
+            settings.cluster,
+            address=f"http://{settings.server.host}:{settings.server.port}",
+            holding=lambda: holding(pools, fleet),
+        )
         routing = settings.routing
         breakers = Breakers(clock, routing.breaker, inventory)
-        failovers = FailoverLog(routing.failover_records)
+        failover_store = FailoverStore(db.failovers, clock, retention=routing.failover_retention)
+        failover_writer = BatchWriter(failover_store.write, clock, name="failovers")
+        failovers = FailoverLog(routing.failover_records, replica=replicas.id, sink=failover_writer)
         router = Router(
             Resolver(inventory, {}, frozenset()),  # the routes are parsed once backends are known
             ChainMap(reconciler.providers, fleet.providers),
@@ -206,6 +220,7 @@ class Gateway:
             settings=routing,
             clock=clock,
             seed=routing.seed if routing.seed is not None else random.SystemRandom().randrange(2**63),
+            replica=replicas.id,
         )
         key_reloader = KeyReloader(
             db,
@@ -215,13 +230,6 @@ class Gateway:
             clock,
             interval=options.key_reload_interval or settings.auth.reload_interval,
             on_reload=fleet.cut_off,
-        )
-        replicas = Replicas(
-            runtime,
-            clock,
-            settings.cluster,
-            address=f"http://{settings.server.host}:{settings.server.port}",
-            holding=lambda: holding(pools, fleet),
         )
         return cls(
             settings=settings,
@@ -236,6 +244,8 @@ class Gateway:
             pools=pools,
             breakers=breakers,
             failovers=failovers,
+            failover_store=failover_store,
+            failover_writer=failover_writer,
             reconciler=reconciler,
             fleet=fleet,
             router=router,
@@ -264,6 +274,7 @@ class Gateway:
         self._tasks = [
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
+            asyncio.create_task(self.failover_writer.run(), name="failovers"),
         ]
         if self.options.schedule:
             self._tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
@@ -341,7 +352,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.fleet.aclose()  # ends the publishers' control streams
-        await self.usage.aclose()  # the last batch, before the database goes
+        await self.usage.aclose()  # the last batches, before the database goes
+        await self.failover_writer.aclose()
         await self.signals.aclose()  # persists what the last requests taught
         await self.reconciler.aclose()
         await self.replicas.aclose()  # out of the cluster's list at once
