@@ -71,6 +71,7 @@ class FailoverLog:
                 "requested": record.requested,
                 "outcome": record.outcome,
                 "served_by": record.served_by,
+                "replica": record.replica,
                 "attempts": [asdict(a) for a in record.attempts],
             },
         )
