@@ -18,14 +18,14 @@ from pathlib import Path
 from laneway.auth.keys import KeyRing, config_key_hashes
 from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
-from laneway.cluster.bus import Bus, NoBus, RedisBus
+from laneway.cluster.bus import Bus
 from laneway.cluster.credentials import CredentialWatch
-from laneway.cluster.discovery import ClusterDiscovery
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.cluster.sharing import ClusterSharing
-from laneway.cluster.slots import RedisSlots
+from laneway.cluster.wiring import build_pools, open_bus, open_discovery
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
+from laneway.failovers import FailoverRecord
 from laneway.inventory.cooldown import AuthCooldowns
 from laneway.inventory.modelcache import ModelListCache
 from laneway.inventory.reconcile import Declared, Reconciler
@@ -33,7 +33,6 @@ from laneway.inventory.refresher import RefreshContext
 from laneway.inventory.sharing import Sharing
 from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
-from laneway.pools.base import Bounded
 from laneway.pools.shared import SharedPool, SlotKeeper
 from laneway.providers.registry import build_provider
 from laneway.routing.backends import AllBackends
@@ -43,7 +42,9 @@ from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, RedisStore, open_stores
+from laneway.storage.batch_writer import BatchWriter
 from laneway.storage.errors import StorageError
+from laneway.storage.failovers_repo import FailoverStore
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
@@ -124,7 +125,9 @@ class Gateway:
     usage: UsageRecorder
     pools: PoolRegistry
     breakers: Breakers
-    failovers: FailoverLog
+    failovers: FailoverLog  # this replica's newest, in memory: the answer when the database is away
+    failover_store: FailoverStore  # every replica's, in the database (routing.failover_retention)
+    failover_writer: BatchWriter[FailoverRecord]  # this replica's, to the database off the request path
     reconciler: Reconciler
     fleet: Fleet
     router: Router
@@ -224,7 +227,9 @@ class Gateway:
             )
         routing = settings.routing
         breakers = Breakers(clock, routing.breaker, inventory, sharing.breakers if sharing else None)
-        failovers = FailoverLog(routing.failover_records)
+        failover_store = FailoverStore(db.failovers, clock, retention=routing.failover_retention)
+        failover_writer = BatchWriter(failover_store.write, clock, name="failovers")
+        failovers = FailoverLog(routing.failover_records, replica=replicas.id, sink=failover_writer)
         router = Router(
             Resolver(inventory, {}, frozenset()),  # the routes are parsed once backends are known
             ChainMap(reconciler.providers, fleet.providers),
@@ -237,6 +242,7 @@ class Gateway:
             settings=routing,
             clock=clock,
             seed=routing.seed if routing.seed is not None else random.SystemRandom().randrange(2**63),
+            replica=replicas.id,
         )
         key_reloader = KeyReloader(
             db,
@@ -260,6 +266,8 @@ class Gateway:
             pools=pools,
             breakers=breakers,
             failovers=failovers,
+            failover_store=failover_store,
+            failover_writer=failover_writer,
             reconciler=reconciler,
             fleet=fleet,
             router=router,
@@ -302,6 +310,7 @@ class Gateway:
             asyncio.create_task(self.key_reloader.run(), name="key-reload"),
             asyncio.create_task(self.usage.run(), name="usage"),
             asyncio.create_task(self.bus.run(), name="bus"),
+            asyncio.create_task(self.failover_writer.run(), name="failovers"),
         ]
         if self.options.schedule:
             self._tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
@@ -407,7 +416,8 @@ class Gateway:
                 await task
         await self.fleet.aclose()  # ends the publishers' control streams
         await self.pools.aclose()  # slots given back now, rather than lapse with their leases
-        await self.usage.aclose()  # the last batch, before the database goes
+        await self.usage.aclose()  # the last batches, before the database goes
+        await self.failover_writer.aclose()
         await self.signals.aclose()  # persists what the last requests taught
         if self.reconciler.sharing is not None:  # the others take over its backends at once
             await self.reconciler.sharing.aclose()
@@ -427,50 +437,6 @@ COOLDOWN_LIFTED = "cooldown.lifted"  # payload: {"backend": name}
 SLOT_GRANTED = "slot.granted"  # payload: {"pool": name, "ticket": id}; sent by cluster.slots' scripts
 SLOT_WANTED = "slot.wanted"  # payload: {"pool": name}; the same, to all: a pool's queue began
 COOLDOWN_BEGAN = "cooldown.began"  # payload: {"backend": name}
-
-
-def open_bus(settings: Settings, replica: str, clock: Clock) -> Bus:
-    """Redis pub/sub when the runtime store is Redis (a cluster); else no one to tell."""
-    url = settings.storage.runtime_url
-    if not url.startswith(("redis://", "rediss://")):
-        return NoBus()
-    cluster = settings.cluster
-    return RedisBus(
-        url, namespace=cluster.namespace, replica=replica, clock=clock, timeout=cluster.redis_timeout
-    )
-
-
-def build_pools(
-    settings: Settings, clock: Clock, hot: RedisStore | None, bus: Bus, replica: str
-) -> tuple[PoolRegistry, SlotKeeper | None]:
-    """The pools: this process's own in the embedded default; in cluster mode (``hot``: the
-    request path's Redis) pools whose slots and queue are the cluster's (``pools.shared``), and
-    the keeper that renews their leases."""
-    if hot is None or not isinstance(bus, RedisBus):
-        return PoolRegistry(clock), None
-    cluster = settings.cluster
-    ledger = RedisSlots(hot, replica, cluster.lease_ttl, bus.direct_channel(""), bus.channel)
-
-    def shared(name: str, *, slots: int, queue_size: int, queue_timeout: float) -> Bounded:
-        return SharedPool(
-            name, slots=slots, queue_size=queue_size, queue_timeout=queue_timeout, clock=clock, ledger=ledger
-        )
-
-    pools = PoolRegistry(clock, make=shared)
-    keeper = SlotKeeper(
-        lambda: [p for p in pools.pools() if isinstance(p, SharedPool)], clock, cluster.heartbeat
-    )
-    return pools, keeper
-
-
-def open_discovery(
-    settings: Settings, runtime: KeyValueStore, bus: Bus, replica: str, clock: Clock
-) -> Sharing | None:
-    """One leader per backend's discovery when the runtime store is Redis (a cluster); else this
-    replica leads everything and shares nothing (None: no store calls for it)."""
-    if not isinstance(runtime, RedisStore):
-        return None
-    return ClusterDiscovery(runtime, bus, replica=replica, clock=clock, config=settings.cluster)
 
 
 def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 # What usage can be grouped by (the columns of a summary); order is the order of the output.
-GROUP_FIELDS = ("caller", "requested", "lane", "backend", "model")
+GROUP_FIELDS = ("caller", "requested", "lane", "backend", "model", "replica")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class UsageRecord:
     request_id: str
     attempts: int  # lanes tried, the successful one included
     streamed: bool
+    replica: str = ""  # the replica that served it (``cluster.replica_id``); '' if not known
 
 
 # --- what people type: --since and group_by -----------------------------------------------------

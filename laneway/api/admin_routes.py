@@ -11,7 +11,7 @@ Every endpoint needs an admin key (``admin: true`` under ``auth.keys``; any key 
     DELETE /admin/cooldowns/{backend}   lift a backend's auth cooldown (the key was fixed)
     GET    /admin/signals               ?backend=NAME: quota, latency and status per backend
     GET    /admin/pools                 slots, active, queued (per caller), wait p50/p95 per pool
-    GET    /admin/failovers             ?limit=N: recent failover records, newest first
+    GET    /admin/failovers             ?limit=N&replica=ID: recent failover records, newest first
     GET    /admin/breakers              lanes whose breaker is not plainly closed (cluster mode:
                                         which replica opened it, which holds its half-open trial)
 """
@@ -26,10 +26,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from laneway.errors import InvalidRequest, ModelNotFound
+from laneway.failovers import FailoverRecord
 from laneway.gateway import Gateway
 from laneway.inventory.lanes import Lane
 from laneway.inventory.reconcile import Reconciler
 from laneway.pools.shared import SharedPool
+from laneway.storage.errors import StorageError
 
 LANE_FIELDS = frozenset(Lane("local", "f", "b", "chat", "m").as_dict())
 
@@ -169,13 +171,41 @@ class AdminRoutes:
         return self._json({"replica": replicas.id, "replicas": [r.as_dict() for r in live]})
 
     async def failovers(self, request: Request) -> Response:
+        """Every replica's records, from the database (this replica's newest are written first,
+        so they are never missing); when the database cannot be read, this replica's own from
+        memory, and the answer says so (``source``, ``degraded``). ``kept``: how many records
+        the answer draws from; ``total``: how many this replica made since it started."""
         self._admin(request)
         raw = request.query_params.get("limit", "100")
         if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
             raise InvalidRequest("limit must be a whole number from 1 to 10000", param="limit")
-        records = self.gateway.failovers.recent(int(raw))
+        replica = request.query_params.get("replica") or None
+        gw = self.gateway
+        degraded = None
+        try:
+            await gw.failover_writer.flush()  # a failed write leaves its batch for the next try
+            records, kept = await gw.failover_store.recent(int(raw), replica)
+            source = "database"
+        except StorageError as exc:
+            (records, kept), source = self._remembered(int(raw), replica), "memory"
+            degraded = f"the database could not be read, so these are this replica's only: {exc.message}"
+        return self._json(
+            {
+                "failovers": [r.as_dict() for r in records],
+                "kept": kept,
+                "total": gw.failovers.total,
+                "source": source,
+                "replica": gw.replicas.id,
+                "degraded": degraded,
+            }
+        )
+
+    def _remembered(self, limit: int, replica: str | None) -> tuple[list[FailoverRecord], int]:
+        """This replica's newest records, from memory (every one of them is this replica's)."""
         log = self.gateway.failovers
-        return self._json({"failovers": [r.as_dict() for r in records], "kept": len(log), "total": log.total})
+        if replica is not None and replica != log.replica:
+            return [], 0
+        return log.recent(limit), len(log)
 
     async def breakers(self, request: Request) -> Response:
         self._admin(request)

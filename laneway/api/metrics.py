@@ -27,11 +27,11 @@ name its sub-callers, and the model asked for is whatever the client typed.
 
 The signal and inventory gauges are labelled by ``backend`` and ``family``; the pool metrics by
 ``pool`` (a backend's name, or a lane id for a backend with ``pool: lane``); the breaker gauges by
-``lane`` (its id). Times are in seconds, ``..._seconds`` durations count down on the gateway's
-injected clock, and a value that was never reported (a counter the provider does not send, a
-window without samples) is absent rather than zero. A pool appears once a request first went
-through it, and a breaker only while it is not plainly closed (it holds recent failures, or is
-open or half-open).
+``lane`` (its id); the database writers' by ``kind`` (``api.record_metrics``). Times are in
+seconds, ``..._seconds`` durations count down on the gateway's injected clock, and a value that
+was never reported (a counter the provider does not send, a window without samples) is absent
+rather than zero. A pool appears once a request first went through it, and a breaker only while
+it is not plainly closed (it holds recent failures, or is open or half-open).
 
 The pools' served, rejected, timed-out and cancelled counts are counters (``..._total``): they
 start at 0 with the pool, so they start over when a pool is created again (its backend switched
@@ -59,6 +59,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from laneway.api.edge import EdgeStats
+from laneway.api.record_metrics import writer_metrics
 from laneway.auth.keys import secret_digest
 from laneway.errors import AuthenticationFailed, PermissionDenied
 from laneway.gateway import Gateway
@@ -260,6 +261,9 @@ class GatewayCollector(Collector):
         yield from pool_metrics(gw.pools.statistics())
         yield from breaker_metrics(gw.breakers.snapshot())
         yield from failover_metrics(len(gw.failovers))
+        yield from writer_metrics(
+            {"usage": gw.usage.statistics(), "failovers": gw.failover_writer.statistics()}
+        )
         yield from publisher_metrics(gw.fleet.snapshot(), gw.fleet.pending())
 
 
@@ -456,7 +460,8 @@ def breaker_metrics(snapshot: Mapping[str, Mapping[str, object]]) -> list[Metric
 def failover_metrics(kept: int) -> list[Metric]:
     records = GaugeMetricFamily(
         "laneway_failover_records",
-        "Failover records kept in memory (GET /admin/failovers); at most routing.failover_records",
+        "Failover records kept in memory (what GET /admin/failovers answers when the database "
+        "cannot be read); at most routing.failover_records",
     )
     records.add_metric([], kept)
     return [records]

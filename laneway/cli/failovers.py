@@ -1,8 +1,10 @@
-"""``laneway failovers``: a running gateway's recent failover records (``GET /admin/failovers``).
+"""``laneway failovers``: the recent failover records (``GET /admin/failovers``).
 
-A request leaves a record when it needed more than one attempt or failed. The records are kept in
-the gateway's memory (the last ``routing.failover_records``), so they start over with each start
-of the gateway and each replica has its own.
+A request leaves a record when it needed more than one attempt or failed. The records are in the
+gateway's SQL database, every replica's (each names the replica that handled the request), kept
+for ``routing.failover_retention``: any replica shows them all, and they outlive a restart. When
+that replica cannot read its database it answers with its own newest records, from memory, and
+this command says so.
 """
 
 from __future__ import annotations
@@ -58,9 +60,11 @@ def record_lines(record: Mapping[str, Any], now: float) -> list[str]:
     """One record as a block: who asked for what and what came of it, then a line per attempt."""
     at = record["started_at"]
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    replica = record.get("replica")
     lines = [
         f"{when} ({format_age(at, now)})  request {_dash(record['request_id'])}  "
-        f"run {_dash(record['run_id'])}  caller {record['caller']}",
+        f"run {_dash(record['run_id'])}  caller {record['caller']}"
+        + (f"  replica {replica}" if replica else ""),
         f"  requested {record['requested']} ({record['operation']})  outcome {record['outcome']}  "
         f"served by {_dash(record['served_by'])}",
     ]
@@ -85,19 +89,26 @@ def _prompt(prompt: object) -> str:
     metavar="N",
     help="Show the N newest records.",
 )
+@click.option("--replica", metavar="ID", help="Only the records of the replica with this id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON.")
 @admin_options
-def failovers(limit: int, as_json: bool, client: AdminClient) -> None:
-    """Show a running gateway's recent failover records, newest first.
+def failovers(limit: int, replica: str | None, as_json: bool, client: AdminClient) -> None:
+    """Show the recent failover records, newest first.
 
     A request leaves one when it needed more than one attempt, or failed. Each record names the
     request, its run and caller, what was asked for and which lane served it, then each attempt:
     its lane, outcome (served, failed, or skipped while the lane's breaker was open), the upstream
-    status and error code, the time it queued for a pool slot and the time the call took."""
-    body = client.get("/admin/failovers", {"limit": str(limit)})
+    status and error code, the time it queued for a pool slot and the time the call took.
+    Every replica's records (from the database), each naming its replica."""
+    params = {"limit": str(limit)}
+    if replica:
+        params["replica"] = replica
+    body = client.get("/admin/failovers", params)
     if as_json:
         print_json(body)
         return
+    if body.get("degraded"):  # the database could not be read: one replica's, from its memory
+        click.echo(f"note: {body['degraded']}", err=True)
     records, kept = body["failovers"], body["kept"]
     if not records:
         click.echo("no failover records (a request that needed more than one attempt, or failed, leaves one)")

@@ -58,6 +58,7 @@ NO_SOURCE = (
     metavar="FIELDS",
     help=f"Group by any of {', '.join(GROUP_FIELDS)}, comma-separated; '' for one total.",
 )
+@click.option("--replica", metavar="ID", help="Only the requests the replica with this id served.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the shape of GET /admin/usage).")
 @url_option
 @key_option
@@ -68,6 +69,7 @@ NO_SOURCE = (
 def usage(
     since: str | None,
     group_by: str,
+    replica: str | None,
     as_json: bool,
     url: str | None,
     admin_key: str | None,
@@ -77,7 +79,8 @@ def usage(
 ) -> None:
     """Show requests and tokens per caller (or per lane, model... with --by).
 
-    From a running gateway (--url, --key) or from the database (-c FILE, --database-url).
+    From a running gateway (--url, --key) or from the database (-c FILE, --database-url). Every
+    replica's requests, or one's with --replica (--by replica: side by side).
 
     Tokens are what the upstreams reported. UNREPORTED counts requests that reported none (an
     OpenAI-compatible stream whose client did not ask for usage), so the sums are a lower bound
@@ -94,9 +97,9 @@ def usage(
     if url and database_url:
         raise click.UsageError("give --url (a running gateway) or --database-url (its database), not both")
     if url:
-        body, where = _from_gateway(AdminClient(url, admin_key, timeout=timeout), since, fields)
+        body, where = _from_gateway(AdminClient(url, admin_key, timeout=timeout), since, fields, replica)
     elif database_url or config_path:
-        body, where = _from_database(config_path, database_url, start, fields, now)
+        body, where = _from_database(config_path, database_url, start, fields, now, replica)
     else:
         raise click.ClickException(NO_SOURCE)
     if as_json:
@@ -105,15 +108,24 @@ def usage(
     _print(body, where, fields)
 
 
-def _from_gateway(client: AdminClient, since: str | None, fields: list[str]) -> tuple[dict[str, Any], str]:
+def _from_gateway(
+    client: AdminClient, since: str | None, fields: list[str], replica: str | None
+) -> tuple[dict[str, Any], str]:
     params = {"group_by": ",".join(fields)}
     if since is not None:
         params["since"] = since  # the gateway reads it by its own clock, with the same rules
+    if replica:
+        params["replica"] = replica
     return client.get("/admin/usage", params), client.base_url
 
 
 def _from_database(
-    config_path: str | None, database_url: str | None, start: float | None, fields: list[str], now: float
+    config_path: str | None,
+    database_url: str | None,
+    start: float | None,
+    fields: list[str],
+    now: float,
+    replica: str | None,
 ) -> tuple[dict[str, Any], str]:
     from laneway.storage import sqlite_path
 
@@ -129,15 +141,18 @@ def _from_database(
 
     async def fetch(db: Database) -> tuple[list[dict[str, Any]], str]:
         after = datetime.fromtimestamp(start, UTC) if start is not None else None
-        return [t.as_dict() for t in await db.usage.summary(after, fields)], db.url
+        totals = await db.usage.summary(after, fields, replica=replica or None)
+        return [t.as_dict() for t in totals], db.url
 
     rows, where = with_database(settings, url, fetch)
-    return {"now": now, "since": start, "group_by": fields, "rows": rows}, where
+    return {"now": now, "since": start, "group_by": fields, "replica": replica or None, "rows": rows}, where
 
 
 def _print(body: dict[str, Any], where: str, fields: list[str]) -> None:
     start = body["since"]
     when = f" since {_when(start)}" if start is not None else ""
+    if body.get("replica"):
+        when += f" by replica {body['replica']}"
     rows: list[dict[str, Any]] = body["rows"]
     if not rows:
         click.echo(f"no usage recorded{when} in {where}")
@@ -146,7 +161,7 @@ def _print(body: dict[str, Any], where: str, fields: list[str]) -> None:
         [*(f.upper() for f in fields), "REQUESTS", "PROMPT TOKENS", "COMPLETION TOKENS", "UNREPORTED"],
         [
             [
-                *(str(row[f]) for f in fields),
+                *(str(row[f]) or "-" for f in fields),  # '': a record older than its column
                 str(row["requests"]),
                 _tokens(row["prompt_tokens"]),
                 _tokens(row["completion_tokens"]),

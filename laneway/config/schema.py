@@ -15,7 +15,7 @@ inventory: {intervals: {FAMILY: s}, lane_ttl_intervals, refresh_deadline, retry_
             model_cache_ttl, miss_refresh_debounce, declared_reload, weights: {tiers, providers}}
 signals:   {ttl, refresh_deadline, probe_interval, window, exhausted_for, flush_interval}
 routing:   {attempts, deadline, seed, retry_wait, record_prompts, failover_records,
-            breaker: {failures, window, cooldown}}
+            failover_retention, breaker: {failures, window, cooldown}}
 routes:    {NAME: [selector, ...]}     selector: "[backend-glob/]model-glob[@effort]" or a mapping
 defaults:  {chat, task, embed}         each a selector or a list of them: the role routes
 publishers: {tokens: [{name, token | token_env | token_hash, names, models, join_declared}],
@@ -310,6 +310,8 @@ class RoutingConfig(Strict):
     retry_wait: float = Field(5.0, ge=0)  # 0: never wait
     record_prompts: bool = False  # keep the prompt in failover records (off: it may be sensitive)
     failover_records: int = Field(1000, ge=0, le=1_000_000)  # recent failover records kept in memory
+    # Failover records are kept this long in the SQL database (seconds; 7 days), then deleted.
+    failover_retention: Seconds = 7 * 86400.0
     breaker: BreakerConfig = BreakerConfig()
 
 

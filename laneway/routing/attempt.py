@@ -27,12 +27,13 @@ from laneway import context
 from laneway.clock import Clock
 from laneway.config.schema import BackendConfig
 from laneway.errors import LanewayError, UpstreamError, UpstreamStatusError, Verdict, classify
+from laneway.failovers import Attempt
 from laneway.inventory.lanes import Lane
 from laneway.pools import PoolRegistry, Slot
 from laneway.providers.base import Call, Provider
 from laneway.routing.backends import Backends
 from laneway.routing.breaker import Breakers
-from laneway.routing.failover import Attempt, FailoverLog
+from laneway.routing.failover import FailoverLog
 from laneway.routing.request import Dispatch
 from laneway.routing.resolve import Candidate
 from laneway.signals.store import Signals

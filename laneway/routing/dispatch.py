@@ -93,6 +93,7 @@ class Router:
         settings: RoutingConfig,
         clock: Clock,
         seed: int,
+        replica: str = "",
     ) -> None:
         self.resolver = resolver  # replaced when the declared backends change (the gateway's)
         self.backends = backends
@@ -104,6 +105,7 @@ class Router:
         self.settings = settings
         self.clock = clock
         self.seed = seed  # ranking's tie-break, and the draws that share load among equal lanes
+        self.replica = replica  # this replica's id, on every usage record (cluster.replica_id)
         self._rng = random.Random(seed)
         self.holdoff = Holdoff(signals, clock, settings)
         self.attempts = Attempts(
@@ -335,5 +337,6 @@ class Router:
                 request_id=info.request_id,
                 attempts=attempts,
                 streamed=streamed,
+                replica=self.replica,
             )
         )

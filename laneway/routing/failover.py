@@ -5,18 +5,22 @@ leaves the router carries an ``Attribution`` (``laneway.errors``: that, plus the
 attempt number, and the prompt only when the operator enabled ``routing.record_prompts``): the
 client sees it in the error body, the log in a structured event.
 
-A request that needed more than one attempt, or failed, leaves a ``FailoverRecord`` (each
-attempt's lane, outcome, error and timings) in a bounded in-memory log, newest first at
-``GET /admin/failovers``, and as one ``failover`` log event.
+A request that needed more than one attempt, or failed, leaves a ``FailoverRecord``
+(``laneway.failovers``: each attempt's lane, outcome, error and timings, and the replica that
+handled it) in the SQL database, written in batches off the request path by the ``sink`` (so
+``GET /admin/failovers`` shows every replica's, and they outlive a restart); in a bounded
+in-memory log, what this replica answers when the database cannot be read; and as one
+``failover`` log event.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Protocol
 
+from laneway.failovers import FailoverRecord
 from laneway.providers.base import Native
 from laneway.routing.record import RequestRecord
 
@@ -34,49 +38,30 @@ class RequestInfo:
     native: Native | None = None  # the request in the client's own dialect (providers.base.Native)
 
 
-@dataclass(slots=True)
-class Attempt:
-    attempt: int
-    lane: str
-    backend: str
-    outcome: str  # served | failed | rate_limited (a 429: quota, not ill health) | skipped
-    error: str | None = None
-    code: str | None = None
-    status: int | None = None
-    queued: float = 0.0  # seconds waiting for a pool slot
-    elapsed: float = 0.0  # seconds of the call itself
+class FailoverSink(Protocol):
+    """Takes each record to keep it for good (``storage.batch_writer.BatchWriter``: a synchronous
+    append to a bounded buffer, written to the database off the request path)."""
 
-
-@dataclass(slots=True)
-class FailoverRecord:
-    request_id: str
-    run_id: str | None
-    caller: str
-    requested: str
-    operation: str
-    started_at: float  # wall clock
-    attempts: list[Attempt] = field(default_factory=list)
-    outcome: str = "failed"  # served | failed
-    served_by: str | None = None
-    prompt: Any = None
-
-    def as_dict(self) -> dict[str, Any]:
-        shown = asdict(self)
-        if self.prompt is None:
-            del shown["prompt"]
-        return shown
+    def record(self, item: FailoverRecord) -> None: ...
 
 
 class FailoverLog:
-    """The last ``size`` failover records, in memory (newest first when read)."""
+    """The last ``size`` failover records of this replica, in memory (newest first when read),
+    each stamped with ``replica`` (the id of the replica that handled the request) and handed to
+    ``sink`` on its way in. Adding never blocks and never raises."""
 
-    def __init__(self, size: int = 1000) -> None:
+    def __init__(self, size: int = 1000, *, replica: str = "", sink: FailoverSink | None = None) -> None:
         self._records: deque[FailoverRecord] = deque(maxlen=size)
+        self.replica = replica
+        self.sink = sink
         self.total = 0  # every record ever added, kept or not (a counter for rates)
 
     def add(self, record: FailoverRecord) -> None:
+        record.replica = self.replica
         self._records.append(record)
         self.total += 1
+        if self.sink is not None:
+            self.sink.record(record)
         log.warning(
             "failover",
             extra={
@@ -86,6 +71,7 @@ class FailoverLog:
                 "requested": record.requested,
                 "outcome": record.outcome,
                 "served_by": record.served_by,
+                "replica": record.replica,
                 "attempts": [asdict(a) for a in record.attempts],
             },
         )

@@ -15,9 +15,10 @@ from typing import Any
 from laneway.clock import Clock
 from laneway.config.schema import RoutingConfig
 from laneway.errors import Attribution, LanewayError
+from laneway.failovers import Attempt, FailoverRecord
 from laneway.inventory.lanes import Lane
 from laneway.operations import Operation
-from laneway.routing.failover import Attempt, FailoverLog, FailoverRecord, RequestInfo
+from laneway.routing.failover import FailoverLog, RequestInfo
 
 
 def prompt_of(body: dict[str, Any]) -> Any:

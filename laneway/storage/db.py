@@ -24,6 +24,7 @@ from sqlalchemy.pool import StaticPool
 
 from laneway.clock import Clock, SystemClock
 from laneway.storage.errors import DatabaseUnavailable
+from laneway.storage.failovers_repo import FailoverRepo
 from laneway.storage.publisher_tokens import PublisherTokenRepo
 from laneway.storage.repos import BackendRepo, Inflight, KeyRepo
 from laneway.storage.responses_repo import ResponsesRepo
@@ -167,6 +168,7 @@ class Database:
         )
         self.usage = UsageRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
         self.responses = ResponsesRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
+        self.failovers = FailoverRepo(self._sessions, clock=clock, url=url, inflight=self._inflight)
 
     @classmethod
     async def open(cls, url: str, *, clock: Clock | None = None, migrate: bool = True) -> Database:

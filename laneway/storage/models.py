@@ -1,5 +1,5 @@
-"""The declared-state tables (backends, client keys, publisher tokens), the usage records and the
-stored responses of the Responses API.
+"""The declared-state tables (backends, client keys, publisher tokens), the usage and failover
+records and the stored responses of the Responses API.
 ``migrations/versions`` must produce exactly this schema; a test compares the two with Alembic's
 autogenerate so they cannot drift apart.
 
@@ -170,6 +170,33 @@ class UsageRow(Base):
     request_id: Mapped[str] = mapped_column(String(255))
     attempts: Mapped[int] = mapped_column(Integer())
     streamed: Mapped[bool] = mapped_column(Boolean())
+    # The replica that served it (``cluster.replica_id``; migration 0006: '' for older rows).
+    replica: Mapped[str] = mapped_column(String(255), server_default="")
+
+
+class FailoverRow(Base):
+    """One request that needed more than one attempt, or failed (``laneway.failovers``): each
+    attempt's lane, outcome, error and timings (``attempts``, as ``Attempt`` fields) and the
+    replica that handled it. Written in batches by the gateway's failover writer; read by
+    ``GET /admin/failovers`` (every replica's, newest first); rows older than
+    ``routing.failover_retention`` are not shown and are swept. ``id`` is the record's own (a
+    request id is the client's and need not be unique): a batch written twice adds nothing."""
+
+    __tablename__ = "failover_records"
+    __table_args__ = (Index("ix_failover_records_started_at", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column()
+    replica: Mapped[str] = mapped_column(String(255))
+    request_id: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str | None] = mapped_column(String(255))
+    caller: Mapped[str] = mapped_column(String(255))
+    requested: Mapped[str] = mapped_column(String(255))
+    operation: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(32))
+    served_by: Mapped[str | None] = mapped_column(String(255))
+    attempts: Mapped[list[Any]] = mapped_column(JSON())
+    prompt: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)  # routing.record_prompts
 
 
 class ResponseRow(Base):

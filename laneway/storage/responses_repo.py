@@ -10,22 +10,43 @@ finds nothing, exactly as an id that never existed (a 404 either way: a caller c
 another's ids). Rows live ``responses.retention`` seconds; one past its ``expires_at`` is never
 served, and the expired rows are deleted by the writes (at most once per ``sweep_every``), so
 the table stays as large as the traffic of one retention period.
+
+When the database cannot be reached, what needs a stored response (storing one, chaining on one,
+reading or deleting one) fails with ``StoredResponsesUnavailable``: a 503 whose client text says
+so in laneway's words (the database's address and the driver's reason are the operator's, logged
+once per outage), while every request that needs no stored response is served as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select
 
 from laneway.clock import Clock
+from laneway.storage.errors import DatabaseUnavailable
 from laneway.storage.models import ResponseRow
 from laneway.storage.repos import _Repo, _rowcount, _runs_to_completion
 
 _TEXT_MAX = 255
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class StoredResponsesUnavailable(DatabaseUnavailable):
+    """The database that keeps stored responses cannot be reached (503). ``message`` names it and
+    says why (for the operator); a client is told only what it can act on."""
+
+    @property
+    def client_message(self) -> str:
+        return (
+            "Stored responses are unavailable right now: the gateway cannot reach its database. "
+            "Retry later; a request with store: false and no previous_response_id does not need them."
+        )
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,22 @@ class ResponseStore:
         self.retention = retention
         self.sweep_every = sweep_every
         self._swept_at: float | None = None
+        self._away = False  # the last use could not reach the database (said once, and its end)
+
+    async def _use(self, operation: Awaitable[T]) -> T:
+        """Run one repository operation; the database being away becomes
+        ``StoredResponsesUnavailable``, logged when it begins and when it is over."""
+        try:
+            result = await operation
+        except DatabaseUnavailable as exc:
+            if not self._away:
+                log.warning("stored responses are unavailable until the database is back: %s", exc.message)
+            self._away = True
+            raise StoredResponsesUnavailable(exc.message) from None
+        if self._away:
+            log.warning("stored responses are available again")
+        self._away = False
+        return result
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.now(), UTC)
@@ -134,7 +171,7 @@ class ResponseStore:
         now = self.clock.now()
         if self._swept_at is None or now - self._swept_at >= self.sweep_every:
             self._swept_at = now
-            await self.repo.sweep(self._now())
+            await self._use(self.repo.sweep(self._now()))
         created = datetime.fromtimestamp(now, UTC)
         stored = StoredResponse(
             id=str(response["id"]),
@@ -146,11 +183,11 @@ class ResponseStore:
             output=list(output),
             response=dict(response),
         )
-        await self.repo.put(stored)
+        await self._use(self.repo.put(stored))
         return stored
 
     async def load(self, response_id: str, caller: str) -> StoredResponse | None:
-        return await self.repo.get(response_id, caller, self._now())
+        return await self._use(self.repo.get(response_id, caller, self._now()))
 
     async def delete(self, response_id: str, caller: str) -> bool:
-        return await self.repo.delete(response_id, caller)
+        return await self._use(self.repo.delete(response_id, caller))

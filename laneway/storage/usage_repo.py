@@ -22,7 +22,7 @@ from laneway.storage.models import UsageRow
 from laneway.storage.repos import _Repo, _runs_to_completion
 from laneway.usage import GROUP_FIELDS, UsageRecord
 
-# Rows per INSERT: 11 bound parameters each stays under SQLite's limit (32766) and PostgreSQL's
+# Rows per INSERT: 12 bound parameters each stays under SQLite's limit (32766) and PostgreSQL's
 # (32767). A recorder batch (500 by default) is one statement.
 INSERT_ROWS = 1000
 _TEXT_MAX = 255  # the String(255) columns
@@ -75,10 +75,15 @@ class UsageRepo(_Repo):
 
     @_runs_to_completion
     async def summary(
-        self, since: datetime | None = None, group_by: Sequence[str] = ("caller",)
+        self,
+        since: datetime | None = None,
+        group_by: Sequence[str] = ("caller",),
+        *,
+        replica: str | None = None,
     ) -> builtins.list[UsageTotals]:
         """Requests and token sums per group (``group_by``: any of ``GROUP_FIELDS``; none gives one
-        total), since ``since`` if given. Busiest groups first. No requests, no rows."""
+        total), since ``since`` if given, of the requests ``replica`` served if given. Busiest
+        groups first. No requests, no rows."""
         unknown = [g for g in group_by if g not in _GROUP_COLUMNS]
         if unknown:
             raise InvalidValue(f"cannot group usage by '{unknown[0]}'; use any of: {', '.join(GROUP_FIELDS)}")
@@ -94,6 +99,8 @@ class UsageRepo(_Repo):
         )
         if since is not None:
             query = query.where(_since(since))
+        if replica is not None:
+            query = query.where(UsageRow.replica == replica[:_TEXT_MAX])
         if groups:
             query = query.group_by(*groups).order_by(requests.desc(), *groups)
         async with self._session() as s:
@@ -138,6 +145,7 @@ def _row(rec: UsageRecord) -> dict[str, Any]:
         "request_id": rec.request_id[:_TEXT_MAX],
         "attempts": min(max(rec.attempts, 0), _INT_MAX),
         "streamed": rec.streamed,
+        "replica": rec.replica[:_TEXT_MAX],
     }
 
 
@@ -162,4 +170,5 @@ def _record(row: UsageRow) -> UsageRecord:
         request_id=row.request_id,
         attempts=row.attempts,
         streamed=row.streamed,
+        replica=row.replica,
     )

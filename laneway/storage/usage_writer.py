@@ -1,13 +1,5 @@
-"""Writing usage records: a bounded buffer, drained in batches off the request path.
-
-Recording is on the request path and must cost nothing there: ``UsageRecorder.record`` is a
-synchronous append to a bounded buffer. Writing is off the request path: ``run()`` drains the
-buffer in batches, one multi-row INSERT per batch, so the database sees a handful of statements
-a second however busy the gateway is, and a database that is slow or away never slows a request.
-
-The buffer is bounded (``max_buffered``). A database that stays away long enough loses the
-*oldest* records, counted in ``statistics().dropped``: memory stays flat and the newest usage,
-the one an operator is about to look at, is kept.
+"""Writing usage records: ``BatchWriter`` (a bounded buffer, drained in batches off the request
+path) over the ``usage_records`` table.
 
     recorder = UsageRecorder(db.usage.add_many, clock)
     task = asyncio.create_task(recorder.run())
@@ -18,199 +10,19 @@ the one an operator is about to look at, is kept.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
-from laneway.clock import Clock, within
-from laneway.errors import LanewayError
-from laneway.storage.errors import DatabaseUnavailable, StorageError
+from laneway.clock import Clock
+from laneway.storage.batch_writer import BatchWrite, BatchWriter, WriterStatistics
 from laneway.usage import UsageRecord
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class UsageStatistics:
-    buffered: int  # waiting to be written, including a batch being written right now
-    written: int
-    dropped: int  # oldest records given up because the buffer was full (or a batch was refused)
-    failed_writes: int
-
-
+UsageStatistics = WriterStatistics
 # Writes one batch, in one statement; raises on failure. ``Database.usage.add_many`` is one.
-UsageWriter = Callable[[Sequence[UsageRecord]], Awaitable[object]]
+UsageWriter = BatchWrite[UsageRecord]
 
 
-class UsageRecorder:
-    """A bounded buffer of usage records and the loop that writes it to the database in batches.
+class UsageRecorder(BatchWriter[UsageRecord]):
+    """The usage records' writer (``BatchWriter``; its log lines say ``usage``)."""
 
-    A batch whose write fails goes back to the head of the buffer and is tried again after
-    ``flush_interval`` (no tighter loop against a database that is down). A batch the database
-    *refuses* (a ``StorageError`` that is not ``DatabaseUnavailable``: it is the data, not the
-    connection) is retried ``max_refusals`` times, then dropped and counted, so one bad record
-    cannot stop usage recording for good.
-    """
-
-    def __init__(
-        self,
-        write: UsageWriter,
-        clock: Clock,
-        *,
-        flush_interval: float = 1.0,
-        batch_size: int = 500,
-        max_buffered: int = 100_000,
-        max_refusals: int = 3,
-    ) -> None:
-        if flush_interval <= 0 or batch_size < 1 or max_buffered < batch_size:
-            raise ValueError("need flush_interval > 0 and 1 <= batch_size <= max_buffered")
-        self._write = write
-        self._clock = clock
-        self.flush_interval = flush_interval
-        self.batch_size = batch_size
-        self.max_buffered = max_buffered
-        self.max_refusals = max_refusals
-        self._buffer: deque[UsageRecord] = deque()
-        self._full = asyncio.Event()  # set when a whole batch waits: write it now, not at the tick
-        self._writing: set[asyncio.Future[object]] = set()  # writes running, each settles itself
-        self._writing_count = 0  # records in those writes
-        self._written = 0
-        self._dropped = 0
-        self._failed_writes = 0
-        self._failing = 0  # consecutive failed writes: the first and the recovery are logged
-        self._refusals = 0  # consecutive refusals of the batch at the head
-
-    # -- the request path --------------------------------------------------------------------
-
-    def record(self, rec: UsageRecord) -> None:
-        """Queue one record. Synchronous, O(1); when the buffer is full the oldest record goes.
-        Call it from the event loop's thread (the buffer has no lock: it needs none there)."""
-        if len(self._buffer) >= self.max_buffered:
-            self._buffer.popleft()
-            self._dropped += 1
-        self._buffer.append(rec)
-        if len(self._buffer) >= self.batch_size and not self._full.is_set():
-            try:
-                self._full.set()
-            except RuntimeError:  # the loop that waits on it is closed: the tick is all we lose
-                pass
-
-    def statistics(self) -> UsageStatistics:
-        return UsageStatistics(
-            buffered=len(self._buffer) + self._writing_count,
-            written=self._written,
-            dropped=self._dropped,
-            failed_writes=self._failed_writes,
-        )
-
-    # -- writing -----------------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Forever: write whole batches as soon as they wait, and everything else every
-        ``flush_interval`` (so a quiet gateway's records reach the database within about one
-        interval). Cancel it, then call ``aclose`` to write what is left."""
-        while True:
-            try:
-                await within(self._clock, self.flush_interval, self._full.wait())
-                whole_batches_only = True
-            except TimeoutError:
-                whole_batches_only = False
-            self._full.clear()
-            if not await self._drain(whole_batches_only):
-                await self._clock.sleep(self.flush_interval)  # the database is away: no hot loop
-            if len(self._buffer) >= self.batch_size:
-                self._full.set()
-
-    async def flush(self) -> bool:
-        """Write everything waiting now, in batches. False if a write failed (its batch is kept)."""
-        return await self._drain(whole_batches_only=False)
-
-    async def aclose(self) -> None:
-        """Wait for a write still running (its caller may have been cancelled), then write what
-        is left. What cannot be written now is logged as lost: nothing raises on shutdown."""
-        if self._writing:
-            await asyncio.wait(set(self._writing))
-        if not await self.flush():
-            log.error("usage: %d records could not be written before shutdown", len(self._buffer))
-
-    async def _drain(self, whole_batches_only: bool) -> bool:
-        minimum = self.batch_size if whole_batches_only else 1
-        while len(self._buffer) >= minimum:
-            count = min(self.batch_size, len(self._buffer))
-            batch = [self._buffer.popleft() for _ in range(count)]
-            if not await self._write_batch(batch):
-                return False
-        return True
-
-    async def _write_batch(self, batch: list[UsageRecord]) -> bool:
-        """Write one batch. The write runs in its own task and settles itself (``_settle``), so
-        a cancelled caller neither loses the batch nor writes it twice."""
-        try:
-            write: asyncio.Future[object] = asyncio.ensure_future(self._write(batch))
-        except Exception as exc:  # a writer that fails before it is even awaited fails like any other
-            write = asyncio.get_running_loop().create_future()
-            write.set_exception(exc)
-        self._writing.add(write)
-        self._writing_count += len(batch)
-        write.add_done_callback(lambda done: self._settle(batch, done))
-        await asyncio.wait([write])  # waits for it; our own cancellation leaves it running
-        return not write.cancelled() and write.exception() is None
-
-    def _settle(self, batch: list[UsageRecord], done: asyncio.Future[object]) -> None:
-        self._writing.discard(done)
-        self._writing_count -= len(batch)
-        error = None if done.cancelled() else done.exception()
-        if not done.cancelled() and error is None:
-            self._written += len(batch)
-            self._refusals = 0
-            if self._failing:
-                log.warning(
-                    "usage: writing works again after %d failed writes (%d records dropped so far)",
-                    self._failing,
-                    self._dropped,
-                )
-            self._failing = 0
-            return
-        self._failed_writes += 1
-        self._failing += 1
-        if _refused(error):
-            self._refusals += 1
-            if self._refusals >= self.max_refusals:
-                self._refusals = 0
-                self._dropped += len(batch)
-                log.error(
-                    "usage: the database refused a batch %d times; dropped its %d records: %s",
-                    self.max_refusals,
-                    len(batch),
-                    _describe(error),
-                )
-                return
-        # Back to the head, in order; then the bound holds again by dropping the oldest.
-        self._buffer.extendleft(reversed(batch))
-        while len(self._buffer) > self.max_buffered:
-            self._buffer.popleft()
-            self._dropped += 1
-        if self._failing == 1:
-            log.warning("usage: could not write %d records, will retry: %s", len(batch), _describe(error))
-        else:
-            log.debug("usage: write failed again (%d in a row): %s", self._failing, _describe(error))
-
-    def __repr__(self) -> str:
-        s = self.statistics()
-        return (
-            f"<UsageRecorder: {s.buffered} buffered, {s.written} written, {s.dropped} dropped, "
-            f"{s.failed_writes} failed writes>"
-        )
-
-
-def _refused(error: BaseException | None) -> bool:
-    """The database answered and said no (the data is the problem), as opposed to being away."""
-    return isinstance(error, StorageError) and not isinstance(error, DatabaseUnavailable)
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "cancelled"
-    return error.message if isinstance(error, LanewayError) else f"{type(error).__name__}: {error}"
+    def __init__(self, write: UsageWriter, clock: Clock, **options: Any) -> None:
+        super().__init__(write, clock, name="usage", **options)

@@ -31,6 +31,9 @@ COUNTERS = frozenset(f"laneway_pool_{name}" for name in ("served", "rejected", "
     "laneway_tokens",
     "laneway_errors",
     "laneway_http_connections_cut",
+    "laneway_records_written",
+    "laneway_records_dropped",
+    "laneway_record_write_failures",
 }
 HISTOGRAMS = frozenset({"laneway_request_duration_seconds", "laneway_request_ttft_seconds"})
 
@@ -340,3 +343,11 @@ async def test_breaker_gauges_follow_a_failing_lane(gateway_factory: Any, sim_fa
     assert value(samples, "laneway_failover_records") == 2
     assert value(samples, "laneway_pool_served_total", pool="slow") == 2
     assert value(samples, "laneway_lanes", backend="slow", family="openai", health="open") == 1
+    # Both records reach the database, written off the request path (within about a second).
+    samples = await scrape_until(
+        gw, lambda s: value(s, "laneway_records_written_total", kind="failovers") == 2, "both written"
+    )
+    assert value(samples, "laneway_records_buffered", kind="failovers") == 0
+    assert value(samples, "laneway_records_dropped_total", kind="failovers") == 0
+    assert value(samples, "laneway_record_write_failures_total", kind="failovers") == 0
+    assert value(samples, "laneway_records_written_total", kind="usage") == 0  # neither was served

@@ -209,6 +209,7 @@ def test_failovers_show_each_attempt(gw: RunningGateway) -> None:
     lines = ok(admin(gw, "failovers")).splitlines()
     assert len(lines) == 5, lines  # the record's two lines, the attempts' header and two attempts
     assert "request req-failover-1  run run-42  caller app" in lines[0]
+    assert lines[0].endswith(f"  replica {gw.gateway.replicas.id}")  # which replica handled it
     assert lines[0].split("  ")[0].endswith("s ago)")
     assert lines[1] == f"  requested r (chat)  outcome served  served by {GOOD_LANE}"
     assert lines[2].split() == ["#", "LANE", "OUTCOME", "STATUS", "QUEUED", "ELAPSED", "ERROR"]
@@ -226,6 +227,8 @@ def test_failovers_json_and_limit(gw: RunningGateway) -> None:
 
     body = json.loads(ok(admin(gw, "failovers", "--json")))
     assert body["kept"] == 2
+    assert (body["source"], body["degraded"]) == ("database", None)
+    assert {r["replica"] for r in body["failovers"]} == {gw.gateway.replicas.id}
     newest, oldest = body["failovers"]
     assert (newest["request_id"], newest["run_id"]) == ("req-newer", "run-43")
     assert oldest["request_id"] == "req-older"

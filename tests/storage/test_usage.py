@@ -471,6 +471,23 @@ async def test_summary_groups_sums_and_filters_by_time(db: Database) -> None:
 
 
 @pytest.mark.anyio
+async def test_summary_groups_and_filters_by_the_replica_that_served(db: Database) -> None:
+    await db.usage.add_many(
+        [rec(1, replica="r1"), rec(2, replica="r1"), rec(3, replica="r2"), rec(4)]  # rec(4): unknown
+    )
+    by_replica = await db.usage.summary(None, ["replica"])
+    assert [(dict(t.group), t.requests) for t in by_replica] == [
+        ({"replica": "r1"}, 2),
+        ({"replica": ""}, 1),
+        ({"replica": "r2"}, 1),
+    ]
+    (only,) = await db.usage.summary(None, [], replica="r1")
+    assert only.requests == 2
+    assert await db.usage.summary(None, [], replica="r9") == []
+    assert (await db.usage.recent(4))[-1].replica == "r1"
+
+
+@pytest.mark.anyio
 async def test_records_round_trip_and_garbled_fields_cannot_poison_a_batch(db: Database) -> None:
     await db.usage.add_many([rec(1, streamed=True, attempts=3), rec(2, at=START + 1)])
     newest, older = await db.usage.recent(2)
