@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import uuid
@@ -50,12 +51,13 @@ class Cell:
     cluster: list[Result] = field(default_factory=list)
 
     @staticmethod
-    def mean(results: list[Result], attr: str) -> float:
-        return sum(getattr(r, attr) for r in results) / len(results)
+    def median(results: list[Result], attr: str) -> float:
+        """The median over the rounds: one round disturbed by the machine does not move it."""
+        return statistics.median(getattr(r, attr) for r in results)
 
     def cells(self) -> list[str]:
-        e_rps, c_rps = self.mean(self.embedded, "rps"), self.mean(self.cluster, "rps")
-        e_p50, c_p50 = self.mean(self.embedded, "p50_ms"), self.mean(self.cluster, "p50_ms")
+        e_rps, c_rps = self.median(self.embedded, "rps"), self.median(self.cluster, "rps")
+        e_p50, c_p50 = self.median(self.embedded, "p50_ms"), self.median(self.cluster, "p50_ms")
         errors = sum(r.errors for r in self.embedded), sum(r.errors for r in self.cluster)
         return [
             f"{self.latency_ms}",
@@ -139,7 +141,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell and round")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per cell")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds per cell (the median is shown)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--latencies", type=int, nargs="+", default=[0], help="upstream latency, ms")
     parser.add_argument("--quick", action="store_true", help="1 s cells, one round")
