@@ -141,9 +141,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell and round")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating rounds per cell (the median is shown)"
-    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per cell (median shown)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--latencies", type=int, nargs="+", default=[0], help="upstream latency, ms")
     parser.add_argument("--quick", action="store_true", help="1 s cells, one round")
