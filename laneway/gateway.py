@@ -367,8 +367,7 @@ def open_bus(settings: Settings, replica: str, clock: Clock) -> Bus:
 
 def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:
     """What this replica holds, for its record: open control streams, slots in use."""
-    streams = sum(1 for session in fleet.registry.sessions.values() if session.bound)
-    return Holding(streams, sum(stats.active for stats in pools.statistics()))
+    return Holding(fleet.control_streams(), sum(stats.active for stats in pools.statistics()))
 
 
 def log_storage(settings: Settings) -> None:
