@@ -20,6 +20,7 @@ from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
 from laneway.cluster.bus import Bus, NoBus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
+from laneway.cluster.fleet import join_cluster
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.config.schema import BackendConfig, Settings, default_data_dir
 from laneway.config.selectors import parse_routes, route_warnings, validate_routes
@@ -37,6 +38,7 @@ from laneway.routing.failover import FailoverLog
 from laneway.routing.resolve import Resolver
 from laneway.signals.store import Probe, Signals
 from laneway.storage import Database, KeyValueStore, open_stores
+from laneway.storage.redisstore import RedisStore
 from laneway.storage.responses_repo import ResponseStore
 from laneway.storage.urls import is_sqlite
 from laneway.storage.usage_writer import UsageRecorder
@@ -223,6 +225,9 @@ class Gateway:
             address=f"http://{settings.server.host}:{settings.server.port}",
             holding=lambda: holding(pools, fleet),
         )
+        bus = open_bus(settings, replicas.id, clock)
+        if isinstance(bus, RedisBus) and isinstance(runtime, RedisStore):  # a cluster: publishers' too
+            join_cluster(fleet, runtime, bus, replicas, settings, clock)
         return cls(
             settings=settings,
             clock=clock,
@@ -242,7 +247,7 @@ class Gateway:
             key_reloader=key_reloader,
             responses=ResponseStore(db.responses, clock, retention=settings.responses.retention),
             replicas=replicas,
-            bus=open_bus(settings, replicas.id, clock),
+            bus=bus,
         )
 
     async def _start(self) -> None:

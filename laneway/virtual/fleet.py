@@ -127,6 +127,7 @@ class Fleet:
         await self.relay.aclose()
         if self.mirror is not None:
             await self.mirror.aclose()
+        await self.relay.peers.aclose()
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -53,6 +53,8 @@ class Peers(Protocol):
     async def live(self) -> set[str] | None:
         """The ids of the live replicas; None when that cannot be known now."""
 
+    async def aclose(self) -> None: ...
+
 
 class NoPeers:
     """One replica alone: every control stream and every task is its own."""
@@ -72,6 +74,9 @@ class NoPeers:
 
     async def live(self) -> set[str] | None:
         return None
+
+    async def aclose(self) -> None:
+        pass
 
 
 # -- task ids --------------------------------------------------------------------------------------
