@@ -265,3 +265,46 @@ async def test_a_task_in_flight_is_sent_again_when_the_publisher_reconnects_else
     assert (await request).choices[0].message.content == "second"
     await eventually(lambda: _is_true(r1.gateway.fleet.control_streams() == 0), "r1 closed the old stream")
     assert r3.gateway.fleet.control_streams() == 1
+
+
+async def test_a_revoked_token_cuts_the_session_where_it_is_held(
+    gateway_factory: Any, pg_url: str, tmp_path: Path
+) -> None:
+    """Three replicas on one PostgreSQL database (each reloads its keys when one is revoked, told
+    by the database, and polls only once an hour): the replica holding the control stream cuts
+    it, and the lanes go inactive on every replica."""
+    from tests.cli.test_admin import laneway, ok
+
+    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
+    options = GatewayOptions(schedule=True, key_reload_interval=3600)
+    cluster = {}
+    for name in NAMES:
+        config = replica_config(name, namespace, tmp_path)
+        config["storage"]["database_url"] = pg_url
+        cluster[name] = gateway_factory(config, options=options)
+    r1, r2, r3 = cluster.values()
+    tokens, owner = ("publishers", "tokens"), f"bob-{uuid.uuid4().hex[:6]}"
+    created = await asyncio.to_thread(
+        laneway, *tokens, "create", owner, "--names", "alice-*", "--database-url", pg_url
+    )
+    secret = ok(created).strip()
+    publisher = ScriptedPublisher(r1.url, secret)
+    try:
+        for gw in cluster.values():
+
+            async def knows(gw: RunningGateway = gw) -> bool:
+                return owner in gw.gateway.fleet.tokens.owners()
+
+            await eventually(knows, "every replica has the new token")
+        await publisher.register(at=r1.url)
+        await publisher.connect(at=r2.url)  # held by r2
+        await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+        ok(await asyncio.to_thread(laneway, *tokens, "revoke", owner, "--database-url", pg_url))
+        await eventually(lambda: _all(cluster, "inactive"), "cut: inactive on every replica")
+        assert [gw.gateway.fleet.control_streams() for gw in cluster.values()] == [0, 0, 0]
+        assert publisher._reader is not None
+        await asyncio.wait_for(publisher._reader, 10)  # r2 ended the stream
+        status, _ = await publisher.heartbeat(at=r3.url)
+        assert status == 401  # and the token is refused everywhere
+    finally:
+        await publisher.aclose()
