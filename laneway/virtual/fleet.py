@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection
 from laneway.auth.tokens import PublisherTokens
 from laneway.clock import Clock
 from laneway.config.schema import BackendConfig, Settings
+from laneway.errors import LanewayError
 from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
@@ -115,6 +116,8 @@ class Fleet:
             try:
                 await self.sweep()
                 await self.check_holders()
+            except LanewayError as exc:  # the shared state busy: the next sweep tries again
+                log.warning("fleet sweep not done: %s", exc.message)
             except Exception:  # a bug in one sweep must not stop the lifecycle for good
                 log.exception("fleet sweep failed")
 

@@ -74,7 +74,7 @@ class Session:
             "name": self.name,
             "state": self.state,
             "control": self.bound,
-            "holder": self.holder,
+            "holder": self.holder or None,  # the replica's id ("": this one, alone)
             "max_concurrency": self.max_concurrency,
             "last_heartbeat": self.last_heartbeat,
             "heartbeat_age": round(now - self.last_heartbeat, 3),

@@ -132,6 +132,11 @@ async def test_registered_on_one_replica_heartbeats_and_lanes_on_all(
         assert (shown["session_id"], shown["holder"]) == (publisher.session_id, "r2")
     held = {gw.gateway.replicas.id: gw.gateway.fleet.control_streams() for gw in cluster.values()}
     assert held == {"r1": 0, "r2": 1, "r3": 0}
+    from tests.cli.test_admin import laneway, ok
+
+    shown = await asyncio.to_thread(laneway, "publishers", "--url", r3.url, "--key", ADMIN)
+    header, row = ok(shown).splitlines()[:2]
+    assert (header.split()[-1], row.split()[0], row.split()[-1]) == ("HOLDER", "alice-laptop", "r2")
 
     status, _ = await publisher.call("DELETE", publisher.base, at=r3.url)  # unregistered on r3
     assert status == 200
