@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import signal
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -20,11 +23,16 @@ from typing import Any
 
 import openai
 import orjson
+import pytest
 
 from tests.cluster.test_replicas_processes import start_replicas
 from tests.conftest import CLIENT_KEY, fresh_pg_database
 from tests.e2e.test_inventory import free_port
 from tests.e2e.test_publish import ADMIN, ENV, Processes, admin, get, wait_for
+
+# Three replicas, HAProxy, a sim and a publisher, and two reconnects after 5 s of backoff each: more
+# than the default minute on a loaded machine.
+pytestmark = pytest.mark.timeout(240)
 
 HAPROXY_CFG = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "haproxy.cfg"
 TOKEN = "lw-e2e-cluster-publish-token"
@@ -90,6 +98,16 @@ def asked(url: str) -> str:
         sdk.close()
 
 
+def status_of(url: str) -> int:
+    """The status of a client's GET (HAProxy's own answers are not JSON)."""
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def sim_stats(local: str) -> Any:
     status, body = get(local + "/_sim/stats")
     assert status == 200, body
@@ -97,8 +115,6 @@ def sim_stats(local: str) -> Any:
 
 
 def sim_options(local: str, **options: Any) -> None:
-    import urllib.request
-
     request = urllib.request.Request(
         local + "/_sim/options",
         data=orjson.dumps(options),
@@ -185,6 +201,17 @@ def test_publish_through_haproxy_served_by_every_replica_and_after_a_kill(tmp_pa
             sim_options(local, latency=0)
             for url in [*alive.values(), lb]:
                 assert streamed(url), url
+
+            # Stopped (SIGTERM), the holder closes the stream on its way out: the publisher binds
+            # on the last replica, through HAProxy, and the model is served there.
+            started[new_holder].send_signal(signal.SIGTERM)
+            assert started[new_holder].wait(timeout=30) == 0, procs.log(new_holder)
+            (last,) = (name for name in alive if name != new_holder)
+            wait_for(lambda: holder(urls[last]) == last, "the publisher bound on the last replica", tries=600)
+            assert streamed(urls[last])
+            # Ready again (a replica with no routable lane is not, while its publisher reconnects).
+            wait_for(lambda: status_of(lb + "/v1/models") == 200, "HAProxy has a ready replica")
+            assert streamed(lb)
         finally:
             procs.stop_all()
     for name in urls:
