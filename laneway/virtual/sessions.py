@@ -190,8 +190,11 @@ class Sessions:
 
     def _elsewhere(self, task_id: str) -> str:
         """The replica the task's request waits on, if another one ("": this one)."""
-        me, requester = self._me, requester_of(task_id)
-        return requester if me and requester and requester != me else ""
+        me = self._me
+        if not me:
+            return ""  # alone: every task is this replica's
+        requester = requester_of(task_id)
+        return requester if requester and requester != me else ""
 
     async def _ask(
         self, requester: str, kind: str, session_id: str, task_id: str, post: Message

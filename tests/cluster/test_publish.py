@@ -313,3 +313,35 @@ async def test_a_revoked_token_cuts_the_session_where_it_is_held(
         assert status == 401  # and the token is refused everywhere
     finally:
         await publisher.aclose()
+
+
+async def test_a_caller_who_leaves_on_another_replica_cancels_the_task(
+    cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
+) -> None:
+    r1, r2, _ = cluster.values()
+    await publisher.register(at=r1.url)
+    await publisher.connect(at=r1.url)
+    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    request = asyncio.create_task(client(r2).chat.completions.create(model=MODEL, messages=CHAT))
+    task = await publisher.task()
+    request.cancel()  # the client on r2 leaves: the publisher, on r1, is told to stop
+    _, cancel = await publisher.next("cancel")
+    assert cancel == {"task_id": task["task_id"]}
+    status, body = await publisher.result(task["task_id"], {"status": 200, "body": completion(MODEL)})
+    assert (status, body["error"]["code"]) == (404, "unknown_task")
+
+
+async def test_a_hibernating_publisher_is_woken_for_a_request_on_another_replica(
+    cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
+) -> None:
+    r1, r2, r3 = cluster.values()
+    await publisher.register(at=r1.url, state="hibernating")
+    await publisher.connect(at=r1.url)
+    await eventually(lambda: _all(cluster, "hibernating"), "hibernating everywhere")
+    request = asyncio.create_task(client(r2).chat.completions.create(model=MODEL, messages=CHAT))
+    _, wake = await publisher.next("wake")
+    assert (await publisher.result(wake["task_id"], {"status": 200}, at=r3.url))[0] == 200
+    await eventually(lambda: _all(cluster, "healthy"), "awake everywhere")
+    task = await publisher.task()
+    await publisher.result(task["task_id"], {"status": 200, "body": completion(MODEL, "awake")}, at=r3.url)
+    assert (await request).choices[0].message.content == "awake"
