@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from laneway.errors import LanewayError
 from laneway.storage.errors import StorageError
@@ -79,12 +79,17 @@ class Mirror:
                     continue  # another replica wrote it meanwhile: again, on its record
                 self._reachable()
                 self._versions[name] = max(self._versions.get(name, 0), version)
-                await self._store.announce(name, Record(version, data))
+                # Announced once the caller has done what follows here (a control stream bound:
+                # a task another replica sends on hearing of it must find the stream open).
+                self._spawn(self._store.announce(name, Record(version, data)), f"announce-{name}")
                 return result
         raise RelayUnavailable(f"publisher '{name}' is being changed by other replicas; try again")
 
     def soon(self, name: str, apply: Callable[[], object]) -> None:
-        task = asyncio.get_running_loop().create_task(self._soon(name, apply), name=f"fleet-{name}")
+        self._spawn(self._soon(name, apply), f"fleet-{name}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], label: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=label)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -159,7 +164,7 @@ class Mirror:
             self._unreachable(exc)
             return
         self._versions[name] = version
-        await self._store.announce(name, Record(version, data))
+        self._spawn(self._store.announce(name, Record(version, data)), f"announce-{name}")
 
     def _unreachable(self, exc: StorageError) -> None:
         if not self._away:
@@ -172,8 +177,8 @@ class Mirror:
         self._away = False
 
     async def aclose(self) -> None:
-        """Let the changes under way finish (a replica stopping unbinds the sessions it held), for
-        a moment at most."""
+        """Let the changes and announcements under way finish (a replica stopping unbinds the
+        sessions it held), for a moment at most."""
         if self._background:
             await asyncio.wait(list(self._background), timeout=2)
         for task in list(self._background):
