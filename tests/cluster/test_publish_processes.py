@@ -5,8 +5,10 @@ environment); ``laneway publish`` publishing through HAProxy, with ``laneway sim
 as its local model server; the official ``openai`` SDK as the client.
 
 The publisher's control stream is held by whichever replica HAProxy picked, and its heartbeats
-and posts reach all three. Then the replica holding the stream is killed (``kill -9``) while a
-request waits on another: the publisher reconnects through HAProxy, and the request is served."""
+and posts reach all three. Then the replica holding the stream is killed (``kill -9``) while two
+requests wait on another: the publisher reconnects through HAProxy and the call is served, while
+the stream, which had sent output already, ends with an error event. Last, the new holder is
+stopped (SIGTERM): the publisher binds on the last replica."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import concurrent.futures
 import re
 import signal
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -108,6 +111,23 @@ def status_of(url: str) -> int:
         return exc.code
 
 
+def stream_until_broken(url: str, output: threading.Event) -> tuple[str, str | None]:
+    """A streamed call's text, and the error that ended it (None: it ended well); ``output`` is
+    set at its first words."""
+    text = ""
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0, timeout=120)
+    try:
+        for c in sdk.chat.completions.create(model=MODEL, messages=CHAT, stream=True):
+            if c.choices and c.choices[0].delta.content:
+                text += c.choices[0].delta.content
+                output.set()
+    except openai.APIError as exc:
+        return text, exc.message
+    finally:
+        sdk.close()
+    return text, None
+
+
 def sim_stats(local: str) -> Any:
     status, body = get(local + "/_sim/stats")
     assert status == 200, body
@@ -179,26 +199,35 @@ def test_publish_through_haproxy_served_by_every_replica_and_after_a_kill(tmp_pa
             assert asked(lb)
             assert len(served_by(tmp_path, "/chunks")) >= 2  # chunk posts landed on several replicas
 
-            # The holder is killed while a request waits on another replica.
+            # The holder is killed while two requests wait on another replica: a stream that has
+            # sent output to its client, and a call that has not.
             waiting_on = next(name for name in urls if name != first_holder)
-            sim_options(local, latency=3)
+            sim_options(local, latency=2, tokens_per_second=2)  # slow: both in flight at the kill
             before = sim_stats(local)["inference_requests"]
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            output = threading.Event()
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                streaming = pool.submit(stream_until_broken, urls[waiting_on], output)
+                assert output.wait(60), "the stream's first words"
                 request = pool.submit(asked, urls[waiting_on])
-                wait_for(lambda: sim_stats(local)["inference_requests"] == before + 1, "the task at the sim")
+                wait_for(lambda: sim_stats(local)["inference_requests"] == before + 2, "both at the sim")
                 started[first_holder].kill()
                 started[first_holder].wait(timeout=10)
                 killed.add(first_holder)
                 answer = request.result(timeout=120)
+                text, error = streaming.result(timeout=120)
+            # The stream cannot be replayed: what its client got, then an error event.
+            assert text
+            assert error is not None
+            assert error.startswith("The model's backend broke off its answer"), error
+            # The call's first copy died with the holder's stream; the publisher, back through
+            # HAProxy on another replica, got it again.
             assert answer
-            # The first copy died with the holder's stream; the publisher, back through HAProxy
-            # on another replica, got the task again.
-            assert sim_stats(local)["inference_requests"] == before + 2
+            assert sim_stats(local)["inference_requests"] == before + 3
             alive = {name: url for name, url in urls.items() if name not in killed}
             new_holder = holder(alive[waiting_on])
             assert new_holder in alive
             assert {holder(url) for url in alive.values()} == {new_holder}
-            sim_options(local, latency=0)
+            sim_options(local, latency=0, tokens_per_second=0)
             for url in [*alive.values(), lb]:
                 assert streamed(url), url
 
