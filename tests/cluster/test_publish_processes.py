@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -51,13 +52,15 @@ def haproxy(tmp_path: Path, replicas: list[str]) -> tuple[subprocess.Popen[bytes
     env = {**ENV, "LANEWAY_LISTEN": f"127.0.0.1:{port}"}
     for i, url in enumerate(replicas, start=1):
         env[f"LANEWAY_REPLICA_{i}"] = url.removeprefix("http://")
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    assert binary is not None, "haproxy is installed on this machine and in CI (Debian's package)"
     checked = subprocess.run(
-        ["haproxy", "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True, check=False
+        [binary, "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     log = open(tmp_path / "haproxy.log", "ab")  # noqa: SIM115 - the process owns it
     proc = subprocess.Popen(
-        ["haproxy", "-f", str(HAPROXY_CFG), "-db"], stdout=log, stderr=subprocess.STDOUT, env=env
+        [binary, "-f", str(HAPROXY_CFG), "-db"], stdout=log, stderr=subprocess.STDOUT, env=env
     )
     log.close()
     return proc, f"http://127.0.0.1:{port}"
