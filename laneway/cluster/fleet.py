@@ -35,7 +35,7 @@ from laneway.storage.errors import StorageError
 from laneway.storage.redisstore import RedisStore
 from laneway.virtual import Fleet
 from laneway.virtual.errors import RelayUnavailable, UnknownTask
-from laneway.virtual.peers import CANCEL, TASK, UNDELIVERED
+from laneway.virtual.peers import ABANDONED, CANCEL, TASK, UNDELIVERED
 from laneway.virtual.shared import EMPTY, Record
 
 log = logging.getLogger("laneway.cluster")
@@ -209,6 +209,8 @@ def join_cluster(
     bus.on(TASK, fleet.inbox.task)
     bus.on(CANCEL, fleet.inbox.cancel)
     bus.on(UNDELIVERED, fleet.inbox.undelivered)
+    bus.on(ABANDONED, fleet.inbox.abandoned)
     bus.on(POST, peers.answering(fleet.inbox.post))
     bus.on(ANSWER, peers.on_answer)
-    bus.on_listening(mirror.reload)
+    bus.on_listening(mirror.reload)  # first: the tasks given back next go where the records say
+    bus.on_listening(fleet.inbox.listening)

@@ -148,26 +148,36 @@ class Dispatcher:
         """The session went inactive: its tasks in flight go back to pending, except what cannot
         be replayed (a wake; a stream that already produced output)."""
         for task in self._relay.in_flight(session.id):
-            self._give_back(task, session)
+            self._give_back(task, session.name)
 
     def session_moved(self, session: Session) -> None:
         """The session was bound again (its publisher reconnected, here or elsewhere): what was
         sent on an earlier bind is lost with that stream, and is given back as by ``session_down``."""
         for task in self._relay.in_flight(session.id):
             if task.epoch < session.epoch:
-                self._give_back(task, session)
+                self._give_back(task, session.name)
 
-    def _give_back(self, task: Task, session: Session) -> None:
+    def sent_elsewhere_lost(self) -> None:
+        """This replica's bus was away (it listens again): what the publishers posted for the
+        tasks it had sent to other replicas' streams may be lost with it. They are given back as
+        by ``session_down`` (a copy still running gets a new id: its posts are refused)."""
+        for task in self._relay.sent_elsewhere():
+            self._give_back(task, task.backend)
+
+    def abandoned(self, task_id: str, session_id: str) -> None:
+        """A post for the task could not be answered in time on the replica it reached: the
+        publisher was told it failed, and stopped the task. Given back as by ``session_down``."""
+        task = self._relay.task(task_id)
+        if task is not None and task.session_id == session_id and not task.done.done():
+            self._give_back(task, task.backend)
+
+    def _give_back(self, task: Task, name: str) -> None:
         if task.kind == "wake":
-            self._relay.fail(
-                task, WakeFailed(f"publisher '{session.name}' went away while waking", backend=session.name)
-            )
+            self._relay.fail(task, WakeFailed(f"publisher '{name}' went away while waking", backend=name))
         elif task.produced:
-            self._relay.fail(
-                task, PublisherUnavailable(f"publisher '{session.name}' went away", backend=session.name)
-            )
+            self._relay.fail(task, PublisherUnavailable(f"publisher '{name}' went away", backend=name))
         else:
-            log.info("task re-dispatched", extra={"publisher": session.name, "task": task.id})
+            log.info("task re-dispatched", extra={"publisher": name, "task": task.id})
             self._relay.renew(task)
             self.dispatch(task)
 

@@ -38,6 +38,13 @@ class Inbox:
             str(payload.get("task")), str(payload.get("session")), _int(payload.get("epoch"))
         )
 
+    async def abandoned(self, payload: dict[str, Any]) -> None:
+        self._dispatcher.abandoned(str(payload.get("task")), str(payload.get("session")))
+
+    async def listening(self) -> None:
+        """This replica's bus listens again after it was away (``Dispatcher.sent_elsewhere_lost``)."""
+        self._dispatcher.sent_elsewhere_lost()
+
     def post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A publisher's post for a task of this replica, received by another: its answer."""
         return self._sessions.posted(payload)

@@ -15,6 +15,8 @@ The messages (topic: payload), each a JSON object:
     fleet.task         requester -> holder: {"task", "session", "epoch", "frame", "requester"}
     fleet.cancel       requester -> holder: {"session", "task"}
     fleet.undelivered  holder -> requester: {"task", "session", "epoch"}  (not on that stream)
+    fleet.abandoned    any -> requester:    {"task", "session"}  (a post of it got no answer in
+                       time: the publisher was told it failed, and stopped the task)
     ask                any -> requester:    {"kind": "chunks"|"result", "session", "task", "post"}
                        answered {"accepted": n} | {"ok": true} | {"error": {"status", "code", ...}}
 """
@@ -32,6 +34,7 @@ from laneway.virtual.errors import UnknownTask
 TASK = "fleet.task"
 CANCEL = "fleet.cancel"
 UNDELIVERED = "fleet.undelivered"
+ABANDONED = "fleet.abandoned"
 
 
 class Peers(Protocol):

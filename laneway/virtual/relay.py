@@ -281,6 +281,10 @@ class Relay:
                 ),
             )
 
+    def sent_elsewhere(self) -> list[Task]:
+        """Tasks told to other replicas' streams and not finished."""
+        return [t for t in self._tasks.values() if t.holder is not None and not t.done.done()]
+
     def in_flight(self, session_id: str) -> list[Task]:
         return [t for t in self._tasks.values() if t.session_id == session_id and not t.done.done()]
 

@@ -38,8 +38,8 @@ from laneway.publishing.protocol import (
     read,
 )
 from laneway.virtual.dispatch import Dispatcher, VirtualProvider
-from laneway.virtual.errors import error_record, from_error_record
-from laneway.virtual.peers import requester_of
+from laneway.virtual.errors import RelayUnavailable, error_record, from_error_record
+from laneway.virtual.peers import ABANDONED, requester_of
 from laneway.virtual.registry import FAMILY, Registry, Session, State
 from laneway.virtual.relay import ControlChannel, Relay
 from laneway.virtual.shared import SharedRegistry, Solo
@@ -200,7 +200,13 @@ class Sessions:
         self, requester: str, kind: str, session_id: str, task_id: str, post: Message
     ) -> dict[str, Any]:
         payload = {"kind": kind, "session": session_id, "task": task_id, "post": post.model_dump(mode="json")}
-        answer = await self._relay.peers.ask(requester, payload)
+        try:
+            answer = await self._relay.peers.ask(requester, payload)
+        except RelayUnavailable:
+            # The publisher is told the post failed, and stops the task: its requester, told too,
+            # gives it back instead of waiting for it until its timeout.
+            self._relay.peers.tell(requester, ABANDONED, {"task": task_id, "session": session_id})
+            raise
         error = answer.get("error")
         if isinstance(error, dict):
             raise from_error_record(error)

@@ -127,3 +127,45 @@ async def test_redis_away_then_back_empty(pair: list[RunningGateway], own_redis:
         await publisher.aclose()
         for made in sdk.values():
             await made.close()
+
+
+async def test_tasks_sent_elsewhere_are_sent_again_when_the_bus_listens_again(
+    pair: list[RunningGateway], own_redis: OwnRedis
+) -> None:
+    """The events channel cut (every subscriber's connection killed on the test's own Redis; its
+    data stays): what a publisher posted for r2's task meanwhile may be lost, so r2 sends it
+    again (a new id) once it listens again, instead of waiting for it until its timeout."""
+    r1, r2 = pair
+    publisher = ScriptedPublisher(r1.url, TOKEN)
+    sdk = openai.AsyncOpenAI(base_url=r2.v1, api_key=CLIENT_KEY, max_retries=0)
+    raw = Redis.from_url(f"redis://127.0.0.1:{own_redis.port}/0")
+    namespace = r1.gateway.settings.cluster.namespace
+    try:
+        await publisher.register(at=r1.url)
+        await publisher.connect(at=r1.url)  # held by r1
+        await eventually(lambda: _healthy(r2), "routable on r2")
+        request = asyncio.create_task(sdk.chat.completions.create(model=MODEL, messages=CHAT))
+        first = await publisher.task()
+        assert await raw.client_kill_filter(_type="pubsub") == 2  # both replicas' subscriptions
+
+        async def listening_again() -> bool:
+            return (await raw.pubsub_numsub(namespace + "events"))[0][1] == 2
+
+        await eventually(listening_again, "both listen again", tries=800)
+        again = await publisher.task()
+        assert again["task_id"] != first["task_id"]
+        assert again["body"] == first["body"]
+        status, body = await publisher.result(first["task_id"], {"status": 200, "body": completion(MODEL)})
+        assert (status, body["error"]["code"]) == (404, "unknown_task")
+        assert (
+            await publisher.result(again["task_id"], {"status": 200, "body": completion(MODEL, "again")})
+        )[0] == 200
+        assert (await request).choices[0].message.content == "again"
+    finally:
+        await publisher.aclose()
+        await sdk.close()
+        await raw.aclose()
+
+
+async def _healthy(gw: RunningGateway) -> bool:
+    return await lane_health(gw) == "healthy"

@@ -562,3 +562,22 @@ async def test_a_stream_ends_with_a_chunk_post_that_says_done() -> None:
     assert reported.completion_tokens == 2
     with pytest.raises(UnknownTask):  # ended: a result after it is refused
         await result(fleet, sid, task["task_id"], {"status": 200})
+
+
+async def test_a_task_abandoned_where_its_post_went_is_sent_again() -> None:
+    """In a cluster, a replica that could not get the answer to a post in time tells the task's
+    requester (this one) that the publisher was told the post failed: the task is sent again."""
+    fleet, _, _ = make_fleet()
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    first = orjson.loads(events(channel)[-1][1])["task_id"]
+    await fleet.inbox.abandoned({"task": first, "session": "ps_another"})  # not its session: nothing
+    assert events(channel) == []
+    await fleet.inbox.abandoned({"task": first, "session": sid})
+    ((name, data),) = events(channel)
+    again = orjson.loads(data)
+    assert (name, again["task_id"] != first) == ("task", True)
+    await result(fleet, sid, again["task_id"], {"status": 200, "body": {"ok": 1}})
+    assert orjson.loads((await call).body) == {"ok": 1}
