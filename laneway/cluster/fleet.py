@@ -155,7 +155,7 @@ class BusPeers:
         except TimeoutError:
             raise RelayUnavailable(
                 f"the replica serving task '{payload.get('task')}' did not answer within "
-                f"{self._timeout:g}s; post it again"
+                f"{self._timeout:g}s; the task will be sent again"
             ) from None
         finally:
             self._asked.pop(ref, None)

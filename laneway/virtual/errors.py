@@ -44,8 +44,9 @@ class WakeFailed(UpstreamError):
 
 
 class RelayUnavailable(LanewayError):
-    """The replica a publisher's post or change needed did not answer in time (the cluster's
-    bus or store is away, or busy): nothing was done, and the publisher may try again."""
+    """The cluster could not do what a publisher asked in time: a change of its session met
+    other replicas' changes too often (nothing was done: it may try again), or the replica whose
+    request waits for a task did not answer a post of it (the task is given back there)."""
 
     status = 503
     error_type = "server_error"
