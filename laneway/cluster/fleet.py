@@ -32,10 +32,10 @@ from laneway.cluster.bus import Bus
 from laneway.cluster.replicas import Replicas
 from laneway.config.schema import Settings
 from laneway.storage.errors import StorageError
-from laneway.storage.redisstore import RedisStore
+from laneway.storage.redisstore import RedisBreaker, RedisStore
 from laneway.virtual import Fleet
 from laneway.virtual.errors import RelayUnavailable, UnknownTask
-from laneway.virtual.peers import ABANDONED, CANCEL, TASK, UNDELIVERED
+from laneway.virtual.peers import ABANDONED, CANCEL, LISTENING, TASK, UNDELIVERED
 from laneway.virtual.shared import EMPTY, Record
 
 log = logging.getLogger("laneway.cluster")
@@ -105,13 +105,24 @@ Lost = Callable[[], None]
 class BusPeers:
     """The other replicas, on the cluster's bus. What is told goes out in the order it was told
     (one sender, so a cancel never overtakes its task); a post handed to its requester waits for
-    the answer at most ``timeout`` seconds of ``clock``."""
+    the answer at most ``timeout`` seconds of ``clock``. While ``breaker`` (the runtime store's)
+    says Redis cannot be reached, what is told is lost at once instead of each message waiting
+    out its own timeout behind the others."""
 
-    def __init__(self, bus: Bus, replicas: Replicas, clock: Clock, *, timeout: float) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        replicas: Replicas,
+        clock: Clock,
+        *,
+        timeout: float,
+        breaker: RedisBreaker | None = None,
+    ) -> None:
         self._bus = bus
         self._replicas = replicas
         self._clock = clock
         self._timeout = timeout
+        self._breaker = breaker
         self._outbox: asyncio.Queue[tuple[str, str, dict[str, Any], Lost | None]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -129,7 +140,8 @@ class BusPeers:
     async def _send(self) -> None:
         while True:
             replica, topic, payload, lost = await self._outbox.get()
-            if not await self._bus.send(replica, topic, payload) and lost is not None:
+            away = self._breaker is not None and self._breaker.closed_for() > 0
+            if (away or not await self._bus.send(replica, topic, payload)) and lost is not None:
                 try:
                     lost()
                 except Exception:  # the sender serves every message after this one too
@@ -197,7 +209,7 @@ def join_cluster(
     tasks and posts relayed over ``bus``."""
     publishers = settings.publishers
     ttl = publishers.heartbeat_timeout + publishers.inactive_retention + publishers.sweep_interval
-    peers = BusPeers(bus, replicas, clock, timeout=5 * settings.cluster.redis_timeout)
+    peers = BusPeers(bus, replicas, clock, timeout=5 * settings.cluster.redis_timeout, breaker=store.breaker)
     mirror = fleet.join(RedisSessions(store, bus, ttl=ttl), peers)
 
     async def announced(payload: dict[str, Any]) -> None:
@@ -210,7 +222,15 @@ def join_cluster(
     bus.on(CANCEL, fleet.inbox.cancel)
     bus.on(UNDELIVERED, fleet.inbox.undelivered)
     bus.on(ABANDONED, fleet.inbox.abandoned)
+    bus.on(LISTENING, fleet.inbox.peer_listening)
     bus.on(POST, peers.answering(fleet.inbox.post))
     bus.on(ANSWER, peers.on_answer)
-    bus.on_listening(mirror.reload)  # first: the tasks given back next go where the records say
-    bus.on_listening(fleet.inbox.listening)
+
+    async def listening_again() -> None:
+        # After the records (the tasks given back go where they say); and the others are told,
+        # for what they parked while this replica could not hear.
+        await fleet.inbox.listening()
+        await bus.publish(LISTENING, {"replica": replicas.id})
+
+    bus.on_listening(mirror.reload)
+    bus.on_listening(listening_again)

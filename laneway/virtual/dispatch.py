@@ -164,6 +164,13 @@ class Dispatcher:
         for task in self._relay.sent_elsewhere():
             self._give_back(task, task.backend)
 
+    def holder_back(self, replica: str) -> None:
+        """The replica ``replica`` listens again: what was parked for the streams it holds (told
+        while it could not hear) is sent."""
+        for session in list(self._registry.sessions.values()):
+            if session.holder == replica:
+                self.flush(session)
+
     def abandoned(self, task_id: str, session_id: str) -> None:
         """A post for the task could not be answered in time on the replica it reached: the
         publisher was told it failed, and stopped the task. Given back as by ``session_down``."""

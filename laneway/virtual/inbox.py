@@ -45,6 +45,12 @@ class Inbox:
         """This replica's bus listens again after it was away (``Dispatcher.sent_elsewhere_lost``)."""
         self._dispatcher.sent_elsewhere_lost()
 
+    async def peer_listening(self, payload: dict[str, Any]) -> None:
+        """Another replica listens again (``Dispatcher.holder_back``)."""
+        replica = payload.get("replica")
+        if isinstance(replica, str) and replica:
+            self._dispatcher.holder_back(replica)
+
     def post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A publisher's post for a task of this replica, received by another: its answer."""
         return self._sessions.posted(payload)

@@ -17,6 +17,8 @@ The messages (topic: payload), each a JSON object:
     fleet.undelivered  holder -> requester: {"task", "session", "epoch"}  (not on that stream)
     fleet.abandoned    any -> requester:    {"task", "session"}  (a post of it got no answer in
                        time: the publisher was told it failed, and stopped the task)
+    fleet.listening    one -> all (published): {"replica"}  (it listens again after its bus was
+                       away: what was parked for the streams it holds may be sent to it now)
     ask                any -> requester:    {"kind": "chunks"|"result", "session", "task", "post"}
                        answered {"accepted": n} | {"ok": true} | {"error": {"status", "code", ...}}
 """
@@ -35,6 +37,7 @@ TASK = "fleet.task"
 CANCEL = "fleet.cancel"
 UNDELIVERED = "fleet.undelivered"
 ABANDONED = "fleet.abandoned"
+LISTENING = "fleet.listening"
 
 
 class Peers(Protocol):
