@@ -18,8 +18,9 @@ from pathlib import Path
 from laneway.auth.keys import KeyRing, config_key_hashes
 from laneway.auth.reload import KeyReloader
 from laneway.clock import Clock, SystemClock
-from laneway.cluster.bus import Bus
+from laneway.cluster.bus import Bus, RedisBus
 from laneway.cluster.credentials import CredentialWatch
+from laneway.cluster.fleet import join_cluster
 from laneway.cluster.replicas import Holding, Replicas
 from laneway.cluster.sharing import ClusterSharing
 from laneway.cluster.wiring import build_pools, open_bus, open_discovery
@@ -253,6 +254,8 @@ class Gateway:
             interval=options.key_reload_interval or settings.auth.reload_interval,
             on_reload=fleet.cut_off,
         )
+        if isinstance(bus, RedisBus) and isinstance(runtime, RedisStore):  # a cluster: publishers' too
+            join_cluster(fleet, runtime, bus, replicas, settings, clock)
         return cls(
             settings=settings,
             clock=clock,
@@ -441,9 +444,8 @@ COOLDOWN_BEGAN = "cooldown.began"  # payload: {"backend": name}
 
 def holding(pools: PoolRegistry, fleet: Fleet) -> Holding:
     """What this replica holds, for its record: open control streams, slots in use."""
-    streams = sum(1 for session in fleet.registry.sessions.values() if session.bound)
     here = sum(s.active if s.active_here is None else s.active_here for s in pools.statistics())
-    return Holding(streams, here)
+    return Holding(fleet.control_streams(), here)
 
 
 def log_storage(settings: Settings) -> None:

@@ -1,6 +1,9 @@
 """A publisher the test drives by hand over the real protocol (HTTP and SSE against the real
 gateway), to put the gateway in exact situations: a drop mid-task, a late result, a failed wake.
-``laneway publish`` itself is tested in test_publisher_*.py and test_publish_e2e.py."""
+``laneway publish`` itself is tested in test_publisher_*.py and test_publish_e2e.py.
+
+Every call may go to another gateway than ``url`` (``at=``): a replica of a cluster, as a load
+balancer would send it."""
 
 from __future__ import annotations
 
@@ -23,20 +26,21 @@ class ScriptedPublisher:
         self.connected = asyncio.Event()
 
     async def call(
-        self, method: str, path: str, body: Any = None, *, token: str | None = None
+        self, method: str, path: str, body: Any = None, *, token: str | None = None, at: str | None = None
     ) -> tuple[int, Any]:
         headers = {"authorization": f"Bearer {self.token if token is None else token}"}
         data = orjson.dumps(body) if body is not None else None
-        async with self.http.request(method, self.url + path, data=data, headers=headers) as resp:
+        url = (at or self.url).rstrip("/") + path
+        async with self.http.request(method, url, data=data, headers=headers) as resp:
             raw = await resp.read()
             return resp.status, orjson.loads(raw) if raw else None
 
-    async def register(self, **body: Any) -> dict[str, Any]:
+    async def register(self, *, at: str | None = None, **body: Any) -> dict[str, Any]:
         body.setdefault("name", "alice-laptop")
         body.setdefault("lanes", [{"model": "alice-llama:1b", "type": "chat"}])
         if self.session_id is not None:
             body.setdefault("session_id", self.session_id)
-        status, answer = await self.call("POST", "/v1/publishers/register", body)
+        status, answer = await self.call("POST", "/v1/publishers/register", body, at=at)
         assert status == 200, answer
         self.session_id = answer["session_id"]
         return dict(answer)
@@ -45,17 +49,19 @@ class ScriptedPublisher:
     def base(self) -> str:
         return f"/v1/publishers/sessions/{self.session_id}"
 
-    async def connect(self) -> None:
+    async def connect(self, *, at: str | None = None) -> None:
         """Open the control stream and read its events into ``events`` until ``drop``."""
         self.connected.clear()
-        self._reader = asyncio.create_task(self._read())
+        self._reader = asyncio.create_task(self._read(at or self.url))
         name, _ = await self.next("hello")
         assert name == "hello"
 
-    async def _read(self) -> None:
+    async def _read(self, url: str) -> None:
         headers = {"authorization": f"Bearer {self.token}"}
         async with self.http.get(
-            self.url + self.base + "/control", headers=headers, timeout=aiohttp.ClientTimeout(total=None)
+            url.rstrip("/") + self.base + "/control",
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None),
         ) as resp:
             assert resp.status == 200, await resp.text()
             self.connected.set()
@@ -87,14 +93,17 @@ class ScriptedPublisher:
                 await self._reader
             self._reader = None
 
-    async def result(self, task_id: str, body: dict[str, Any]) -> tuple[int, Any]:
-        return await self.call("POST", f"{self.base}/tasks/{task_id}/result", body)
+    async def result(self, task_id: str, body: dict[str, Any], *, at: str | None = None) -> tuple[int, Any]:
+        return await self.call("POST", f"{self.base}/tasks/{task_id}/result", body, at=at)
 
-    async def chunks(self, task_id: str, seq: int, chunks: list[dict[str, Any]]) -> tuple[int, Any]:
-        return await self.call("POST", f"{self.base}/tasks/{task_id}/chunks", {"seq": seq, "chunks": chunks})
+    async def chunks(
+        self, task_id: str, seq: int, chunks: list[dict[str, Any]], *, at: str | None = None
+    ) -> tuple[int, Any]:
+        body = {"seq": seq, "chunks": chunks}
+        return await self.call("POST", f"{self.base}/tasks/{task_id}/chunks", body, at=at)
 
-    async def heartbeat(self, state: str = "active") -> tuple[int, Any]:
-        return await self.call("POST", f"{self.base}/heartbeat", {"state": state})
+    async def heartbeat(self, state: str = "active", *, at: str | None = None) -> tuple[int, Any]:
+        return await self.call("POST", f"{self.base}/heartbeat", {"state": state}, at=at)
 
     async def aclose(self) -> None:
         await self.drop()

@@ -84,33 +84,34 @@ class PublisherRoutes:
 
     async def register(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        return _json(fleet.sessions.register(grant, await self._body(request, Register)))
+        return _json(await fleet.sessions.register(grant, await self._body(request, Register)))
 
     async def heartbeat(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
         beat = await self._body(request, Heartbeat, optional=True)
-        return _json(fleet.sessions.heartbeat(grant, request.path_params["session_id"], beat))
+        return _json(await fleet.sessions.heartbeat(grant, request.path_params["session_id"], beat))
 
     async def chunks(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
         p = request.path_params
         post = await self._body(request, Chunks)
-        return _json(Accepted(accepted=fleet.sessions.chunks(grant, p["session_id"], p["task_id"], post)))
+        accepted = await fleet.sessions.chunks(grant, p["session_id"], p["task_id"], post)
+        return _json(Accepted(accepted=accepted))
 
     async def result(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
         p = request.path_params
-        fleet.sessions.result(grant, p["session_id"], p["task_id"], await self._body(request, Result))
+        await fleet.sessions.result(grant, p["session_id"], p["task_id"], await self._body(request, Result))
         return _json(Acknowledged())
 
     async def unregister(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        fleet.sessions.unregister(grant, request.path_params["session_id"])
+        await fleet.sessions.unregister(grant, request.path_params["session_id"])
         return _json(Acknowledged())
 
     async def control(self, request: Request) -> Response:
         fleet, grant = self._caller(request)
-        channel = fleet.sessions.open_control(grant, request.path_params["session_id"])
+        channel = await fleet.sessions.open_control(grant, request.path_params["session_id"])
         return StreamingResponse(
             self._events(fleet, channel),
             media_type="text/event-stream",

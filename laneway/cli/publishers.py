@@ -3,8 +3,9 @@
 
 The sessions (the default sub-command, ``sessions``): one row per session: the publisher's name,
 the token that opened it, its state, whether its control stream is open, its last heartbeat, its
-lanes by state and its tasks in flight. The sessions live in the gateway's memory, so each replica
-shows the publishers connected to it.
+lanes by state and its tasks in flight (for the requests of the replica asked). Alone, a gateway
+shows the publishers connected to it; in a cluster every replica shows every publisher, and
+HOLDER names the replica its control stream is open on.
 
 The tokens work on the database directly, like ``laneway keys``: a token's secret is shown once,
 when it is created, and only its hash is stored. A running gateway picks up new and revoked tokens
@@ -47,7 +48,7 @@ def lanes_summary(lanes: list[Mapping[str, Any]]) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "-"
 
 
-def rows(publishers: list[Mapping[str, Any]], now: float) -> list[list[str]]:
+def rows(publishers: list[Mapping[str, Any]], now: float, *, holders: bool = False) -> list[list[str]]:
     return [
         [
             p["name"],
@@ -58,6 +59,7 @@ def rows(publishers: list[Mapping[str, Any]], now: float) -> list[list[str]]:
             lanes_summary(p["lanes"]),
             str(p["tasks_in_flight"]),
             p["session_id"],
+            *([p.get("holder") or "-"] if holders else []),
         ]
         for p in publishers
     ]
@@ -89,7 +91,8 @@ def sessions(show_lanes: bool, as_json: bool, client: AdminClient) -> None:
         click.echo("no publishers (run `laneway publish --gateway URL --token T` on a machine with a model)")
         return
     now = body.get("now", time.time())
-    print_table(HEADERS, rows(found, now))
+    holders = any(p.get("holder") for p in found)  # a cluster's: which replica holds each stream
+    print_table(HEADERS + ["HOLDER"] * holders, rows(found, now, holders=holders))
     if body.get("pending_tasks"):
         click.echo(f"\n{body['pending_tasks']} task(s) waiting for their publisher to come back")
     if show_lanes:

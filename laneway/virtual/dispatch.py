@@ -12,6 +12,11 @@ A call:
 
 When a session goes away (``session_down``) its tasks in flight are dispatched again, except what
 cannot be replayed: a wake, or a stream that already produced output.
+
+In a cluster the publisher's control stream may be held by another replica: the task is told to
+it (``Relay.send_to``). A task it could not put on that stream (``undelivered``), and one sent on
+a bind of the session that is over (``session_moved``: the publisher reconnected, maybe to another
+replica), is dispatched again the same way.
 """
 
 from __future__ import annotations
@@ -27,17 +32,25 @@ from laneway.inventory.lanes import Tier, compose_lane_id
 from laneway.inventory.store import Inventory
 from laneway.operations import Operation
 from laneway.providers.base import Call, ModelInfo, Reply, ReplyStream
-from laneway.virtual.errors import PublisherUnavailable, WakeFailed
+from laneway.virtual.errors import PublisherUnavailable, RelayUnavailable, WakeFailed
 from laneway.virtual.registry import FAMILY, Registry, Session, State
 from laneway.virtual.relay import Relay, RelayStream, Task
+from laneway.virtual.shared import SharedRegistry, Solo
 
 log = logging.getLogger("laneway.virtual")
 
 
 class Dispatcher:
     def __init__(
-        self, registry: Registry, relay: Relay, inventory: Inventory, clock: Clock, settings: PublishersConfig
+        self,
+        registry: Registry,
+        relay: Relay,
+        inventory: Inventory,
+        clock: Clock,
+        settings: PublishersConfig,
+        shared: SharedRegistry | None = None,
     ) -> None:
+        self.shared: SharedRegistry = shared or Solo()
         self._registry = registry
         self._relay = relay
         self._inventory = inventory
@@ -59,7 +72,7 @@ class Dispatcher:
     async def _call(self, backend: str, op: Operation, call: Call) -> Reply:
         lane_id = _lane_id(backend, op, call.model)
         await self._ensure_awake(backend, lane_id)
-        task = Task("infer", backend, lane_id, call.model, op, False, call.body)
+        task = Task("infer", backend, lane_id, call.model, op, False, call.body, id=self._relay.new_id())
         self.dispatch(task)
         try:
             reply = await task.done
@@ -78,7 +91,7 @@ class Dispatcher:
             raise UpstreamTimeout(
                 f"publisher '{backend}' did not wake within {timeout:g}s", backend=backend
             ) from None
-        task = Task("infer", backend, lane_id, call.model, op, True, call.body)
+        task = Task("infer", backend, lane_id, call.model, op, True, call.body, id=self._relay.new_id())
         self.dispatch(task)
         return RelayStream(task, self._relay.release, self._clock, deadline)
 
@@ -91,9 +104,21 @@ class Dispatcher:
         if (
             session is not None
             and self._registry.state_of(task.lane_id) != State.INACTIVE
-            and self._relay.send(task, session.id)
+            and self._send(task, session)
         ):
             return
+        self._hold(task)
+
+    def _send(self, task: Task, session: Session) -> bool:
+        """On the session's control stream: here, or told to the replica that holds it."""
+        if session.holder is None or session.holder == self._relay.peers.me:
+            return self._relay.send(task, session.id)
+        self._relay.send_to(task, session.id, session.holder, session.epoch)
+        return True
+
+    def _hold(self, task: Task) -> None:
+        """The task cannot be sent now: it fails over at once if another lane serves its model,
+        else it waits for its publisher (parked)."""
         if task.kind == "infer" and self._elsewhere(task):
             self._relay.fail(
                 task,
@@ -123,19 +148,60 @@ class Dispatcher:
         """The session went inactive: its tasks in flight go back to pending, except what cannot
         be replayed (a wake; a stream that already produced output)."""
         for task in self._relay.in_flight(session.id):
-            if task.kind == "wake":
-                self._relay.fail(
-                    task,
-                    WakeFailed(f"publisher '{session.name}' went away while waking", backend=session.name),
-                )
-            elif task.produced:
-                self._relay.fail(
-                    task, PublisherUnavailable(f"publisher '{session.name}' went away", backend=session.name)
-                )
-            else:
-                log.info("task re-dispatched", extra={"publisher": session.name, "task": task.id})
-                self._relay.renew(task)
-                self.dispatch(task)
+            self._give_back(task, session.name)
+
+    def session_moved(self, session: Session) -> None:
+        """The session was bound again (its publisher reconnected, here or elsewhere): what was
+        sent on an earlier bind is lost with that stream, and is given back as by ``session_down``."""
+        for task in self._relay.in_flight(session.id):
+            if task.epoch < session.epoch:
+                self._give_back(task, session.name)
+
+    def sent_elsewhere_lost(self) -> None:
+        """This replica's bus was away (it listens again): what the publishers posted for the
+        tasks it had sent to other replicas' streams may be lost with it. They are given back as
+        by ``session_down`` (a copy still running gets a new id: its posts are refused)."""
+        for task in self._relay.sent_elsewhere():
+            self._give_back(task, task.backend)
+
+    def holder_back(self, replica: str) -> None:
+        """The replica ``replica`` listens again: what was parked for the streams it holds (told
+        while it could not hear) is sent."""
+        for session in list(self._registry.sessions.values()):
+            if session.holder == replica:
+                self.flush(session)
+
+    def abandoned(self, task_id: str, session_id: str) -> None:
+        """A post for the task could not be answered in time on the replica it reached: the
+        publisher was told it failed, and stopped the task. Given back as by ``session_down``."""
+        task = self._relay.task(task_id)
+        if task is not None and task.session_id == session_id and not task.done.done():
+            self._give_back(task, task.backend)
+
+    def _give_back(self, task: Task, name: str) -> None:
+        if task.kind == "wake":
+            self._relay.fail(task, WakeFailed(f"publisher '{name}' went away while waking", backend=name))
+        elif task.produced:
+            self._relay.fail(task, PublisherUnavailable(f"publisher '{name}' went away", backend=name))
+        else:
+            log.info("task re-dispatched", extra={"publisher": name, "task": task.id})
+            self._relay.renew(task)
+            self.dispatch(task)
+
+    def undelivered(self, task_id: str, session_id: str, epoch: int) -> None:
+        """A task told to another replica did not reach the session's stream there (it closed,
+        the publisher reconnected, or that replica is gone): sent again if the session is bound
+        anew since, else held (failed over, or parked until its publisher is back)."""
+        task = self._relay.task(task_id)
+        if task is None or task.done.done() or (task.session_id, task.epoch) != (session_id, epoch):
+            return  # answered, given back or sent again since
+        log.info("task not delivered; dispatched again", extra={"publisher": task.backend, "task": task_id})
+        self._relay.renew(task)
+        session = self._registry.owner_of(task.lane_id)
+        if session is not None and (session.id, session.epoch) != (session_id, epoch):
+            self.dispatch(task)
+        else:
+            self._hold(task)
 
     # -- waking --------------------------------------------------------------------------------
 
@@ -158,7 +224,7 @@ class Dispatcher:
 
     async def _wake(self, backend: str, lane_id: str) -> None:
         lane = self._inventory.get(lane_id)
-        task = Task("wake", backend, lane_id, lane.model if lane is not None else "")
+        task = Task("wake", backend, lane_id, lane.model if lane is not None else "", id=self._relay.new_id())
         log.info("waking publisher", extra={"publisher": backend, "lane": lane_id})
         self.dispatch(task)
         wait = self._settings.wake_timeout
@@ -174,11 +240,30 @@ class Dispatcher:
             raise WakeFailed(f"waking publisher '{backend}' failed: {exc.message}", backend=backend) from None
         finally:
             self._relay.release(task)
+        await self._awoken(backend, lane_id)
+        log.info("publisher awake", extra={"publisher": backend})
+
+    async def _awoken(self, backend: str, lane_id: str) -> None:
+        """The wake succeeded: the publisher's lanes are active (everywhere), and what waited for
+        it is sent."""
+
+        def awake() -> None:
+            session = self._registry.owner_of(lane_id)
+            if session is not None:
+                self._registry.awake(session)
+
+        before = self._registry.named(backend)
+        try:
+            await self.shared.change(backend, awake)
+        except RelayUnavailable as exc:  # the wake succeeded all the same: here at least
+            log.warning(
+                "the publisher's wake could not be shared: %s", exc.message, extra={"publisher": backend}
+            )
+            awake()
         session = self._registry.owner_of(lane_id)
         if session is not None:
-            self._registry.awake(session)
             self.flush(session)
-        log.info("publisher awake", extra={"publisher": backend})
+        self.shared.changed(backend, before)
 
     async def aclose(self) -> None:
         wakes = list(self._wakes.values())

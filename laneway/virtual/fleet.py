@@ -9,6 +9,12 @@
 
 The API calls ``sessions`` (``api.publisher_routes``); the router calls the ``VirtualProvider`` of
 each publisher name like any other provider (``providers``); the gateway reads the rest here.
+
+Alone, the registry is the truth and every control stream and task is this replica's. In a
+cluster (``join``: the gateway gives it a shared ``SessionStore`` and the ``Peers`` of
+``laneway.cluster.fleet``) the registry mirrors the shared state (``mirror``), tasks go to the
+replica holding their publisher's stream, and posts to the replica whose request waits for them
+(``inbox`` takes what the others tell this one).
 """
 
 from __future__ import annotations
@@ -19,13 +25,18 @@ from collections.abc import Callable, Collection
 from laneway.auth.tokens import PublisherTokens
 from laneway.clock import Clock
 from laneway.config.schema import BackendConfig, Settings
+from laneway.errors import LanewayError
 from laneway.inventory.store import Inventory
 from laneway.pools import PoolRegistry
 from laneway.providers.base import Provider
 from laneway.virtual.dispatch import Dispatcher
+from laneway.virtual.inbox import Inbox
+from laneway.virtual.mirror import Mirror
+from laneway.virtual.peers import Peers
 from laneway.virtual.registry import Registry
 from laneway.virtual.relay import Relay
 from laneway.virtual.sessions import Sessions
+from laneway.virtual.shared import SessionStore
 
 log = logging.getLogger("laneway.virtual")
 
@@ -65,6 +76,17 @@ class Fleet:
         )
         # One VirtualProvider per publisher name with lanes: the router's view of them.
         self.providers: dict[str, Provider] = self.sessions.providers
+        self.relay.on_undelivered = self.dispatcher.undelivered
+        self.inbox = Inbox(self.relay, self.dispatcher, self.sessions)
+        self.mirror: Mirror | None = None  # in a cluster (``join``)
+
+    def join(self, store: SessionStore, peers: Peers) -> Mirror:
+        """Take part in a cluster: the sessions' truth is ``store``'s, tasks and posts reach the
+        other replicas through ``peers``. Before the gateway starts (nothing is bound yet)."""
+        self.relay.peers = peers
+        self.mirror = Mirror(self.registry, store, self.sessions.reconcile, me=peers.me)
+        self.sessions.shared = self.dispatcher.shared = self.mirror
+        return self.mirror
 
     def config(self, backend: str) -> BackendConfig | None:
         return self.sessions.config(backend)
@@ -78,14 +100,24 @@ class Fleet:
     def cut_off(self) -> list[str]:
         return self.sessions.cut_off()
 
-    def sweep(self) -> None:
-        self.sessions.sweep()
+    async def sweep(self) -> None:
+        await self.sessions.sweep()
+
+    async def check_holders(self) -> None:
+        """In a cluster: the sessions bound to a replica that is gone are unbound (their tasks
+        given back). Nothing to do alone, or while the live replicas cannot be known."""
+        live = await self.relay.peers.live()
+        if live is not None:
+            await self.sessions.check_holders(live)
 
     async def run(self) -> None:
         while True:
             await self.clock.sleep(self.settings.sweep_interval)
             try:
-                self.sweep()
+                await self.sweep()
+                await self.check_holders()
+            except LanewayError as exc:  # the shared state busy: the next sweep tries again
+                log.warning("fleet sweep not done: %s", exc.message)
             except Exception:  # a bug in one sweep must not stop the lifecycle for good
                 log.exception("fleet sweep failed")
 
@@ -96,6 +128,9 @@ class Fleet:
         self.close_streams()
         await self.dispatcher.aclose()
         await self.relay.aclose()
+        if self.mirror is not None:
+            await self.mirror.aclose()
+        await self.relay.peers.aclose()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -108,6 +143,10 @@ class Fleet:
             shown["tasks_in_flight"] = len(self.relay.in_flight(session.id))
             out.append(shown)
         return out
+
+    def control_streams(self) -> int:
+        """Publishers' control streams open on this replica."""
+        return self.relay.streams()
 
     def pending(self) -> int:
         """Tasks parked until their publisher comes back."""

@@ -1,7 +1,7 @@
 """Publisher sessions and their virtual lanes: the lifecycle state machine.
 
-A *row* is one virtual lane as registered: which session owns it and its state (active,
-hibernating, inactive). The lane itself lives in the inventory (tier ``fleet``, provider
+A *row* is one virtual lane as registered (``laneway.virtual.records``): which session owns it and
+its state (active, hibernating, inactive). The lane itself lives in the inventory (tier ``fleet``, provider
 ``virtual``, instance = the publisher's name), with the state mirrored into its health so the
 router needs nothing special: inactive lanes weigh 0, hibernating ones half.
 
@@ -16,6 +16,11 @@ Heartbeats bump a session and revive it if its control stream is open; a missing
 for ``inactive_retention`` are deleted. Every transition is driven by the injected clock and every
 sweep is idempotent. No I/O here: the relay carries tasks; ``sessions`` and ``dispatch`` use the
 two together.
+
+In a cluster every replica's registry is a mirror of the shared state (``laneway.virtual.mirror``):
+the sessions of one publisher name are replaced at once (``replace``) by what the shared store
+holds, and a change is this state machine run on them and written back. So every change here
+must give the same result when run again on the same state (it may be, after a conflict).
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Any
 
 from laneway.auth.tokens import PublisherGrant
 from laneway.clock import Clock
@@ -34,71 +38,13 @@ from laneway.inventory.lanes import Health, Lane, Tier, compose_lane_id
 from laneway.inventory.store import Inventory
 from laneway.publishing.protocol import LaneOffer, LaneStatus, Register
 from laneway.virtual.errors import Conflict, UnknownSession
+from laneway.virtual.records import HEALTH, Row, Session, State, SweepResult, from_record, to_record
+
+__all__ = ["FAMILY", "Registry", "Row", "Session", "State", "SweepResult"]
 
 log = logging.getLogger("laneway.virtual")
 
 FAMILY = "virtual"
-
-
-class State(StrEnum):
-    ACTIVE = "active"
-    HIBERNATING = "hibernating"
-    INACTIVE = "inactive"
-    # A publisher that is stopping: its lanes take no new task (inactive) but the tasks it is
-    # running are left to finish (a session state; its rows are inactive).
-    DRAINING = "draining"
-
-
-_HEALTH = {
-    State.ACTIVE: Health.HEALTHY,
-    State.HIBERNATING: Health.HIBERNATING,
-    State.INACTIVE: Health.INACTIVE,
-}
-
-
-@dataclass(slots=True)
-class Row:
-    lane_id: str
-    session_id: str
-    state: State
-    inactive_since: float | None = None
-
-
-@dataclass(slots=True)
-class Session:
-    id: str
-    owner: str  # the publisher token's name
-    name: str  # the publisher's name: the lanes' instance id and backend name
-    max_concurrency: int
-    state: State  # what the publisher last said: active or hibernating
-    last_heartbeat: float
-    bound: bool = False  # its control stream is open
-    rows: set[str] = field(default_factory=set)  # lane ids it owns
-    join_declared: bool = False  # its token may publish models that declared backends serve
-    # Registered, its control stream not open yet: not routable, but its name is not up for
-    # adoption either, for a heartbeat_timeout (the publisher is connecting).
-    connecting: bool = False
-
-    def as_dict(self, now: float) -> dict[str, object]:
-        return {
-            "session_id": self.id,
-            "owner": self.owner,
-            "name": self.name,
-            "state": self.state,
-            "control": self.bound,
-            "max_concurrency": self.max_concurrency,
-            "last_heartbeat": self.last_heartbeat,
-            "heartbeat_age": round(now - self.last_heartbeat, 3),
-            "lanes": sorted(self.rows),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class SweepResult:
-    # Sessions that went inactive (heartbeat timeout): their control streams are to be closed
-    # and their tasks in flight given back (the registry does neither: it holds no tasks).
-    inactivated: list[Session]
-    deleted: list[str]  # lane ids deleted (inactive too long)
 
 
 class Registry:
@@ -234,7 +180,7 @@ class Registry:
                     "virtual lane adopted", extra={"lane": lane_id, "from": row.session_id, "to": session.id}
                 )
             self.rows[lane_id] = Row(
-                lane_id, session.id, row_state, None if row_state != State.INACTIVE else now
+                lane_id, session.id, row_state, None if row_state != State.INACTIVE else now, offer
             )
             session.rows.add(lane_id)
             written.append(self._lane(session.name, offer, row_state, now))
@@ -280,7 +226,7 @@ class Registry:
             capabilities=frozenset(offer.capabilities or ()) | {offer.type},
             context_length=offer.context_length,
             base_weight=weight,
-            health=_HEALTH[state],
+            health=HEALTH[state],
             observed_at=now,
             expires_at=None,  # the registry ends a virtual lane, never the inventory's expiry sweep
         )
@@ -302,9 +248,11 @@ class Registry:
             self._apply(session)
         return session
 
-    def bind(self, session: Session) -> None:
-        """Its control stream opened: a sign of life, and tasks can reach it."""
-        session.bound, session.connecting = True, False
+    def bind(self, session: Session, holder: str) -> None:
+        """Its control stream opened on the replica ``holder``: a sign of life, and tasks can
+        reach it. A new epoch: what was sent on an earlier bind is lost."""
+        session.holder, session.connecting = holder, False
+        session.epoch += 1
         session.last_heartbeat = self.clock.now()
         self._apply(session)
 
@@ -318,8 +266,17 @@ class Registry:
     def unbind(self, session: Session, *, reason: str) -> None:
         """Its control stream closed (or it said goodbye): inactive at once. Its tasks in flight
         are not the registry's: the caller gives them back (``Dispatcher.session_down``)."""
-        session.bound = session.connecting = False
+        session.holder, session.connecting = None, False
         self._inactivate(session, reason)
+
+    def unbind_held(self, session_id: str, holder: str, epoch: int, *, reason: str) -> Session | None:
+        """``unbind`` the session if its control stream is still the one ``holder`` opened at
+        ``epoch`` (not one opened since, here or elsewhere); returns it if it was."""
+        session = self.sessions.get(session_id)
+        if session is None or session.holder != holder or session.epoch != epoch:
+            return None
+        self.unbind(session, reason=reason)
+        return session
 
     def awake(self, session: Session) -> None:
         """A wake succeeded: active, with a fresh heartbeat."""
@@ -332,7 +289,7 @@ class Registry:
         for row in changed:
             row.state, row.inactive_since = state, None
         if changed:
-            self.inventory.set_health([r.lane_id for r in changed], _HEALTH[state])
+            self.inventory.set_health([r.lane_id for r in changed], HEALTH[state])
             log.info("publisher lanes %s", state, extra={"publisher": session.name, "session": session.id})
 
     def _inactivate(self, session: Session, reason: str) -> None:
@@ -351,30 +308,22 @@ class Registry:
 
     # -- the sweep -----------------------------------------------------------------------------
 
-    def sweep(self) -> SweepResult:
+    def sweep(self, names: Collection[str] | None = None) -> SweepResult:
         """Heartbeat-stale sessions go inactive; rows inactive past the retention are deleted.
-        Idempotent: a second sweep at the same time changes nothing."""
+        Only the publishers ``names`` when given (None: all). Idempotent: a second sweep at the
+        same time changes nothing."""
         now = self.clock.now()
-        cutoff = now - self.settings.heartbeat_timeout
         inactivated: list[Session] = []
-        for session in list(self.sessions.values()):
-            # A draining session whose heartbeats stopped while its control stream looks open
-            # counts too: its tasks in flight must go back to pending.
-            if session.last_heartbeat <= cutoff and (self._alive(session) or session.bound):
-                self._inactivate(session, f"no heartbeat for {now - session.last_heartbeat:.0f}s")
-                # Silent too long: a control stream the gateway still thinks open is a dead
-                # connection (or its heartbeats are lost). The caller closes it, so a live
-                # publisher reconnects and registers again.
-                session.bound = False
-                inactivated.append(session)
-        expired = now - self.settings.inactive_retention
-        deleted = [
-            row.lane_id
-            for row in self.rows.values()
-            if row.state == State.INACTIVE
-            and row.inactive_since is not None
-            and row.inactive_since <= expired
-        ]
+        for session in self._stale(now):
+            if names is not None and session.name not in names:
+                continue
+            self._inactivate(session, f"no heartbeat for {now - session.last_heartbeat:.0f}s")
+            # Silent too long: a control stream the gateway still thinks open is a dead
+            # connection (or its heartbeats are lost). The caller closes it, so a live
+            # publisher reconnects and registers again.
+            session.holder = None
+            inactivated.append(session)
+        deleted = [lane_id for lane_id, name in self._expired(now).items() if names is None or name in names]
         for lane_id in deleted:
             row = self.rows.pop(lane_id)
             owner = self.sessions.get(row.session_id)
@@ -384,6 +333,33 @@ class Registry:
         if deleted:
             self.inventory.delete_lanes(deleted, reason="publisher inactive too long")
         return SweepResult(inactivated, deleted)
+
+    def due(self) -> set[str]:
+        """The publishers (by name) that a sweep now would change."""
+        now = self.clock.now()
+        return {s.name for s in self._stale(now)} | set(self._expired(now).values())
+
+    def _stale(self, now: float) -> list[Session]:
+        """Sessions silent for ``heartbeat_timeout`` that still count as alive or bound. A
+        draining session whose heartbeats stopped while its control stream looks open counts
+        too: its tasks in flight must go back to pending."""
+        cutoff = now - self.settings.heartbeat_timeout
+        return [
+            s
+            for s in list(self.sessions.values())
+            if s.last_heartbeat <= cutoff and (self._alive(s) or s.bound)
+        ]
+
+    def _expired(self, now: float) -> dict[str, str]:
+        """Rows inactive past ``inactive_retention``: lane id -> publisher name."""
+        expired = now - self.settings.inactive_retention
+        return {
+            row.lane_id: owner.name if (owner := self.sessions.get(row.session_id)) else ""
+            for row in self.rows.values()
+            if row.state == State.INACTIVE
+            and row.inactive_since is not None
+            and row.inactive_since <= expired
+        }
 
     def _forget_if_empty(self, session: Session) -> None:
         if not session.rows and not session.bound:
@@ -405,3 +381,35 @@ class Registry:
             self.sessions.pop(session.id, None)
         self.inventory.delete_lanes(gone, reason="a declared backend took the name")
         return gone
+
+    # -- the shared state (a cluster's mirror) -------------------------------------------------
+
+    def record(self, name: str) -> dict[str, Any]:
+        """The sessions published as ``name``, with their rows, as their shared record."""
+        return to_record(self.named(name), self.rows)
+
+    def replace(self, name: str, record: dict[str, Any]) -> list[Session]:
+        """Make the sessions published as ``name`` what ``record`` holds (the shared state), and
+        their lanes to match: a row new or changed is written, one gone deleted; a lane whose
+        row did not change is left alone (its health may be a breaker's). Returns the sessions it
+        replaced."""
+        sessions, rows = from_record(record)
+        before = self.named(name)
+        old_rows = {
+            lane_id: self.rows.pop(lane_id) for s in before for lane_id in s.rows if lane_id in self.rows
+        }
+        for session in before:
+            del self.sessions[session.id]
+        for session in sessions:
+            self.sessions[session.id] = session
+        now = self.clock.now()
+        written = []
+        for row in rows:
+            self.rows[row.lane_id] = row
+            old = old_rows.get(row.lane_id)
+            changed = old is None or (old.state, old.offer) != (row.state, row.offer)
+            if changed and row.offer is not None:
+                written.append(self._lane(name, row.offer, row.state, now))
+        self.inventory.write_lanes(written)
+        self.inventory.delete_lanes(set(old_rows) - self.rows.keys(), reason="its publisher's session ended")
+        return before

@@ -11,12 +11,15 @@ produced output cannot be replayed: it breaks, and the client gets an error even
 
 Every result and chunk is checked against the task's session, its kind and its sequence number,
 so a post for an unknown, re-dispatched, cancelled or finished task is refused and changes nothing.
+
+In a cluster a task stays with the replica that serves its request; when its publisher's control
+stream is held by another replica, the task is told to that one (``send_to``), which puts it on
+the stream (``deliver``) or says it could not (``on_undelivered``). See ``laneway.virtual.peers``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,26 +34,32 @@ from laneway.providers.openai import usage_of
 from laneway.publishing.protocol import CancelEvent, Chunks, EventName, Message, Result, TaskEvent, WakeEvent
 from laneway.sse import DONE, encode
 from laneway.virtual.errors import Conflict, PublisherUnavailable, UnknownTask
+from laneway.virtual.peers import CANCEL, TASK, NoPeers, Peers, new_task_id
 
 _END = object()  # the end of a stream's frames
 
 
 def _task_id() -> str:
-    return "t_" + secrets.token_hex(12)
+    return new_task_id("")
 
 
 class ControlChannel:
     """One open control stream: events queued here are written to the publisher by the SSE
     response (``api.publisher_routes``). ``close`` ends that response."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, epoch: int = 0) -> None:
         self.session_id = session_id
+        self.epoch = epoch  # the session's bind this stream is (``Session.epoch``)
         self.events: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
 
     def send(self, event: EventName, message: Message) -> None:
+        self.send_frame(encode(message.wire(), event=event))
+
+    def send_frame(self, frame: bytes) -> None:
+        """An event already framed (a task another replica relays)."""
         if not self.closed:
-            self.events.put_nowait(encode(message.wire(), event=event))
+            self.events.put_nowait(frame)
 
     def close(self) -> None:
         if not self.closed:
@@ -72,6 +81,8 @@ class Task:
     body: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=_task_id)
     session_id: str | None = None
+    epoch: int = 0  # the bind of the session it was sent on
+    holder: str | None = None  # the replica it was told to (None: sent on a stream of this one)
     done: asyncio.Future[Reply | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -108,9 +119,12 @@ class Relay:
     """The control streams (one per session) and every task not finished: parked (by publisher
     name, oldest first, each with its give-up timer) or sent (to one session)."""
 
-    def __init__(self, clock: Clock, *, redispatch_wait: float) -> None:
+    def __init__(self, clock: Clock, *, redispatch_wait: float, peers: Peers | None = None) -> None:
         self._clock = clock
         self._wait = redispatch_wait
+        self.peers: Peers = peers or NoPeers()
+        # A task told to another replica did not reach its stream: (task id, session id, epoch).
+        self.on_undelivered: Callable[[str, str, int], None] = lambda task_id, session_id, epoch: None
         self._channels: dict[str, ControlChannel] = {}  # by session id
         self._tasks: dict[str, Task] = {}  # by id: parked and sent
         self._parked: dict[str, list[Task]] = {}  # by publisher name
@@ -142,25 +156,70 @@ class Relay:
         for channel in list(self._channels.values()):
             channel.close()
 
+    def streams(self) -> int:
+        """Control streams open here."""
+        return len(self._channels)
+
+    def deliver(self, session_id: str, epoch: int, frame: bytes) -> bool:
+        """Another replica's task, onto the session's stream here if it is the one of bind
+        ``epoch``; False if there is none (it closed, or the publisher reconnected since)."""
+        channel = self._channels.get(session_id)
+        if channel is None or channel.closed or channel.epoch != epoch:
+            return False
+        channel.send_frame(frame)
+        return True
+
+    def cancel_here(self, session_id: str, task_id: str) -> None:
+        """Another replica's caller left: its publisher is told to stop the task."""
+        channel = self._channels.get(session_id)
+        if channel is not None:
+            channel.send(EventName.CANCEL, CancelEvent(task_id=task_id))
+
     # -- tasks ---------------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        """A task id naming this replica (``laneway.virtual.peers.new_task_id``)."""
+        return new_task_id(self.peers.me)
 
     def send(self, task: Task, session_id: str) -> bool:
         """Send ``task`` on the session's control stream (no longer parked); False if the
-        session has no open one."""
+        session has no open one here."""
         channel = self._channels.get(session_id)
         if channel is None or channel.closed:
             return False
-        self._stop_timer(task)
-        self._tasks[task.id] = task
-        task.session_id = session_id
+        self._sent(task, session_id, None, channel.epoch)
         channel.send(*task.event())
         return True
+
+    def send_to(self, task: Task, session_id: str, holder: str, epoch: int) -> None:
+        """Tell ``task`` to the replica ``holder``, for the session's stream of bind ``epoch``
+        there. Counted as sent: if it does not get there, ``on_undelivered`` hears of it."""
+        self._sent(task, session_id, holder, epoch)
+        event, message = task.event()
+        frame = encode(message.wire(), event=event).decode()
+        task_id = task.id
+        payload = {
+            "task": task_id,
+            "session": session_id,
+            "epoch": epoch,
+            "frame": frame,
+            "requester": self.peers.me,
+        }
+        self.peers.tell(holder, TASK, payload, lost=lambda: self.on_undelivered(task_id, session_id, epoch))
+
+    def _sent(self, task: Task, session_id: str, holder: str | None, epoch: int) -> None:
+        self._stop_timer(task)
+        self._tasks[task.id] = task
+        task.session_id, task.holder, task.epoch = session_id, holder, epoch
+
+    def task(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
 
     def park(self, task: Task) -> None:
         """Keep ``task`` until its publisher can take it, for ``redispatch_wait`` at most: the
         timer starts when it is first parked and keeps running while it is parked again."""
         self._tasks[task.id] = task
-        task.session_id = None
+        task.session_id = task.holder = None
         self._parked.setdefault(task.backend, []).append(task)
         if task not in self._timers:
             self._timers[task] = asyncio.create_task(self._give_up(task), name=f"parked-{task.id}")
@@ -174,8 +233,8 @@ class Relay:
         """A new id for a task given back by a session that went away: a result for the old one
         is refused."""
         self._tasks.pop(task.id, None)
-        task.id = _task_id()
-        task.session_id = None
+        task.id = self.new_id()
+        task.session_id = task.holder = None
 
     def release(self, task: Task) -> None:
         """The task's caller is done with it (served, failed, left or timed out). A publisher
@@ -183,10 +242,12 @@ class Relay:
         (awaiting ``done`` and being cancelled, by a timeout or a client gone, cancels it)."""
         answered = task.done.done() and not task.done.cancelled()
         self._drop(task)
-        if not answered and task.session_id is not None:
-            channel = self._channels.get(task.session_id)
-            if channel is not None:
-                channel.send(EventName.CANCEL, CancelEvent(task_id=task.id))
+        if answered or task.session_id is None:
+            return
+        if task.holder is None:
+            self.cancel_here(task.session_id, task.id)
+        else:
+            self.peers.tell(task.holder, CANCEL, {"session": task.session_id, "task": task.id})
 
     def fail(self, task: Task, exc: BaseException) -> None:
         """End ``task`` with ``exc`` on the gateway's side; its publisher (gone, or never sent it)
@@ -219,6 +280,10 @@ class Relay:
                     backend=task.backend,
                 ),
             )
+
+    def sent_elsewhere(self) -> list[Task]:
+        """Tasks told to other replicas' streams and not finished."""
+        return [t for t in self._tasks.values() if t.holder is not None and not t.done.done()]
 
     def in_flight(self, session_id: str) -> list[Task]:
         return [t for t in self._tasks.values() if t.session_id == session_id and not t.done.done()]

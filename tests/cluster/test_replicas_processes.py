@@ -41,6 +41,7 @@ def start_replicas(
     ``extra``: more config sections (``auth`` is merged over the admin key)."""
     started: dict[str, subprocess.Popen[bytes]] = {}
     urls: dict[str, str] = {}
+    auth = extra.pop("auth", {})  # every replica's, not the first one's only
     for name in names:
         port = free_port()
         config: dict[str, Any] = {
@@ -50,7 +51,7 @@ def start_replicas(
                 "runtime_url": redis_url,
                 "data_dir": str(tmp_path / name),
             },
-            "auth": {"keys": [{"name": "ops", "key": ADMIN, "admin": True}], **extra.pop("auth", {})},
+            "auth": {"keys": [{"name": "ops", "key": ADMIN, "admin": True}], **auth},
             "cluster": {"replica_id": name, "lease_ttl": 2, "heartbeat": 0.5, "namespace": namespace},
             **extra,
         }

@@ -37,23 +37,25 @@ def make_fleet(declared: tuple[str, ...] = (), **publishers: Any) -> tuple[Fleet
     return Fleet(inventory, clock, settings, declared=lambda: declared), inventory, clock
 
 
-def register(fleet: Fleet, grant: PublisherGrant = ALICE, **body: Any) -> Registered:
+async def register(fleet: Fleet, grant: PublisherGrant = ALICE, **body: Any) -> Registered:
     """A register as the endpoint takes it: the body read as the protocol's message, then served."""
     body.setdefault("name", "alice-laptop")
     body.setdefault("lanes", [{"model": "llama3.2:3b", "type": "chat"}])
-    return fleet.sessions.register(grant, read(Register, body))
+    return await fleet.sessions.register(grant, read(Register, body))
 
 
-def heartbeat(fleet: Fleet, sid: str, body: dict[str, Any], grant: PublisherGrant = ALICE) -> HeartbeatAnswer:
-    return fleet.sessions.heartbeat(grant, sid, read(Heartbeat, body))
+async def heartbeat(
+    fleet: Fleet, sid: str, body: dict[str, Any], grant: PublisherGrant = ALICE
+) -> HeartbeatAnswer:
+    return await fleet.sessions.heartbeat(grant, sid, read(Heartbeat, body))
 
 
-def result(fleet: Fleet, sid: str, task_id: str, body: dict[str, Any]) -> None:
-    fleet.sessions.result(ALICE, sid, task_id, read(Result, body))
+async def result(fleet: Fleet, sid: str, task_id: str, body: dict[str, Any]) -> None:
+    await fleet.sessions.result(ALICE, sid, task_id, read(Result, body))
 
 
-def chunks(fleet: Fleet, sid: str, task_id: str, body: dict[str, Any]) -> int:
-    return fleet.sessions.chunks(ALICE, sid, task_id, read(Chunks, body))
+async def chunks(fleet: Fleet, sid: str, task_id: str, body: dict[str, Any]) -> int:
+    return await fleet.sessions.chunks(ALICE, sid, task_id, read(Chunks, body))
 
 
 def events(channel: ControlChannel) -> list[tuple[str, str]]:
@@ -75,7 +77,7 @@ async def settle() -> None:
 
 async def test_register_creates_fleet_lanes_and_a_session() -> None:
     fleet, inventory, _ = make_fleet()
-    answer = register(fleet, max_concurrency=3)
+    answer = await register(fleet, max_concurrency=3)
     assert answer.session_id.startswith("ps_")
     assert [lane.id for lane in answer.lanes] == [LANE]
     lane = inventory.get(LANE)
@@ -88,7 +90,7 @@ async def test_register_creates_fleet_lanes_and_a_session() -> None:
         "inactive",
     )
     assert not lane.routable
-    fleet.sessions.open_control(ALICE, answer.session_id)
+    await fleet.sessions.open_control(ALICE, answer.session_id)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
     assert inventory.get(LANE).routable  # type: ignore[union-attr]
     config = fleet.config("alice-laptop")
@@ -98,8 +100,8 @@ async def test_register_creates_fleet_lanes_and_a_session() -> None:
 
 async def test_hello_is_the_register_answer_with_the_protocol_version() -> None:
     fleet, _, _ = make_fleet()
-    answer = register(fleet)
-    channel = fleet.sessions.open_control(ALICE, answer.session_id)
+    answer = await register(fleet)
+    channel = await fleet.sessions.open_control(ALICE, answer.session_id)
     ((name, data),) = events(channel)
     hello = orjson.loads(data)
     assert (name, hello["session_id"], hello["protocol"]) == ("hello", answer.session_id, 1)
@@ -109,36 +111,36 @@ async def test_hello_is_the_register_answer_with_the_protocol_version() -> None:
 
 async def test_same_session_reactivates_its_rows_in_place() -> None:
     fleet, inventory, _ = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     fleet.sessions.close_control(channel)
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
-    again = register(fleet, session_id=sid)
+    again = await register(fleet, session_id=sid)
     assert again.session_id == sid
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]  # until it connects
-    fleet.sessions.open_control(ALICE, sid)
+    await fleet.sessions.open_control(ALICE, sid)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
     assert len(fleet.registry.sessions) == 1
 
 
 async def test_another_sessions_active_lane_is_never_overwritten() -> None:
     fleet, _inventory, _ = make_fleet()
-    first = register(fleet).session_id
+    first = (await register(fleet)).session_id
     with pytest.raises(Conflict, match="another session that is still active"):
-        register(fleet)  # a second process, no session id
+        await register(fleet)  # a second process, no session id
     assert fleet.registry.owner_of(LANE).id == first  # type: ignore[union-attr]
 
 
 async def test_an_inactive_lane_of_another_session_is_adopted() -> None:
     fleet, inventory, clock = make_fleet()
-    first = register(fleet, lanes=[{"model": "llama3.2:3b"}, {"model": "qwen2.5:7b"}]).session_id
+    first = (await register(fleet, lanes=[{"model": "llama3.2:3b"}, {"model": "qwen2.5:7b"}])).session_id
     clock.advance(91)
-    fleet.sweep()
+    await fleet.sweep()
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
-    second = register(fleet).session_id  # lost its state file: a new session, adopts llama
+    second = (await register(fleet)).session_id  # lost its state file: a new session, adopts llama
     assert second != first
     assert fleet.registry.owner_of(LANE).id == second  # type: ignore[union-attr]
-    fleet.sessions.open_control(ALICE, second)
+    await fleet.sessions.open_control(ALICE, second)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
     qwen = LANE.replace("llama3.2%3A3b", "qwen2.5%3A7b")
     assert fleet.registry.owner_of(qwen).id == first  # type: ignore[union-attr]  # not listed: left as it was
@@ -148,7 +150,7 @@ async def test_an_inactive_lane_of_another_session_is_adopted() -> None:
 async def test_a_declared_backend_is_never_shadowed() -> None:
     fleet, inventory, _ = make_fleet(declared=("alice-laptop",))
     with pytest.raises(Conflict, match="declared backend"):
-        register(fleet)
+        await register(fleet)
     assert len(inventory) == 0
     assert fleet.registry.sessions == {}
 
@@ -157,28 +159,28 @@ async def test_scope_of_the_token_is_enforced_all_or_nothing() -> None:
     fleet, inventory, _ = make_fleet()
     narrow = PublisherGrant("carol", ("carol-*",), ("llama*",))
     with pytest.raises(PermissionDenied, match="may not publish as 'alice-laptop'"):
-        register(fleet, narrow)
+        await register(fleet, narrow)
     with pytest.raises(PermissionDenied, match=r"may not publish the model 'qwen2\.5:7b'"):
-        register(fleet, narrow, name="carol-box", lanes=[{"model": "llama3"}, {"model": "qwen2.5:7b"}])
+        await register(fleet, narrow, name="carol-box", lanes=[{"model": "llama3"}, {"model": "qwen2.5:7b"}])
     assert len(inventory) == 0
 
 
 async def test_a_session_of_another_token_is_refused() -> None:
     fleet, _, _ = make_fleet()
-    sid = register(fleet).session_id
+    sid = (await register(fleet)).session_id
     with pytest.raises(PermissionDenied):
-        register(fleet, BOB, session_id=sid)
+        await register(fleet, BOB, session_id=sid)
     with pytest.raises(PermissionDenied):
-        heartbeat(fleet, sid, {}, BOB)
+        await heartbeat(fleet, sid, {}, BOB)
     with pytest.raises(Conflict, match="publishes as 'alice-laptop'"):
-        register(fleet, session_id=sid, name="alice-desktop")
+        await register(fleet, session_id=sid, name="alice-desktop")
 
 
 async def test_reregister_drops_lanes_no_longer_listed() -> None:
     fleet, inventory, _ = make_fleet()
-    sid = register(fleet, lanes=[{"model": "llama3.2:3b"}, {"model": "qwen2.5:7b"}]).session_id
+    sid = (await register(fleet, lanes=[{"model": "llama3.2:3b"}, {"model": "qwen2.5:7b"}])).session_id
     assert len(inventory) == 2
-    register(fleet, session_id=sid)
+    await register(fleet, session_id=sid)
     assert [lane.model for lane in inventory.lanes()] == ["llama3.2:3b"]
 
 
@@ -198,7 +200,7 @@ async def test_reregister_drops_lanes_no_longer_listed() -> None:
 async def test_malformed_registrations_name_the_field(body: dict[str, Any], param: str) -> None:
     fleet, inventory, _ = make_fleet()
     with pytest.raises(InvalidRequest) as err:
-        register(fleet, **body)
+        await register(fleet, **body)
     assert err.value.param == param
     assert len(inventory) == 0
 
@@ -208,58 +210,58 @@ async def test_malformed_registrations_name_the_field(body: dict[str, Any], para
 
 async def test_heartbeat_timeout_then_four_hour_deletion_idempotent() -> None:
     fleet, inventory, clock = make_fleet()
-    sid = register(fleet).session_id
-    fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    await fleet.sessions.open_control(ALICE, sid)
     clock.advance(60)
-    heartbeat(fleet, sid, {})
+    await heartbeat(fleet, sid, {})
     clock.advance(89)
-    fleet.sweep()
+    await fleet.sweep()
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]  # 89 s since the heartbeat
     clock.advance(1)
-    fleet.sweep()
+    await fleet.sweep()
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
-    fleet.sweep()  # idempotent
+    await fleet.sweep()  # idempotent
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
     clock.advance(4 * 3600 - 1)
-    fleet.sweep()
+    await fleet.sweep()
     assert inventory.get(LANE) is not None
     clock.advance(1)
-    fleet.sweep()
+    await fleet.sweep()
     assert inventory.get(LANE) is None
     assert fleet.registry.rows == {}
     assert "alice-laptop" not in fleet.providers
-    fleet.sweep()  # idempotent
+    await fleet.sweep()  # idempotent
     assert len(inventory) == 0
     with pytest.raises(UnknownSession):
-        heartbeat(fleet, sid, {})
+        await heartbeat(fleet, sid, {})
 
 
 async def test_heartbeat_revives_only_with_the_control_stream_open() -> None:
     fleet, inventory, clock = make_fleet()
-    sid = register(fleet).session_id
+    sid = (await register(fleet)).session_id
     clock.advance(100)
-    fleet.sweep()
-    assert heartbeat(fleet, sid, {}).control is False
+    await fleet.sweep()
+    assert (await heartbeat(fleet, sid, {})).control is False
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]  # no way to reach it
-    channel = fleet.sessions.open_control(ALICE, sid)
+    channel = await fleet.sessions.open_control(ALICE, sid)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
-    assert heartbeat(fleet, sid, {"state": "hibernating"}).control is True
+    assert (await heartbeat(fleet, sid, {"state": "hibernating"})).control is True
     assert inventory.get(LANE).health == Health.HIBERNATING  # type: ignore[union-attr]
     clock.advance(100)
-    fleet.sweep()
+    await fleet.sweep()
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
     # Silent too long with its stream open: the stream is closed too, so a live publisher reconnects.
     assert channel.closed
-    assert heartbeat(fleet, sid, {}).control is False
-    fleet.sessions.open_control(ALICE, sid)
+    assert (await heartbeat(fleet, sid, {})).control is False
+    await fleet.sessions.open_control(ALICE, sid)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
 
 
 async def test_disconnect_is_inactive_at_once_and_a_replaced_stream_is_not() -> None:
     fleet, inventory, _ = make_fleet()
-    sid = register(fleet).session_id
-    first = fleet.sessions.open_control(ALICE, sid)
-    second = fleet.sessions.open_control(ALICE, sid)  # it reconnected before the old stream noticed
+    sid = (await register(fleet)).session_id
+    first = await fleet.sessions.open_control(ALICE, sid)
+    second = await fleet.sessions.open_control(ALICE, sid)  # it reconnected before the old stream noticed
     assert first.closed
     fleet.sessions.close_control(first)
     assert inventory.get(LANE).health == Health.HEALTHY  # type: ignore[union-attr]
@@ -272,9 +274,9 @@ async def test_a_declared_backend_appearing_later_takes_the_name() -> None:
     settings = settings_from_data({}, source="test.yaml")
     inventory, clock = Inventory(), ManualClock()
     fleet = Fleet(inventory, clock, settings, declared=lambda: declared)
-    register(fleet)
+    await register(fleet)
     declared.append("alice-laptop")
-    fleet.sweep()
+    await fleet.sweep()
     assert len(inventory) == 0
     assert "alice-laptop" not in fleet.providers
 
@@ -289,8 +291,8 @@ def chat_call(model: str = "llama3.2:3b", timeout: float = 60) -> Call:
 
 async def test_a_call_is_a_task_and_its_result_the_reply() -> None:
     fleet, _, _ = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     (hello, _), (kind, data) = events(channel)
@@ -303,38 +305,38 @@ async def test_a_call_is_a_task_and_its_result_the_reply() -> None:
         "choices": [],
         "usage": {"prompt_tokens": 3, "completion_tokens": 4},
     }
-    result(fleet, sid, task["task_id"], {"status": 200, "body": body})
+    await result(fleet, sid, task["task_id"], {"status": 200, "body": body})
     reply = await call
     assert orjson.loads(reply.body) == body
     assert reply.usage is not None
     assert reply.usage.completion_tokens == 4
     with pytest.raises(UnknownTask):  # posted twice: the task is gone
-        result(fleet, sid, task["task_id"], {"status": 200, "body": body})
+        await result(fleet, sid, task["task_id"], {"status": 200, "body": body})
 
 
 async def test_a_task_in_flight_goes_back_to_pending_and_is_resent_on_reconnect() -> None:
     fleet, _, _ = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     first = orjson.loads(events(channel)[-1][1])["task_id"]
     fleet.sessions.close_control(channel)  # the publisher dropped mid-task
     assert fleet.pending() == 1
     with pytest.raises(UnknownTask):  # its result, late, for the old id: refused
-        result(fleet, sid, first, {"status": 200, "body": {}})
-    channel = fleet.sessions.open_control(ALICE, sid)
+        await result(fleet, sid, first, {"status": 200, "body": {}})
+    channel = await fleet.sessions.open_control(ALICE, sid)
     resent = orjson.loads(events(channel)[-1][1])
     assert resent["task_id"] != first
-    result(fleet, sid, resent["task_id"], {"status": 200, "body": {"ok": 1}})
+    await result(fleet, sid, resent["task_id"], {"status": 200, "body": {"ok": 1}})
     assert orjson.loads((await call).body) == {"ok": 1}
     assert fleet.pending() == 0
 
 
 async def test_a_parked_task_gives_up_after_the_redispatch_wait() -> None:
     fleet, _, clock = make_fleet(redispatch_wait=30)
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     fleet.sessions.close_control(channel)
@@ -347,20 +349,20 @@ async def test_a_parked_task_gives_up_after_the_redispatch_wait() -> None:
 
 async def test_a_parked_task_sent_when_its_publisher_returns_no_longer_gives_up() -> None:
     fleet, _, clock = make_fleet(redispatch_wait=30)
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call(timeout=600)))
     await settle()
     fleet.sessions.close_control(channel)
     await settle()
     clock.advance(20)
-    channel = fleet.sessions.open_control(ALICE, sid)  # back within the wait: sent again
+    channel = await fleet.sessions.open_control(ALICE, sid)  # back within the wait: sent again
     resent = orjson.loads(events(channel)[-1][1])
     assert fleet.pending() == 0
     clock.advance(20)  # past the wait since it was parked: its timer stopped when it was sent
     await settle()
     assert not call.done()
-    result(fleet, sid, resent["task_id"], {"status": 200, "body": {"ok": 1}})
+    await result(fleet, sid, resent["task_id"], {"status": 200, "body": {"ok": 1}})
     assert orjson.loads((await call).body) == {"ok": 1}
 
 
@@ -370,7 +372,7 @@ def parked_timers() -> list[asyncio.Task[Any]]:
 
 async def test_a_caller_who_leaves_while_parked_leaves_nothing_behind() -> None:
     fleet, _, _ = make_fleet()
-    register(fleet)  # no control stream yet: its task waits for one
+    await register(fleet)  # no control stream yet: its task waits for one
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     assert (fleet.pending(), fleet.in_flight(), len(parked_timers())) == (1, 1, 1)
@@ -383,7 +385,7 @@ async def test_a_caller_who_leaves_while_parked_leaves_nothing_behind() -> None:
 
 async def test_closing_the_fleet_stops_the_parked_tasks_timers() -> None:
     fleet, _, _ = make_fleet()
-    register(fleet)
+    await register(fleet)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     assert len(parked_timers()) == 1
@@ -395,8 +397,8 @@ async def test_closing_the_fleet_stops_the_parked_tasks_timers() -> None:
 async def test_a_dropped_task_fails_over_at_once_when_another_lane_serves_the_model() -> None:
     fleet, inventory, _ = make_fleet()
     inventory.write_lanes([Lane("local", "ollama", "gpu-1", "chat", "llama3.2:3b")])
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     fleet.sessions.close_control(channel)
@@ -407,8 +409,8 @@ async def test_a_dropped_task_fails_over_at_once_when_another_lane_serves_the_mo
 
 async def test_a_call_times_out_on_the_injected_clock_and_cancels_its_task() -> None:
     fleet, _, clock = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call(timeout=20)))
     await settle()
     clock.advance(20)
@@ -419,8 +421,8 @@ async def test_a_call_times_out_on_the_injected_clock_and_cancels_its_task() -> 
 
 async def test_ten_concurrent_calls_share_one_wake() -> None:
     fleet, inventory, _ = make_fleet()
-    sid = register(fleet, state="hibernating", max_concurrency=10).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet, state="hibernating", max_concurrency=10)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     assert inventory.get(LANE).health == Health.HIBERNATING  # type: ignore[union-attr]
     calls = [asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call())) for _ in range(10)]
     await settle()
@@ -428,24 +430,24 @@ async def test_ten_concurrent_calls_share_one_wake() -> None:
     wakes = [orjson.loads(d) for name, d in sent if name == "wake"]
     assert len(wakes) == 1
     assert not [name for name, _ in sent if name == "task"]  # nothing runs before it is awake
-    result(fleet, sid, wakes[0]["task_id"], {"status": 200})
+    await result(fleet, sid, wakes[0]["task_id"], {"status": 200})
     await settle()
     tasks = [orjson.loads(d) for name, d in events(channel) if name == "task"]
     assert len(tasks) == 10
     assert fleet.registry.state_of(LANE) == State.ACTIVE
     for t in tasks:
-        result(fleet, sid, t["task_id"], {"status": 200, "body": {"n": 1}})
+        await result(fleet, sid, t["task_id"], {"status": 200, "body": {"n": 1}})
     assert len(await asyncio.gather(*calls)) == 10
 
 
 async def test_a_failed_wake_fails_every_waiter_and_stays_hibernating() -> None:
     fleet, _, _ = make_fleet()
-    sid = register(fleet, state="hibernating", max_concurrency=10).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet, state="hibernating", max_concurrency=10)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     calls = [asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call())) for _ in range(10)]
     await settle()
     (wake,) = [orjson.loads(d) for name, d in events(channel) if name == "wake"]
-    result(fleet, sid, wake["task_id"], {"error": {"status": 500, "message": "GPU on fire"}})
+    await result(fleet, sid, wake["task_id"], {"error": {"status": 500, "message": "GPU on fire"}})
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, WakeFailed) and "GPU on fire" in r.message for r in results)
     assert fleet.registry.state_of(LANE) == State.HIBERNATING
@@ -457,50 +459,50 @@ async def test_a_failed_wake_fails_every_waiter_and_stays_hibernating() -> None:
 
 async def test_bogus_posts_change_nothing() -> None:
     fleet, _, _ = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     real = orjson.loads(events(channel)[-1][1])["task_id"]
     for i in range(500):
         with pytest.raises(UnknownTask):
-            result(fleet, sid, f"t_bogus{i}", {"status": 200, "body": {}})
+            await result(fleet, sid, f"t_bogus{i}", {"status": 200, "body": {}})
         with pytest.raises(UnknownTask):
-            chunks(fleet, sid, f"t_bogus{i}", {"seq": 0, "chunks": []})
+            await chunks(fleet, sid, f"t_bogus{i}", {"seq": 0, "chunks": []})
     with pytest.raises(Conflict):  # not a streamed call
-        chunks(fleet, sid, real, {"seq": 0, "chunks": [{}]})
+        await chunks(fleet, sid, real, {"seq": 0, "chunks": [{}]})
     with pytest.raises(InvalidRequest):
-        result(fleet, sid, real, {"status": 200})  # no body for a non-streamed call
+        await result(fleet, sid, real, {"status": 200})  # no body for a non-streamed call
     assert not call.done()
-    result(fleet, sid, real, {"status": 200, "body": {"fine": True}})
+    await result(fleet, sid, real, {"status": 200, "body": {"fine": True}})
     assert orjson.loads((await call).body) == {"fine": True}
 
 
 async def test_a_draining_publisher_takes_no_new_task_and_finishes_its_own() -> None:
     fleet, inventory, _ = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
     await settle()
     task = orjson.loads(events(channel)[-1][1])
-    heartbeat(fleet, sid, {"state": "draining"})
+    await heartbeat(fleet, sid, {"state": "draining"})
     assert inventory.get(LANE).health == Health.INACTIVE  # type: ignore[union-attr]
     assert fleet.pending() == 0  # its task was not taken back
-    result(fleet, sid, task["task_id"], {"status": 200, "body": {"done": True}})
+    await result(fleet, sid, task["task_id"], {"status": 200, "body": {"done": True}})
     assert orjson.loads((await call).body) == {"done": True}
     with pytest.raises(InvalidRequest):  # draining is announced by a heartbeat, not registered
-        register(fleet, session_id=sid, state="draining")
+        await register(fleet, session_id=sid, state="draining")
 
 
 async def test_a_draining_publisher_gone_silent_gives_its_tasks_back() -> None:
     fleet, _, clock = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call(timeout=600)))
     await settle()
-    heartbeat(fleet, sid, {"state": "draining"})
+    await heartbeat(fleet, sid, {"state": "draining"})
     clock.advance(90)
-    fleet.sweep()
+    await fleet.sweep()
     assert channel.closed
     assert fleet.pending() == 1  # back to pending, for when it (or its restart) returns
     call.cancel()
@@ -536,8 +538,8 @@ def test_publisher_token_config_errors_name_the_key(monkeypatch: pytest.MonkeyPa
 
 async def test_a_stream_ends_with_a_chunk_post_that_says_done() -> None:
     fleet, _, _ = make_fleet()
-    sid = register(fleet).session_id
-    channel = fleet.sessions.open_control(ALICE, sid)
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
     body = {"model": "llama3.2:3b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     stream = await fleet.providers["alice-laptop"].stream_chat(
         Call(model="llama3.2:3b", body=body, timeout=60)
@@ -550,8 +552,8 @@ async def test_a_stream_ends_with_a_chunk_post_that_says_done() -> None:
         "choices": [],
         "usage": {"prompt_tokens": 1, "completion_tokens": 2},
     }
-    assert chunks(fleet, sid, task["task_id"], {"seq": 0, "chunks": [chunk]}) == 1
-    assert chunks(fleet, sid, task["task_id"], {"seq": 1, "chunks": [usage], "done": True}) == 1
+    assert await chunks(fleet, sid, task["task_id"], {"seq": 0, "chunks": [chunk]}) == 1
+    assert await chunks(fleet, sid, task["task_id"], {"seq": 1, "chunks": [usage], "done": True}) == 1
     frames = [frame async for frame in stream]
     assert frames[-1] == b"data: [DONE]\n\n"
     assert [orjson.loads(f[6:]) for f in frames[:-1]] == [chunk, usage]
@@ -559,4 +561,23 @@ async def test_a_stream_ends_with_a_chunk_post_that_says_done() -> None:
     assert reported is not None
     assert reported.completion_tokens == 2
     with pytest.raises(UnknownTask):  # ended: a result after it is refused
-        result(fleet, sid, task["task_id"], {"status": 200})
+        await result(fleet, sid, task["task_id"], {"status": 200})
+
+
+async def test_a_task_abandoned_where_its_post_went_is_sent_again() -> None:
+    """In a cluster, a replica that could not get the answer to a post in time tells the task's
+    requester (this one) that the publisher was told the post failed: the task is sent again."""
+    fleet, _, _ = make_fleet()
+    sid = (await register(fleet)).session_id
+    channel = await fleet.sessions.open_control(ALICE, sid)
+    call = asyncio.create_task(fleet.providers["alice-laptop"].chat(chat_call()))
+    await settle()
+    first = orjson.loads(events(channel)[-1][1])["task_id"]
+    await fleet.inbox.abandoned({"task": first, "session": "ps_another"})  # not its session: nothing
+    assert events(channel) == []
+    await fleet.inbox.abandoned({"task": first, "session": sid})
+    ((name, data),) = events(channel)
+    again = orjson.loads(data)
+    assert (name, again["task_id"] != first) == ("task", True)
+    await result(fleet, sid, again["task_id"], {"status": 200, "body": {"ok": 1}})
+    assert orjson.loads((await call).body) == {"ok": 1}
