@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from laneway.pools.shared import Answer, Synced
+from laneway.pools.ledger import Answer, Synced
 from laneway.storage.redisstore import RedisStore
 
 # Functions every script shares. KEYS[1]: the pool's base key; KEYS[2]: the live replicas (a
@@ -235,7 +235,7 @@ return out
 
 @dataclass(eq=False)
 class RedisSlots:
-    """The ``laneway.pools.shared.Ledger`` on Redis: what every ``SharedPool`` of this replica
+    """The ``laneway.pools.ledger.Ledger`` on Redis: what every ``SharedPool`` of this replica
     asks. ``channels`` is the prefix of the replicas' own bus channels (``RedisBus``), where a
     grant is told to the replica whose ticket it is."""
 

@@ -40,69 +40,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from laneway.clock import Clock, within
 from laneway.errors import QueueFull, QueueTimeout
 from laneway.latency import DEFAULT_SIZE, LatencyWindow
+from laneway.pools.ledger import FULL, GRANTED, HOLDS, Answer, Ledger
 from laneway.pools.pool import PoolStatistics, Slot, _check
 from laneway.pools.queue import FairQueue, Waiter, assign
 from laneway.storage.errors import StoreUnavailable
 
 log = logging.getLogger("laneway.pools")
-
-GRANTED, QUEUED, FULL = 1, 0, 2  # acquire's outcomes
-LEFT, HOLDS, GAVE_BACK = 0, 1, 2  # leave's outcomes (-1: unknown ticket)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A ledger's answer: the outcome, and the pool's cluster-wide count as of that moment."""
-
-    outcome: int
-    held: int  # slots held across the cluster
-    queued: int  # requests waiting across the cluster
-    replicas: int = 1  # replicas alive (for the local share, should the ledger go away)
-
-
-@dataclass(frozen=True, slots=True)
-class Synced:
-    granted: list[str]  # tickets of this replica that hold a lease now
-    held: int
-    queued: int
-    next_lapse: float | None  # seconds until the pool's first lease lapses (None: it has none)
-    replicas: int  # replicas alive (for the local share while the ledger is away)
-
-
-class Ledger(Protocol):
-    """The cluster's count of every pool's slots and its fair queue. Each call is atomic; each
-    raises ``StoreUnavailable`` when the ledger cannot be reached."""
-
-    replica: str
-
-    def ticket(self) -> str: ...
-
-    async def acquire(
-        self, pool: str, slots: int, ticket: str, caller: str, priority: int, queue_size: int
-    ) -> Answer: ...
-
-    async def leave(self, pool: str, slots: int, ticket: str, *, give_back: bool) -> Answer:
-        """Take ``ticket`` out of the queue; if it holds a lease (granted meanwhile), say so, and
-        with ``give_back`` release it (a slot given back is how every slot comes back)."""
-
-    async def sync(
-        self,
-        pool: str,
-        slots: int,
-        held: Sequence[str],
-        gone: Sequence[str],
-        queued: Sequence[tuple[str, int, str]],
-    ) -> Synced: ...
-
-    async def census(self, pool: str) -> dict[str, tuple[int, int]]:
-        """Replica -> (leases it holds, tickets it has queued), read now."""
 
 
 @dataclass(eq=False)
