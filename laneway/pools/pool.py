@@ -136,7 +136,84 @@ def _check(slots: int, queue_size: int, queue_timeout: float) -> None:
         raise ValueError("a pool's queue_timeout must be positive")
 
 
-class Pool:
+class Bounds:
+    """What every pool has, whoever counts its slots (this process: ``Pool``; the cluster:
+    ``pools.shared.SharedPool``): its name and bounds, the window of recent waits, the counts of
+    what became of its requests, and the errors that refuse one."""
+
+    def __init__(
+        self, name: str, *, slots: int, queue_size: int, queue_timeout: float, clock: Clock, window: int
+    ) -> None:
+        _check(slots, queue_size, queue_timeout)
+        self.name = name
+        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
+        self._clock = clock
+        self._waits = LatencyWindow(window)
+        self._served = self._rejected = self._timed_out = self._cancelled = 0
+
+    @property
+    def slots(self) -> int:
+        return self._slots
+
+    @property
+    def queue_size(self) -> int:
+        return self._queue_size
+
+    @property
+    def queue_timeout(self) -> float:
+        return self._queue_timeout
+
+    def _bound(self, slots: int, queue_size: int, queue_timeout: float) -> None:
+        _check(slots, queue_size, queue_timeout)
+        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
+
+    def _served_after(self, waited: float) -> None:
+        self._served += 1
+        self._waits.record(waited)
+
+    def _full(self, queued: int) -> QueueFull:
+        self._rejected += 1
+        return QueueFull(
+            f"Pool '{self.name}' is busy: {queued} requests already wait for its "
+            f"{self._slots} slots; try again shortly",
+            retry_after=self._retry_after(),
+        )
+
+    def _expired(self, timeout: float, queued: int) -> QueueTimeout:
+        self._timed_out += 1
+        return QueueTimeout(
+            f"Waited {timeout:g}s for a slot of pool '{self.name}' "
+            f"({self._slots} slots, {queued} still queued); try again shortly",
+            retry_after=self._retry_after(),
+        )
+
+    def _retry_after(self) -> float:
+        """When asking again is worth it: about what recent callers waited for a slot, at least
+        a second, at most the queue's own deadline."""
+        p50 = self._waits.summary().p50
+        return max(1.0, min(p50 if p50 is not None else 1.0, self._queue_timeout))
+
+    def _statistics(
+        self, active: int, queued: int, by_caller: dict[str, int], **scope: Any
+    ) -> PoolStatistics:
+        waits = self._waits.summary()
+        return PoolStatistics(
+            name=self.name,
+            slots=self._slots,
+            active=active,
+            queued=queued,
+            queued_by_caller=by_caller,
+            wait_p50=waits.p50,
+            wait_p95=waits.p95,
+            served=self._served,
+            rejected=self._rejected,
+            timed_out=self._timed_out,
+            cancelled=self._cancelled,
+            **scope,
+        )
+
+
+class Pool(Bounds):
     """``slots`` calls at once; up to ``queue_size`` more wait, each at most ``queue_timeout``
     seconds of ``clock``, served by priority and then in turns between callers."""
 
@@ -150,31 +227,11 @@ class Pool:
         clock: Clock,
         window: int = DEFAULT_SIZE,
     ) -> None:
-        _check(slots, queue_size, queue_timeout)
-        self.name = name
-        self._slots = slots
-        self._queue_size = queue_size
-        self._queue_timeout = queue_timeout
-        self._clock = clock
+        super().__init__(
+            name, slots=slots, queue_size=queue_size, queue_timeout=queue_timeout, clock=clock, window=window
+        )
         self._queue: FairQueue[_Request] = FairQueue()
         self._active = 0
-        self._waits = LatencyWindow(window)
-        self._served = 0
-        self._rejected = 0
-        self._timed_out = 0
-        self._cancelled = 0
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    @property
-    def queue_size(self) -> int:
-        return self._queue_size
-
-    @property
-    def queue_timeout(self) -> float:
-        return self._queue_timeout
 
     @property
     def queued(self) -> int:
@@ -190,8 +247,7 @@ class Pool:
         """Resize in place. More slots serve waiters at once; fewer slots take effect as held ones
         come back (nobody is interrupted). A smaller ``queue_size`` refuses newcomers but keeps
         who already waits; a new ``queue_timeout`` applies to requests queued from now on."""
-        _check(slots, queue_size, queue_timeout)
-        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
+        self._bound(slots, queue_size, queue_timeout)
         self._assign()
 
     async def acquire(self, caller: str, priority: int = 0) -> Slot:
@@ -203,12 +259,7 @@ class Pool:
             self._active += 1
             return self._serve(caller, 0.0)
         if len(self._queue) >= self._queue_size:
-            self._rejected += 1
-            raise QueueFull(
-                f"Pool '{self.name}' is busy: {len(self._queue)} requests already wait for its "
-                f"{self._slots} slots; try again shortly",
-                retry_after=self._retry_after(),
-            )
+            raise self._full(len(self._queue))
         # By the invariant every slot is taken: nothing can be assigned until one comes back.
         request = _Request(caller, priority, self._clock.monotonic())
         timeout = self._queue_timeout  # ours to keep, even if the pool is reconfigured meanwhile
@@ -218,12 +269,7 @@ class Pool:
         except TimeoutError:
             if not request.granted:
                 self._queue.remove(request)
-                self._timed_out += 1
-                raise QueueTimeout(
-                    f"Waited {timeout:g}s for a slot of pool '{self.name}' "
-                    f"({self._slots} slots, {len(self._queue)} still queued); try again shortly",
-                    retry_after=self._retry_after(),
-                ) from None
+                raise self._expired(timeout, len(self._queue)) from None
             # The slot arrived at the deadline: it is ours, so use it rather than refuse.
         except BaseException as exc:
             if request.granted:
@@ -236,20 +282,7 @@ class Pool:
         return self._serve(caller, self._clock.monotonic() - request.queued_at)
 
     def statistics(self) -> PoolStatistics:
-        waits = self._waits.summary()
-        return PoolStatistics(
-            name=self.name,
-            slots=self._slots,
-            active=self._active,
-            queued=len(self._queue),
-            queued_by_caller=self._queue.by_caller(),
-            wait_p50=waits.p50,
-            wait_p95=waits.p95,
-            served=self._served,
-            rejected=self._rejected,
-            timed_out=self._timed_out,
-            cancelled=self._cancelled,
-        )
+        return self._statistics(self._active, len(self._queue), self._queue.by_caller())
 
     async def aclose(self) -> None:
         """Nothing to finish: this process alone counts its slots."""
@@ -261,8 +294,7 @@ class Pool:
 
     def _serve(self, caller: str, waited: float) -> Slot:
         """The slot (already counted in ``active``) goes to its caller."""
-        self._served += 1
-        self._waits.record(waited)
+        self._served_after(waited)
         return Slot(self, caller, waited)
 
     def _release(self, lease: str | None = None) -> None:
@@ -276,9 +308,3 @@ class Pool:
             self._active += 1
             request.granted = True
             request.ready.set()
-
-    def _retry_after(self) -> float:
-        """When asking again is worth it: about what recent callers waited for a slot, at least
-        a second, at most the queue's own deadline."""
-        p50 = self._waits.summary().p50
-        return max(1.0, min(p50 if p50 is not None else 1.0, self._queue_timeout))

@@ -45,10 +45,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from laneway.clock import Clock, within
-from laneway.errors import QueueFull, QueueTimeout
-from laneway.latency import DEFAULT_SIZE, LatencyWindow
+from laneway.latency import DEFAULT_SIZE
 from laneway.pools.ledger import FULL, GRANTED, HOLDS, Answer, Ledger
-from laneway.pools.pool import PoolStatistics, Slot, _check
+from laneway.pools.pool import Bounds, PoolStatistics, Slot
 from laneway.pools.queue import FairQueue, Waiter, assign
 from laneway.storage.errors import StoreUnavailable
 
@@ -62,7 +61,7 @@ class _Request(Waiter):
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class SharedPool:
+class SharedPool(Bounds):
     """The same face as ``Pool`` (``acquire``, ``configure``, ``statistics``, ``queued``,
     ``active``), over the cluster's ``ledger``."""
 
@@ -77,10 +76,9 @@ class SharedPool:
         ledger: Ledger,
         window: int = DEFAULT_SIZE,
     ) -> None:
-        _check(slots, queue_size, queue_timeout)
-        self.name = name
-        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
-        self._clock = clock
+        super().__init__(
+            name, slots=slots, queue_size=queue_size, queue_timeout=queue_timeout, clock=clock, window=window
+        )
         self._ledger = ledger
         self._held: set[str] = set()  # leases of this replica: its requests' and its spares
         self._spare: list[str] = []  # held leases no request uses now (a subset of _held)
@@ -98,22 +96,8 @@ class SharedPool:
         self._cluster_queued = 0
         self.next_lapse: float | None = None  # as of the last sync
         self._background: set[asyncio.Task[None]] = set()
-        self._waits = LatencyWindow(window)
-        self._served = self._rejected = self._timed_out = self._cancelled = 0
 
     # -- what ranking reads on every request (no I/O) ------------------------------------------
-
-    @property
-    def slots(self) -> int:
-        return self._slots
-
-    @property
-    def queue_size(self) -> int:
-        return self._queue_size
-
-    @property
-    def queue_timeout(self) -> float:
-        return self._queue_timeout
 
     @property
     def queued(self) -> int:
@@ -142,8 +126,7 @@ class SharedPool:
     # -- acquiring -----------------------------------------------------------------------------
 
     def configure(self, *, slots: int, queue_size: int, queue_timeout: float) -> None:
-        _check(slots, queue_size, queue_timeout)
-        self._slots, self._queue_size, self._queue_timeout = slots, queue_size, queue_timeout
+        self._bound(slots, queue_size, queue_timeout)
         if self._alone:
             self._assign_alone()
 
@@ -185,12 +168,7 @@ class SharedPool:
             await within(self._clock, timeout, request.ready.wait())
         except TimeoutError:
             if not request.granted and not await self._leave_at_deadline(request):
-                self._timed_out += 1
-                raise QueueTimeout(
-                    f"Waited {timeout:g}s for a slot of pool '{self.name}' "
-                    f"({self._slots} slots, {self.queued} queued); try again shortly",
-                    retry_after=self._retry_after(),
-                ) from None
+                raise self._expired(timeout, self.queued) from None
         except BaseException as exc:
             if request.granted:
                 self._release(request.ticket)  # handed a slot as we left: hand it on
@@ -230,17 +208,8 @@ class SharedPool:
 
     def _serve(self, lease: str, caller: str, waited: float) -> Slot:
         self._peak = max(self._peak, self.in_use)
-        self._served += 1
-        self._waits.record(waited)
+        self._served_after(waited)
         return Slot(self, caller, waited, lease)
-
-    def _full(self, queued: int) -> QueueFull:
-        self._rejected += 1
-        return QueueFull(
-            f"Pool '{self.name}' is busy: {queued} requests already wait for its {self._slots} "
-            "slots; try again shortly",
-            retry_after=self._retry_after(),
-        )
 
     # -- what the ledger says ------------------------------------------------------------------
 
@@ -391,27 +360,14 @@ class SharedPool:
         return {replica: {"held": h, "queued": q} for replica, (h, q) in sorted(census.items())}
 
     def statistics(self) -> PoolStatistics:
-        waits = self._waits.summary()
-        return PoolStatistics(
-            name=self.name,
-            slots=self._slots,
-            active=self.active,
-            queued=self.queued,
-            queued_by_caller=self._queue.by_caller(),
-            wait_p50=waits.p50,
-            wait_p95=waits.p95,
-            served=self._served,
-            rejected=self._rejected,
-            timed_out=self._timed_out,
-            cancelled=self._cancelled,
+        return self._statistics(
+            self.active,
+            self.queued,
+            self._queue.by_caller(),
             scope="local share" if self._alone else "cluster",
             active_here=self.in_use,
             queued_here=len(self._queue),
         )
-
-    def _retry_after(self) -> float:
-        p50 = self._waits.summary().p50
-        return max(1.0, min(p50 if p50 is not None else 1.0, self._queue_timeout))
 
     def __repr__(self) -> str:
         where = "alone" if self._alone else "cluster"
