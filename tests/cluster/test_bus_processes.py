@@ -8,15 +8,14 @@ from __future__ import annotations
 import contextlib
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tests.cluster.test_replicas_processes import start_replicas
-from tests.conftest import Sim, fresh_pg_database
+from tests.cluster.processes import chat, replicas
+from tests.conftest import Sim
 from tests.e2e.test_publish import ADMIN, Processes, get, wait_for
 
 
@@ -36,35 +35,18 @@ def lift(url: str) -> Any:
 
 @contextlib.contextmanager
 def two_replicas(sim: Sim, tmp_path: Path, key: str) -> Iterator[tuple[Processes, dict[str, str]]]:
-    """Replicas r1 and r2 on a fresh database and a Redis prefix of their own, in front of one
-    OpenAI-family ``sim`` declared with ``key``, refreshing it only once an hour (so what they
-    learn sooner, an event told them), each listening for the other's events. Stopped at the end,
-    their logs free of tracebacks."""
-    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
-    procs = Processes(tmp_path)
-    urls: dict[str, str] = {}
-    with fresh_pg_database() as database_url:
-        try:
-            _, found = start_replicas(
-                procs,
-                tmp_path,
-                database_url,
-                namespace,
-                "r1",
-                "r2",
-                backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": key}},
-                inventory={"intervals": {"openai": 3600}, "auth_cooldown": 3600},
-            )
-            urls.update(found)
-            for name in urls:
-                wait_for(
-                    lambda name=name: "listening for the other replicas' events" in procs.log(name), name
-                )  # type: ignore[misc]
-            yield procs, urls
-        finally:
-            procs.stop_all()
-    for name in urls:
-        assert "Traceback" not in procs.log(name), procs.log(name)
+    """Replicas r1 and r2 in front of one OpenAI-family ``sim`` declared with ``key``, refreshing it
+    only once an hour (so what they learn sooner, an event told them), each listening for the
+    other's events."""
+    with replicas(
+        tmp_path,
+        "r1",
+        "r2",
+        listening=True,
+        backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": key}},
+        inventory={"intervals": {"openai": 3600}, "auth_cooldown": 3600},
+    ) as cluster:
+        yield cluster.procs, cluster.urls
 
 
 def cooldown_until(url: str) -> Any:
@@ -84,21 +66,6 @@ def test_a_cooldown_lifted_on_one_replica_is_lifted_on_all(sim_factory: Any, tmp
         assert all(routable(urls["r1"]))
         wait_for(lambda: bool(routable(urls["r2"])) and all(routable(urls["r2"])), "r2's lanes are back")
         assert cooldown_until(urls["r2"]) is None
-
-
-def chat(url: str) -> int:
-    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-    request = urllib.request.Request(
-        url + "/v1/chat/completions",
-        data=body,
-        method="POST",
-        headers={"authorization": f"Bearer {ADMIN}", "content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_a_key_refused_on_one_replica_takes_its_lanes_out_on_all(sim_factory: Any, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ with the upstream's own count of inference calls, and the official ``openai`` SD
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 
 import openai
 
-from tests.cluster.test_replicas_processes import start_replicas
-from tests.conftest import Sim, fresh_pg_database
-from tests.e2e.test_publish import ADMIN, Processes, get, wait_for
+from tests.cluster.processes import replicas
+from tests.conftest import Sim
+from tests.e2e.test_publish import ADMIN, get, wait_for
 
 KEY = "sim-key"
 MODEL = "gpt-4o-mini"
@@ -31,38 +30,21 @@ CHAT: Any = [{"role": "user", "content": "hi"}]
 
 @contextlib.contextmanager
 def three_replicas(sim: Sim, tmp_path: Path, **extra: Any) -> Iterator[dict[str, str]]:
-    """r1, r2, r3 on a fresh database and a Redis prefix of their own, in front of the OpenAI-family
-    ``sim`` (backend ``cloud``), refreshing it once an hour, each listening for the others' events.
-    ``extra``: more config sections. Their logs end free of tracebacks."""
-    namespace = f"laneway-test-{uuid.uuid4().hex[:8]}:"
-    procs = Processes(tmp_path)
-    urls: dict[str, str] = {}
-    with fresh_pg_database() as database_url:
-        try:
-            _, found = start_replicas(
-                procs,
-                tmp_path,
-                database_url,
-                namespace,
-                "r1",
-                "r2",
-                "r3",
-                backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": KEY}},
-                # refreshed once an hour, and a refresh may hang a minute: what the replicas learn
-                # sooner, an event told them
-                inventory={"intervals": {"openai": 3600}, "refresh_deadline": 60},
-                **extra,
-            )
-            urls.update(found)
-            for name in urls:
-                wait_for(
-                    lambda name=name: "listening for the other replicas' events" in procs.log(name), name
-                )  # type: ignore[misc]
-            yield urls
-        finally:
-            procs.stop_all()
-    for name in urls:
-        assert "Traceback" not in procs.log(name), procs.log(name)
+    """r1, r2, r3 in front of the OpenAI-family ``sim`` (backend ``cloud``), refreshing it once an
+    hour, each listening for the others' events. ``extra``: more config sections."""
+    with replicas(
+        tmp_path,
+        "r1",
+        "r2",
+        "r3",
+        listening=True,
+        backends={"cloud": {"provider": "openai", "base_url": sim.url + "/v1", "api_key": KEY}},
+        # refreshed once an hour, and a refresh may hang a minute: what the replicas learn
+        # sooner, an event told them
+        inventory={"intervals": {"openai": 3600}, "refresh_deadline": 60},
+        **extra,
+    ) as cluster:
+        yield cluster.urls
 
 
 def chat(url: str) -> tuple[int, dict[str, str]]:
