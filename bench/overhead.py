@@ -74,9 +74,10 @@ class Procs:
                 p.kill()
 
 
-def start(latency: float, workdir: Path, **extra: object) -> Procs:
-    """The simulated upstream (core 1) and a gateway in front of it (core 0); ``extra``: config
-    sections laid over the gateway's (``bench.cluster`` gives it PostgreSQL and Redis)."""
+def start(latency: float, workdir: Path, backend: dict[str, object] | None = None, **extra: object) -> Procs:
+    """The simulated upstream (core 1) and a gateway in front of it (core 0); ``backend``: more
+    settings of its backend (``slots``); ``extra``: config sections laid over the gateway's
+    (``bench.cluster`` gives it PostgreSQL and Redis)."""
     laneway = [sys.executable, "-m", "laneway"]
     sim_port, gw_port = free_port(), free_port()
     sim = subprocess.Popen(
@@ -101,7 +102,9 @@ def start(latency: float, workdir: Path, **extra: object) -> Procs:
         "server": {"port": gw_port, "log_level": "warning"},
         "storage": {"data_dir": str(workdir / f"data-{gw_port}")},
         "auth": {"keys": [{"name": "bench", "key": KEY}]},
-        "backends": {"sim": {"provider": "openai", "base_url": f"http://127.0.0.1:{sim_port}/v1"}},
+        "backends": {
+            "sim": {"provider": "openai", "base_url": f"http://127.0.0.1:{sim_port}/v1", **(backend or {})}
+        },
     }
     for section, value in extra.items():
         config[section] = {**config.get(section, {}), **value} if isinstance(value, dict) else value

@@ -28,6 +28,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from laneway.pools.ledger import Answer, Synced
 from laneway.storage.redisstore import RedisStore
@@ -95,13 +96,17 @@ local function alive(replica, now)
   return expiry and tonumber(expiry) >= now
 end
 
--- Lapsed leases go; free slots go to the next tickets, whose replicas are told.
-local function assign(pool, slots, now, ttl, channels)
+-- Lapsed leases go; free slots go to the next tickets, whose replicas are told. The tickets of
+-- the replica calling (``me``) are put in ``mine`` instead: its answer tells it, with no message.
+local function assign(pool, slots, now, ttl, channels, me, mine)
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
   while redis.call('ZCARD', held) < slots do
     local ticket, replica = pop()
     if not ticket then break end
-    if alive(replica, now) then
+    if replica == me then
+      redis.call('ZADD', held, now + ttl, ticket)
+      table.insert(mine, ticket)
+    elseif alive(replica, now) then
       redis.call('ZADD', held, now + ttl, ticket)
       redis.call('PUBLISH', channels .. replica, cjson.encode(
         {topic = 'slot.granted', from = '', payload = {pool = pool, ticket = ticket}}))
@@ -116,7 +121,8 @@ end
 """
 
 # ARGV: pool, replica, slots, ttl, channels, ticket, priority, caller, queue_size, broadcast
-# -> {1 granted | 0 queued | 2 queue full, held, queued, replicas}. The first ticket to queue tells every
+# -> {1 granted | 0 queued | 2 queue full, held, queued, replicas, its other tickets granted now}.
+# The first ticket to queue tells every
 # replica (``slot.wanted`` on the broadcast channel): their spare leases are wanted.
 _ACQUIRE = (
     _PRELUDE
@@ -125,24 +131,25 @@ local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]),
 local ticket, p, caller, queue_size, broadcast = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local now = now_ms()
 redis.call('ZADD', live, now + ttl, replica)
-assign(pool, slots, now, ttl, channels)
+local mine = {}
+assign(pool, slots, now, ttl, channels, replica, mine)
 local n, q, r = counts(now)
 if n < slots then  -- after assign, a free slot means nobody waits
   redis.call('ZADD', held, now + ttl, ticket)
-  return {1, n + 1, q, r}
+  return {1, n + 1, q, r, mine}
 end
-if q >= queue_size then return {2, n, q, r} end
+if q >= queue_size then return {2, n, q, r, mine} end
 push(ticket, replica, p, caller)
 if q == 0 then
   redis.call('PUBLISH', broadcast, cjson.encode({topic = 'slot.wanted', from = '', payload = {pool = pool}}))
 end
-return {0, n, q + 1, r}
+return {0, n, q + 1, r, mine}
 """
 )
 
 # A queued request leaves. ARGV: pool, replica, slots, ttl, channels, ticket, give_back
 # -> {0 left the queue | 1 it holds a lease (granted meanwhile) | 2 its lease was given back |
-#     -1 unknown, held, queued, replicas}
+#     -1 unknown, held, queued, replicas, this replica's tickets granted now}
 _LEAVE = (
     _PRELUDE
     + """
@@ -150,18 +157,19 @@ local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]),
 local ticket, give_back = ARGV[6], ARGV[7] == '1'
 local now = now_ms()
 local outcome = -1
+local mine = {}
 if unqueue(ticket) then
   outcome = 0
 elseif redis.call('ZSCORE', held, ticket) then
   outcome = 1
   if give_back then
     redis.call('ZREM', held, ticket)
-    assign(pool, slots, now, ttl, channels)
+    assign(pool, slots, now, ttl, channels, replica, mine)
     outcome = 2
   end
 end
 local n, q, r = counts(now)
-return {outcome, n, q, r}
+return {outcome, n, q, r, mine}
 """
 )
 
@@ -190,7 +198,7 @@ while i + 2 <= #ARGV do
   table.insert(mine, ticket)
   i = i + 3
 end
-assign(pool, slots, now, ttl, channels)
+assign(pool, slots, now, ttl, channels, replica, {})  -- its own: found just below
 local granted = {}
 for _, ticket in ipairs(mine) do
   if redis.call('ZSCORE', held, ticket) then
@@ -233,6 +241,16 @@ return out
 )
 
 
+def answer(raw: list[Any]) -> Answer:
+    """A script's reply: four counts, then the calling replica's tickets it granted."""
+    outcome, held, queued, replicas, mine = raw
+    return Answer(int(outcome), int(held), int(queued), int(replicas), tuple(map(_text, mine)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @dataclass(eq=False)
 class RedisSlots:
     """The ``laneway.pools.ledger.Ledger`` on Redis: what every ``SharedPool`` of this replica
@@ -264,17 +282,17 @@ class RedisSlots:
             self._keys(pool),
             [*self._common(pool, slots), ticket, str(priority), caller, queue_size, self.broadcast],
         )
-        return Answer(*map(int, raw))
+        return answer(raw)
 
     async def leave(self, pool: str, slots: int, ticket: str, *, give_back: bool) -> Answer:
         args = [*self._common(pool, slots), ticket, "1" if give_back else "0"]
         raw = await self.store.evaluate(_LEAVE, self._keys(pool), args)
-        return Answer(*map(int, raw))
+        return answer(raw)
 
     async def census(self, pool: str) -> dict[str, tuple[int, int]]:
         raw = await self.store.evaluate(_CENSUS, self._keys(pool), [])
         return {
-            (raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])): (
+            _text(raw[i]): (
                 int(raw[i + 1]),
                 int(raw[i + 2]),
             )
@@ -300,7 +318,7 @@ class RedisSlots:
             args += [ticket, str(priority), caller]
         granted, n, q, next_lapse, replicas = await self.store.evaluate(_SYNC, self._keys(pool), args)
         return Synced(
-            granted=[t.decode() if isinstance(t, bytes) else str(t) for t in granted],
+            granted=[_text(t) for t in granted],
             held=int(n),
             queued=int(q),
             next_lapse=None if int(next_lapse) < 0 else int(next_lapse) / 1000,

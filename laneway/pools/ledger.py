@@ -19,6 +19,9 @@ class Answer:
     held: int  # slots held across the cluster
     queued: int  # requests waiting across the cluster
     replicas: int = 1  # replicas alive (for the local share, should the ledger go away)
+    # Tickets of the replica that asked, granted by this very change (a slot its call freed went
+    # to another request of its own): told here rather than by a message.
+    granted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

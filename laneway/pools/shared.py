@@ -229,6 +229,8 @@ class SharedPool(Bounds):
     def _seen(self, answer: Answer) -> None:
         self._cluster_held, self._cluster_queued = answer.held, answer.queued
         self._replicas = max(1, answer.replicas)
+        for ticket in answer.granted:
+            self.granted(ticket)
         self._contended = answer.queued > 0
         if self._contended:
             self._give_back_spares()
