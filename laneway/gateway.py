@@ -387,7 +387,7 @@ class Gateway:
         """Someone queued for a pool: the spare leases kept here go back to the queue."""
         pool = self.pools.named(str(payload.get("pool")))
         if isinstance(pool, SharedPool):
-            pool.wanted()
+            pool.wanted(str(payload.get("replica")))
 
     async def _cooldown_began(self, backend: str) -> None:
         """A call here was refused for its credentials, and the cooldown is in the shared store:

@@ -38,6 +38,7 @@ from laneway.storage.redisstore import RedisStore
 _PRELUDE = """
 local base, live = KEYS[1], KEYS[2]
 local held, tickets, prios = base .. ':held', base .. ':t', base .. ':prio'
+local byrep = base .. ':r'  -- replica -> how many tickets it has queued
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -46,12 +47,18 @@ end
 
 local function waiting(p, caller) return base .. ':w:' .. p .. ':' .. caller end
 
+-- Queue a ticket; true if it is its replica's only one queued for the pool now.
 local function push(ticket, replica, p, caller)
   redis.call('HSET', tickets, ticket, cjson.encode({r = replica, p = p, c = caller}))
   if redis.call('RPUSH', waiting(p, caller), ticket) == 1 then
     redis.call('RPUSH', base .. ':rot:' .. p, caller)
   end
   redis.call('ZADD', prios, tonumber(p), p)
+  return redis.call('HINCRBY', byrep, replica, 1) == 1
+end
+
+local function gone(replica)
+  if redis.call('HINCRBY', byrep, replica, -1) <= 0 then redis.call('HDEL', byrep, replica) end
 end
 
 -- Take a queued ticket out wherever it is; false if it was not queued.
@@ -60,6 +67,7 @@ local function unqueue(ticket)
   if not raw then return false end
   local t = cjson.decode(raw)
   redis.call('HDEL', tickets, ticket)
+  gone(t.r)
   local w = waiting(t.p, t.c)
   redis.call('LREM', w, 1, ticket)
   if redis.call('LLEN', w) == 0 then
@@ -82,13 +90,15 @@ local function pop()
   local ticket = redis.call('LPOP', w)
   local raw = redis.call('HGET', tickets, ticket)
   redis.call('HDEL', tickets, ticket)
+  local replica = cjson.decode(raw).r
+  gone(replica)
   if redis.call('LLEN', w) == 0 then
     redis.call('LPOP', rot)
     if redis.call('LLEN', rot) == 0 then redis.call('ZREM', prios, p) end
   else
     redis.call('LMOVE', rot, rot, 'LEFT', 'RIGHT')
   end
-  return ticket, cjson.decode(raw).r
+  return ticket, replica
 end
 
 local function alive(replica, now)
@@ -114,15 +124,18 @@ local function assign(pool, slots, now, ttl, channels, me, mine)
   end
 end
 
--- The pool's count, and how many replicas are alive (for their local shares, should Redis go).
-local function counts(now)
-  return redis.call('ZCARD', held), redis.call('HLEN', tickets), redis.call('ZCOUNT', live, now, '+inf')
+-- The pool's count: held, queued, how many replicas are alive (for their local shares, should
+-- Redis go) and how many tickets other replicas than ``me`` have queued.
+local function counts(now, me)
+  local q = redis.call('HLEN', tickets)
+  local own = tonumber(redis.call('HGET', byrep, me) or '0')
+  return redis.call('ZCARD', held), q, redis.call('ZCOUNT', live, now, '+inf'), q - own
 end
 """
 
 # ARGV: pool, replica, slots, ttl, channels, ticket, priority, caller, queue_size, broadcast
-# -> {1 granted | 0 queued | 2 queue full, held, queued, replicas, its other tickets granted now}.
-# The first ticket to queue tells every
+# -> {1 granted | 0 queued | 2 queue full, held, queued, replicas, its other tickets granted now,
+# tickets other replicas have queued}. A replica's first ticket to queue tells every
 # replica (``slot.wanted`` on the broadcast channel): their spare leases are wanted.
 _ACQUIRE = (
     _PRELUDE
@@ -133,17 +146,17 @@ local now = now_ms()
 redis.call('ZADD', live, now + ttl, replica)
 local mine = {}
 assign(pool, slots, now, ttl, channels, replica, mine)
-local n, q, r = counts(now)
+local n, q, r, e = counts(now, replica)
 if n < slots then  -- after assign, a free slot means nobody waits
   redis.call('ZADD', held, now + ttl, ticket)
-  return {1, n + 1, q, r, mine}
+  return {1, n + 1, q, r, mine, e}
 end
-if q >= queue_size then return {2, n, q, r, mine} end
-push(ticket, replica, p, caller)
-if q == 0 then
-  redis.call('PUBLISH', broadcast, cjson.encode({topic = 'slot.wanted', from = '', payload = {pool = pool}}))
+if q >= queue_size then return {2, n, q, r, mine, e} end
+if push(ticket, replica, p, caller) then
+  redis.call('PUBLISH', broadcast, cjson.encode(
+    {topic = 'slot.wanted', from = '', payload = {pool = pool, replica = replica}}))
 end
-return {0, n, q + 1, r, mine}
+return {0, n, q + 1, r, mine, e}
 """
 )
 
@@ -168,14 +181,42 @@ elseif redis.call('ZSCORE', held, ticket) then
     outcome = 2
   end
 end
-local n, q, r = counts(now)
-return {outcome, n, q, r, mine}
+local n, q, r, e = counts(now, replica)
+return {outcome, n, q, r, mine, e}
+"""
+)
+
+# A slot handed over on its replica to a request queued there. ARGV: pool, replica, slots, ttl,
+# channels, lease, ticket -> {1 the lease is the ticket's now | 2 the ticket held a lease already
+# (granted meanwhile): this one is given back | 3 the ticket was not queued (Redis lost it): the
+# slot is the ticket's, held, queued, replicas, this replica's tickets granted now}
+_TRANSFER = (
+    _PRELUDE
+    + """
+local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local lease, ticket = ARGV[6], ARGV[7]
+local now = now_ms()
+redis.call('ZADD', live, now + ttl, replica)
+local outcome, mine = 1, {}
+redis.call('ZREM', held, lease)
+if unqueue(ticket) then
+  redis.call('ZADD', held, now + ttl, ticket)
+elseif redis.call('ZSCORE', held, ticket) then
+  outcome = 2
+else
+  redis.call('ZADD', held, now + ttl, ticket)
+  outcome = 3
+end
+assign(pool, slots, now, ttl, channels, replica, mine)
+local n, q, r, e = counts(now, replica)
+return {outcome, n, q, r, mine, e}
 """
 )
 
 # A replica's heartbeat for one pool. ARGV: pool, replica, slots, ttl, channels, #held, #gone,
 # then the held leases, the leases to give back, and (ticket, priority, caller) per queued ticket.
-# -> {granted tickets, held, queued, ms until the next lease lapses (-1: none), live replicas}
+# -> {granted tickets, held, queued, ms until the next lease lapses (-1: none), live replicas,
+#     tickets other replicas have queued}
 _SYNC = (
     _PRELUDE
     + """
@@ -206,11 +247,11 @@ for _, ticket in ipairs(mine) do
     table.insert(granted, ticket)
   end
 end
-local n, q, r = counts(now)
+local n, q, r, e = counts(now, replica)
 local first = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
 local next_lapse = -1
 if #first == 2 then next_lapse = math.max(0, tonumber(first[2]) - now) end
-return {granted, n, q, next_lapse, r}
+return {granted, n, q, next_lapse, r, e}
 """
 )
 
@@ -242,9 +283,12 @@ return out
 
 
 def answer(raw: list[Any]) -> Answer:
-    """A script's reply: four counts, then the calling replica's tickets it granted."""
-    outcome, held, queued, replicas, mine = raw
-    return Answer(int(outcome), int(held), int(queued), int(replicas), tuple(map(_text, mine)))
+    """A script's reply: four counts, the calling replica's tickets it granted, and how many
+    tickets other replicas have queued."""
+    outcome, held, queued, replicas, mine, elsewhere = raw
+    return Answer(
+        int(outcome), int(held), int(queued), int(replicas), tuple(map(_text, mine)), int(elsewhere)
+    )
 
 
 def _text(value: bytes | str) -> str:
@@ -289,6 +333,12 @@ class RedisSlots:
         raw = await self.store.evaluate(_LEAVE, self._keys(pool), args)
         return answer(raw)
 
+    async def transfer(self, pool: str, slots: int, lease: str, ticket: str) -> Answer:
+        raw = await self.store.evaluate(
+            _TRANSFER, self._keys(pool), [*self._common(pool, slots), lease, ticket]
+        )
+        return answer(raw)
+
     async def census(self, pool: str) -> dict[str, tuple[int, int]]:
         raw = await self.store.evaluate(_CENSUS, self._keys(pool), [])
         return {
@@ -316,11 +366,14 @@ class RedisSlots:
         ]
         for ticket, priority, caller in queued:
             args += [ticket, str(priority), caller]
-        granted, n, q, next_lapse, replicas = await self.store.evaluate(_SYNC, self._keys(pool), args)
+        granted, n, q, next_lapse, replicas, elsewhere = await self.store.evaluate(
+            _SYNC, self._keys(pool), args
+        )
         return Synced(
             granted=[_text(t) for t in granted],
             held=int(n),
             queued=int(q),
             next_lapse=None if int(next_lapse) < 0 else int(next_lapse) / 1000,
             replicas=max(1, int(replicas)),
+            elsewhere=int(elsewhere),
         )

@@ -22,6 +22,7 @@ class Answer:
     # Tickets of the replica that asked, granted by this very change (a slot its call freed went
     # to another request of its own): told here rather than by a message.
     granted: tuple[str, ...] = ()
+    elsewhere: int = 0  # of the requests queued, those queued by other replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class Synced:
     queued: int
     next_lapse: float | None  # seconds until the pool's first lease lapses (None: it has none)
     replicas: int  # replicas alive (for the local share while the ledger is away)
+    elsewhere: int = 0  # requests other replicas have queued
 
 
 class Ledger(Protocol):
@@ -57,6 +59,11 @@ class Ledger(Protocol):
         gone: Sequence[str],
         queued: Sequence[tuple[str, int, str]],
     ) -> Synced: ...
+
+    async def transfer(self, pool: str, slots: int, lease: str, ticket: str) -> Answer:
+        """The slot of ``lease`` went, on this replica, to the request of the queued ``ticket``:
+        the lease becomes the ticket's (its queue entry goes). If the ticket was granted a slot
+        of its own meanwhile, the lease is given back instead (outcome 2)."""
 
     async def census(self, pool: str) -> dict[str, tuple[int, int]]:
         """Replica -> (leases it holds, tickets it has queued), read now."""

@@ -94,6 +94,7 @@ class SharedPool(Bounds):
         self._replicas = 1  # live replicas, as of the last sync
         self._cluster_held = 0  # as of the ledger's last answer
         self._cluster_queued = 0
+        self._elsewhere = 0  # requests other replicas have queued (as last heard)
         self.next_lapse: float | None = None  # as of the last sync
         self._background: set[asyncio.Task[None]] = set()
 
@@ -229,16 +230,21 @@ class SharedPool(Bounds):
     def _seen(self, answer: Answer) -> None:
         self._cluster_held, self._cluster_queued = answer.held, answer.queued
         self._replicas = max(1, answer.replicas)
+        self._elsewhere = answer.elsewhere
         for ticket in answer.granted:
             self.granted(ticket)
         self._contended = answer.queued > 0
         if self._contended:
             self._give_back_spares()
 
-    def wanted(self) -> None:
-        """Someone in the cluster queued for this pool (the bus's ``slot.wanted``): the spares
-        kept here go back to the ledger, which hands them to the queue."""
+    def wanted(self, replica: str | None = None) -> None:
+        """``replica`` queued for this pool (the bus's ``slot.wanted``, sent when a replica's
+        first request queues): the spares kept here go back to the ledger, which hands them to
+        the queue; and if it is another replica, this one's releases go to the cluster's queue
+        too, not to its own waiters first."""
         self._contended = True
+        if replica is not None and replica != self._ledger.replica:
+            self._elsewhere = max(self._elsewhere, 1)
         self._give_back_spares()
 
     def _give_back_spares(self) -> None:
@@ -263,8 +269,32 @@ class SharedPool(Bounds):
         if self._alone:
             self._gone.add(lease)  # its lease may still be in the ledger: given back on return
             self._assign_alone()
+        elif self._queue and not self._elsewhere:
+            self._hand_over(lease)
         else:
             self._spawn(self._give_back(lease))
+
+    def _hand_over(self, lease: str) -> None:
+        """Every request the cluster has queued for this pool waits here (as of the ledger's last
+        answer): the slot goes to the next of them at once, as the ledger would give it, and the
+        ledger is told off the path (the lease becomes the ticket's). A request that queued on
+        another replica since is served after at most the hand-overs made before this one hears
+        of it: within one grant per replica, as the cluster's fairness promises."""
+        request = self._queue.pop()
+        assert request is not None  # the caller saw the queue non-empty
+        self._waiting.pop(request.ticket, None)
+        self._held.add(request.ticket)
+        self._cluster_queued -= 1
+        request.granted = True
+        request.ready.set()
+        self._spawn(self._transfer(lease, request.ticket))
+
+    async def _transfer(self, lease: str, ticket: str) -> None:
+        try:
+            self._seen(await self._ledger.transfer(self.name, self._slots, lease, ticket))
+        except StoreUnavailable as exc:
+            self._gone.add(lease)  # may still be in the ledger: given back on its return
+            self._go_alone(exc.message)
 
     async def _give_back(self, ticket: str) -> None:
         """Release the lease ``ticket`` holds, or take the ticket out of the queue."""
@@ -321,6 +351,7 @@ class SharedPool(Bounds):
         self._gone.difference_update(gone)
         self._replicas = synced.replicas
         self._cluster_held, self._cluster_queued = synced.held, synced.queued
+        self._elsewhere = synced.elsewhere
         self._contended = synced.queued > 0
         if self._contended:
             self._give_back_spares()  # a slot.wanted this replica did not hear

@@ -71,7 +71,7 @@ class Replica:
     async def wanted(self, payload: dict[str, Any]) -> None:
         pool = self.pools.get(payload["pool"])
         if pool is not None:
-            pool.wanted()
+            pool.wanted(payload.get("replica"))
 
 
 @asynccontextmanager
@@ -414,3 +414,27 @@ async def test_an_idle_replica_keeps_no_spares_past_its_heartbeat() -> None:
         await pool.sync()
         assert pool.statistics().as_dict()["active"] == 0
         assert not pool.busy
+
+
+async def test_when_every_waiter_is_here_a_released_slot_is_handed_over_at_once() -> None:
+    async with cluster("a", "b") as rs:
+        pool = rs["a"].pool(slots=1)
+        held = await pool.acquire("x")
+        waiters = [asyncio.create_task(pool.acquire("y")) for _ in range(2)]
+        await until(lambda: pool.statistics().queued_here == 2, "both queued on a")
+        held.release()  # every request the cluster has queued waits here: the next one has it now
+        assert pool.statistics().queued_here == 1
+        first = await asyncio.wait_for(waiters[0], 5)
+        await pool.aclose()  # the hand-over told to the ledger
+        await pool.sync()
+        assert (pool.active, pool.queued) == (1, 1)  # the count agrees: one held, one waiting
+        other = asyncio.create_task(rs["b"].pool(slots=1).acquire("z"))  # b queues: a hears of it
+        await until(lambda: rs["b"].pool().statistics().queued_here == 1, "b queued")
+        await until(lambda: pool._elsewhere > 0, "a heard that b waits")
+        first.release()  # now the cluster's order decides: y (queued first) then z
+        second = await asyncio.wait_for(waiters[1], 5)
+        second.release()
+        third = await asyncio.wait_for(other, 5)
+        assert third.lease is not None
+        assert third.lease.startswith("b#")
+        third.release()
