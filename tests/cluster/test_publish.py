@@ -345,3 +345,25 @@ async def test_a_hibernating_publisher_is_woken_for_a_request_on_another_replica
     task = await publisher.task()
     await publisher.result(task["task_id"], {"status": 200, "body": completion(MODEL, "awake")}, at=r3.url)
     assert (await request).choices[0].message.content == "awake"
+
+
+async def test_a_publishers_max_concurrency_is_counted_across_the_replicas(
+    cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
+) -> None:
+    r1, r2, r3 = cluster.values()
+    await publisher.register(at=r1.url, max_concurrency=1)
+    await publisher.connect(at=r1.url)
+    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    requests = [
+        asyncio.create_task(client(gw).chat.completions.create(model=MODEL, messages=CHAT)) for gw in (r2, r3)
+    ]
+    first = await publisher.task()
+    with pytest.raises(TimeoutError):  # one call at a time, whichever replica the other came to
+        await publisher.task(timeout=1.0)
+    status, body = await publisher.result(first["task_id"], {"status": 200, "body": completion(MODEL)})
+    assert status == 200, body
+    second = await publisher.task()  # its slot came back: the other one's call now
+    status, body = await publisher.result(second["task_id"], {"status": 200, "body": completion(MODEL)})
+    assert status == 200, body
+    replies = await asyncio.gather(*requests)
+    assert [r.choices[0].message.content for r in replies] == ["hello from the publisher"] * 2
