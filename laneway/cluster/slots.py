@@ -214,18 +214,19 @@ return {outcome, n, q, r, mine, e}
 )
 
 # A replica's heartbeat for one pool. ARGV: pool, replica, slots, ttl, channels, #held, #gone,
-# then the held leases, the leases to give back, and (ticket, priority, caller) per queued ticket.
+# broadcast, then the held leases, the leases to give back, and (ticket, priority, caller) per
+# queued ticket.
 # -> {granted tickets, held, queued, ms until the next lease lapses (-1: none), live replicas,
 #     tickets other replicas have queued}
 _SYNC = (
     _PRELUDE
     + """
 local pool, replica, slots, ttl, channels = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local n_held, n_gone = tonumber(ARGV[6]), tonumber(ARGV[7])
+local n_held, n_gone, broadcast = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local now = now_ms()
 redis.call('ZADD', live, now + ttl, replica)
 redis.call('ZREMRANGEBYSCORE', live, '-inf', now - 60000)
-local i = 8
+local i = 9
 for _ = 1, n_held do  -- renewed, or re-taken (Redis lost it); never also queued
   redis.call('ZADD', held, now + ttl, ARGV[i]); unqueue(ARGV[i]); i = i + 1
 end
@@ -233,8 +234,13 @@ for _ = 1, n_gone do redis.call('ZREM', held, ARGV[i]); i = i + 1 end
 local mine = {}
 while i + 2 <= #ARGV do
   local ticket, p, caller = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if not redis.call('ZSCORE', held, ticket) and not redis.call('HEXISTS', tickets, ticket) then
-    push(ticket, replica, p, caller)  -- Redis lost it (a restart): in the queue again
+  -- (HEXISTS answers 0 or 1, and 0 is true in Lua: compare it)
+  if not redis.call('ZSCORE', held, ticket) and redis.call('HEXISTS', tickets, ticket) == 0 then
+    -- Redis lost it (a restart): in the queue again, and the others told, as on an acquire
+    if push(ticket, replica, p, caller) then
+      redis.call('PUBLISH', broadcast, cjson.encode(
+        {topic = 'slot.wanted', from = '', payload = {pool = pool, replica = replica}}))
+    end
   end
   table.insert(mine, ticket)
   i = i + 3
@@ -361,6 +367,7 @@ class RedisSlots:
             *self._common(pool, slots),
             len(held),
             len(gone),
+            self.broadcast,
             *held,
             *gone,
         ]

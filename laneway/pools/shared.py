@@ -41,12 +41,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from laneway.clock import Clock, within
 from laneway.latency import DEFAULT_SIZE
-from laneway.pools.ledger import FULL, GRANTED, HOLDS, Answer, Ledger
+from laneway.pools.ledger import FULL, GRANTED, HOLDS, QUEUED, Answer, Ledger
 from laneway.pools.pool import Bounds, PoolStatistics, Slot
 from laneway.pools.queue import FairQueue, Waiter, assign
 from laneway.storage.errors import StoreUnavailable
@@ -90,6 +90,11 @@ class SharedPool(Bounds):
         # Tickets whose requests are leaving at their deadline: the ledger's answer to the leave
         # says whether the slot is theirs, not a grant message that crosses it.
         self._leaving: set[str] = set()
+        # Tickets whose acquire is on its way to the ledger, and those of them a grant message
+        # reached first (the ledger queued the ticket and another replica's release granted it
+        # before this replica read the answer): theirs as soon as the answer is read.
+        self._asking: set[str] = set()
+        self._early: set[str] = set()
         self._alone: str | None = None  # why the ledger cannot be reached (None: it can)
         self._replicas = 1  # live replicas, as of the last sync
         self._cluster_held = 0  # as of the ledger's last answer
@@ -136,14 +141,8 @@ class SharedPool(Bounds):
             return self._serve(self._spare.pop(), caller, 0.0)  # no round trip: nobody waits
         ticket = self._ledger.ticket()
         if not self._alone:
-            try:
-                answer = await self._ledger.acquire(
-                    self.name, self._slots, ticket, caller, priority, self._queue_size
-                )
-            except StoreUnavailable as exc:
-                self._go_alone(exc.message)
-            else:
-                self._seen(answer)
+            answer = await self._ask(ticket, caller, priority)
+            if answer is not None:
                 if answer.outcome == GRANTED:
                     self._held.add(ticket)
                     return self._serve(ticket, caller, 0.0)
@@ -156,6 +155,33 @@ class SharedPool(Bounds):
         if len(self._queue) >= self._queue_size:
             raise self._full(len(self._queue))
         return await self._wait(self._enqueue(ticket, caller, priority))
+
+    async def _ask(self, ticket: str, caller: str, priority: int) -> Answer | None:
+        """The ledger's answer to an acquire (None: it cannot be reached; this pool is alone now).
+        A grant that reached this replica before the answer (another replica's release gave the
+        just-queued ticket its slot) makes it granted. An acquire cancelled on its way leaves
+        nothing behind: its ticket is taken out, or its slot given back."""
+        self._asking.add(ticket)
+        try:
+            answer = await self._ledger.acquire(
+                self.name, self._slots, ticket, caller, priority, self._queue_size
+            )
+        except StoreUnavailable as exc:
+            if ticket in self._early:
+                self._gone.add(ticket)  # granted after all: given back when the ledger returns
+            self._go_alone(exc.message)
+            return None
+        except BaseException:
+            self._spawn(self._give_back(ticket))
+            raise
+        finally:
+            self._asking.discard(ticket)
+            early = ticket in self._early
+            self._early.discard(ticket)
+        self._seen(answer)
+        if early and answer.outcome == QUEUED:
+            return replace(answer, outcome=GRANTED)
+        return answer
 
     def _enqueue(self, ticket: str, caller: str, priority: int) -> _Request:
         request = _Request(caller, priority, self._clock.monotonic(), ticket)
@@ -219,7 +245,9 @@ class SharedPool(Bounds):
         holds the slot from now on. A ticket nobody waits for any more gives its slot back."""
         request = self._waiting.pop(ticket, None)
         if request is None:
-            if ticket not in self._held and ticket not in self._leaving:
+            if ticket in self._asking:
+                self._early.add(ticket)  # the acquire's answer, once read, finds it granted
+            elif ticket not in self._held and ticket not in self._leaving:
                 self._spawn(self._give_back(ticket))
             return
         self._queue.remove(request)

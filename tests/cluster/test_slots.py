@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from laneway.clock import ManualClock, SystemClock
 from laneway.cluster.bus import RedisBus
@@ -438,3 +439,45 @@ async def test_when_every_waiter_is_here_a_released_slot_is_handed_over_at_once(
         assert third.lease is not None
         assert third.lease.startswith("b#")
         third.release()
+
+
+async def test_a_grant_told_before_the_acquires_answer_is_read_is_not_lost() -> None:
+    async with cluster("a", "b") as rs:
+        held = await rs["a"].pool(slots=1).acquire("x")
+        pool = rs["b"].pool(slots=1)
+        acquire = rs["b"].ledger.acquire
+
+        async def answered_late(*args: Any, **kwargs: Any) -> Any:
+            answer = await acquire(*args, **kwargs)  # b's ticket is queued in the cluster...
+            held.release()  # ...a's release grants it, and b hears of it before reading this
+            await until(lambda: bool(pool._early), "b heard the grant first")
+            return answer
+
+        rs["b"].ledger.acquire = answered_late  # type: ignore[method-assign]
+        slot = await asyncio.wait_for(pool.acquire("y"), 5)
+        assert slot.lease is not None
+        assert slot.lease.startswith("b#")
+        await rs["a"].pool().aclose()
+        await pool.sync()
+        assert (pool.active, pool.queued) == (1, 0)  # it holds the slot the grant gave it
+        slot.release()
+
+
+async def test_a_queued_request_that_redis_lost_is_queued_again_by_the_next_sync() -> None:
+    async with cluster("a", "b") as rs:
+        held = await rs["a"].pool(slots=1).acquire("x")
+        waiter = asyncio.create_task(rs["b"].pool(slots=1).acquire("y"))
+        await until(lambda: rs["b"].pool().statistics().queued_here == 1, "queued")
+        raw = Redis.from_url(REDIS_URL)
+        try:  # Redis loses the pool (as a restart would): the lease and the queue are gone
+            namespace = rs["a"].store.namespace
+            async for key in raw.scan_iter(match=namespace + "slots:gpu:*"):
+                await raw.delete(key)
+        finally:
+            await raw.aclose()
+        await rs["a"].pool().sync()  # a holds its slot again (renewed, re-taken)
+        await rs["b"].pool().sync()  # b's request is queued again, behind it
+        assert not waiter.done()
+        held.release()
+        slot = await asyncio.wait_for(waiter, 5)
+        slot.release()
