@@ -82,7 +82,6 @@ class SharedPool(Bounds):
         self._ledger = ledger
         self._held: set[str] = set()  # leases of this replica: its requests' and its spares
         self._spare: list[str] = []  # held leases no request uses now (a subset of _held)
-        self._contended = False  # someone in the cluster waits for this pool (as last heard)
         self._peak = 0  # the most leases in use here since the last sync (spares kept for it)
         self._waiting: dict[str, _Request] = {}  # ticket -> request queued here
         self._queue: FairQueue[_Request] = FairQueue()  # the same requests, in local order
@@ -114,6 +113,11 @@ class SharedPool(Bounds):
         if self._alone:
             return self.in_use
         return max(self._cluster_held - len(self._spare), self.in_use)
+
+    @property
+    def _contended(self) -> bool:
+        """Someone in the cluster waits for this pool (as last heard): no spares kept."""
+        return self._cluster_queued > 0
 
     @property
     def in_use(self) -> int:
@@ -261,7 +265,6 @@ class SharedPool(Bounds):
         self._elsewhere = answer.elsewhere
         for ticket in answer.granted:
             self.granted(ticket)
-        self._contended = answer.queued > 0
         if self._contended:
             self._give_back_spares()
 
@@ -270,7 +273,7 @@ class SharedPool(Bounds):
         first request queues): the spares kept here go back to the ledger, which hands them to
         the queue; and if it is another replica, this one's releases go to the cluster's queue
         too, not to its own waiters first."""
-        self._contended = True
+        self._cluster_queued = max(self._cluster_queued, 1)
         if replica is not None and replica != self._ledger.replica:
             self._elsewhere = max(self._elsewhere, 1)
         self._give_back_spares()
@@ -380,7 +383,6 @@ class SharedPool(Bounds):
         self._replicas = synced.replicas
         self._cluster_held, self._cluster_queued = synced.held, synced.queued
         self._elsewhere = synced.elsewhere
-        self._contended = synced.queued > 0
         if self._contended:
             self._give_back_spares()  # a slot.wanted this replica did not hear
         self.next_lapse = synced.next_lapse

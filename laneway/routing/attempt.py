@@ -92,7 +92,11 @@ class Attempts:
         """Try ``target`` once: its answer, or None if it failed in a way another lane may mend
         (or its breaker passed it over). A failure no other lane can mend is raised."""
         lane = target.lane
-        if not await self._passes(request, target):
+        if not self.breakers.allow(lane.id):
+            # Not an attempt (number 0): the lane was passed over, nothing was sent to it.
+            request.note(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
+            return None
+        if self.breakers.needs_claim(lane.id) and not await self._claimed(request, target):
             return None
         n = request.begin(lane)
         context.note_lane(lane.id)  # every log line of this request from here on names the lane
@@ -115,25 +119,19 @@ class Attempts:
 
     # -- 1: acquire ----------------------------------------------------------------------------
 
-    async def _passes(self, request: Dispatch, target: Target) -> bool:
-        """Does the lane's breaker let this attempt through? Decided here alone (no I/O) unless it
-        grants a half-open trial in cluster mode: then the trial is claimed among the replicas
-        first, for as long as the call may take, and a lane whose trial another replica holds is
-        passed over. A lane passed over is not an attempt (number 0): nothing was sent to it."""
+    async def _claimed(self, request: Dispatch, target: Target) -> bool:
+        """The breaker granted a half-open trial in cluster mode (the only case that awaits: a
+        closed breaker was decided synchronously): claim it among the replicas, for as long as
+        the call may take. A lane whose trial another replica holds is passed over."""
         lane = target.lane
-        if not self.breakers.allow(lane.id):
-            request.note(Attempt(0, lane.id, lane.backend, "skipped", "breaker open"))
-            return False
-        if self.breakers.needs_claim(lane.id):
-            try:
-                claimed = await self.breakers.claim_trial(lane.id, target.config.timeout)
-            except BaseException:  # cancelled while claiming: the trial is nobody's
-                self.breakers.release_trial(lane.id)
-                raise
-            if not claimed:
-                request.note(Attempt(0, lane.id, lane.backend, "skipped", "trial held by another replica"))
-                return False
-        return True
+        try:
+            claimed = await self.breakers.claim_trial(lane.id, target.config.timeout)
+        except BaseException:  # cancelled while claiming: the trial is nobody's
+            self.breakers.release_trial(lane.id)
+            raise
+        if not claimed:
+            request.note(Attempt(0, lane.id, lane.backend, "skipped", "trial held by another replica"))
+        return claimed
 
     async def _acquire(self, request: Dispatch, target: Target) -> Slot:
         lane, info = target.lane, request.info

@@ -113,6 +113,15 @@ async def _close_clients() -> AsyncIterator[None]:
         await _CLIENTS.pop().close()
 
 
+async def serving(cluster: dict[str, RunningGateway], publisher: ScriptedPublisher, **register: Any) -> None:
+    """The publisher registers and opens its control stream on r1; its lanes are routable on every
+    replica."""
+    r1 = cluster["r1"]
+    await publisher.register(at=r1.url, **register)
+    await publisher.connect(at=r1.url)
+    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+
+
 async def test_registered_on_one_replica_heartbeats_and_lanes_on_all(
     cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
 ) -> None:
@@ -184,9 +193,7 @@ async def test_posts_on_a_third_replica_reach_the_waiting_request_in_order(
     cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
 ) -> None:
     r1, r2, r3 = cluster.values()
-    await publisher.register(at=r1.url)
-    await publisher.connect(at=r1.url)  # held by r1
-    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    await serving(cluster, publisher)  # held by r1
 
     # A streamed request on r2; its chunks posted to r3, r1 and r3 again: in order, streamed.
     reading = asyncio.create_task(_stream_text(r2))
@@ -233,10 +240,8 @@ async def _stream_text(gw: RunningGateway) -> tuple[str, str | None]:
 async def test_a_stream_dropped_on_its_holder_breaks_on_the_requester(
     cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
 ) -> None:
-    r1, r2, _ = cluster.values()
-    await publisher.register(at=r1.url)
-    await publisher.connect(at=r1.url)
-    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    _, r2, _ = cluster.values()
+    await serving(cluster, publisher)
     reading = asyncio.create_task(_stream_text(r2))
     task = await publisher.task()
     assert (await publisher.chunks(task["task_id"], 0, [chunk(MODEL, "partial ")], at=r2.url))[0] == 200
@@ -252,9 +257,7 @@ async def test_a_task_in_flight_is_sent_again_when_the_publisher_reconnects_else
     cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
 ) -> None:
     r1, r2, r3 = cluster.values()
-    await publisher.register(at=r1.url)
-    await publisher.connect(at=r1.url)
-    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    await serving(cluster, publisher)
     request = asyncio.create_task(client(r2).chat.completions.create(model=MODEL, messages=CHAT))
     first = await publisher.task()
     # The publisher reconnects through r3 before r1 noticed its old stream is gone (a new bind).
@@ -318,10 +321,8 @@ async def test_a_revoked_token_cuts_the_session_where_it_is_held(
 async def test_a_caller_who_leaves_on_another_replica_cancels_the_task(
     cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
 ) -> None:
-    r1, r2, _ = cluster.values()
-    await publisher.register(at=r1.url)
-    await publisher.connect(at=r1.url)
-    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    _, r2, _ = cluster.values()
+    await serving(cluster, publisher)
     request = asyncio.create_task(client(r2).chat.completions.create(model=MODEL, messages=CHAT))
     task = await publisher.task()
     request.cancel()  # the client on r2 leaves: the publisher, on r1, is told to stop
@@ -350,10 +351,8 @@ async def test_a_hibernating_publisher_is_woken_for_a_request_on_another_replica
 async def test_a_publishers_max_concurrency_is_counted_across_the_replicas(
     cluster: dict[str, RunningGateway], publisher: ScriptedPublisher
 ) -> None:
-    r1, r2, r3 = cluster.values()
-    await publisher.register(at=r1.url, max_concurrency=1)
-    await publisher.connect(at=r1.url)
-    await eventually(lambda: _all(cluster, "healthy"), "routable everywhere")
+    _, r2, r3 = cluster.values()
+    await serving(cluster, publisher, max_concurrency=1)
     requests = [
         asyncio.create_task(client(gw).chat.completions.create(model=MODEL, messages=CHAT)) for gw in (r2, r3)
     ]
